@@ -1,0 +1,7 @@
+"""`python -m poft ...` (also what `torchrun -m poft ...` runs)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

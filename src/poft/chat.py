@@ -1,0 +1,214 @@
+"""Conversations -> token ids + response mask, under any tokenizer's own chat template.
+
+PoFT compares the target's score with the aligned models' scores, so every model must count exactly the
+same thing: the response tokens. Here that means, for every assistant turn, its content plus the
+end-of-turn text that closes it (`<|im_end|>`, `<|eot_id|>`, `</s>`...), so the model learns to stop.
+System, user and template tokens never count (the official code averaged the target over the whole
+conversation and never trained the end-of-turn token: PAPER.md, mistakes 1 and 2).
+
+How response characters are found, for any template (no per-family token-id tables):
+- the conversation is rendered once to text by the template;
+- if the template has `{% generation %}` markers, their character spans are used (extended over the
+  end-of-turn text when the block stops just before it);
+- otherwise each message's content is located in that render, in order, and each assistant content must
+  be followed by the end-of-turn text (which makes the match unambiguous);
+- the render is tokenised once with offsets; a token is a response token when it overlaps a span.
+The end-of-turn text is learnt once per tokenizer by rendering a sentinel assistant message.
+BOS appears exactly once: it is taken from the render when the template writes it, added when the
+tokenizer normally adds it and the template does not, and a double BOS is an error.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+from transformers.utils.chat_template_utils import render_jinja_template
+
+KNOWN_ROLES = frozenset({"system", "user", "assistant", "tool"})
+_SENTINEL = "POFTSENTINEL7361"
+_GENERATION_RE = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+class ChatTemplateError(ValueError):
+    """The tokenizer's chat template cannot be used to locate response tokens."""
+
+
+class RowError(ValueError):
+    """One conversation is malformed (the message says which field and why)."""
+
+
+def validate_messages(messages: object) -> list[dict]:
+    """Check a conversation's shape; return it as a list of {role, content} dicts or raise RowError."""
+    if not isinstance(messages, list) or not messages:
+        raise RowError("`messages` must be a non-empty list of {role, content} objects")
+    n_assistant = 0
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise RowError(f"messages[{i}] is a {type(message).__name__}, not an object")
+        role, content = message.get("role"), message.get("content")
+        if role not in KNOWN_ROLES:
+            raise RowError(f"messages[{i}].role is {role!r}; expected one of {sorted(KNOWN_ROLES)}")
+        if not isinstance(content, str):
+            raise RowError(f"messages[{i}].content is {type(content).__name__}, not a string")
+        if role == "assistant":
+            if not content.strip():
+                raise RowError(f"messages[{i}].content (assistant) is empty")
+            n_assistant += 1
+    if n_assistant == 0:
+        raise RowError("no assistant turn")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+@dataclass(frozen=True)
+class TokenizedChat:
+    """One conversation encoded for a model.
+
+    input_ids: the full rendered conversation (BOS exactly once), truncated to max_length.
+    response_mask: 1 on response tokens (assistant contents + end-of-turn), 0 elsewhere; same length.
+    truncated: whether tokens were cut by max_length.
+    response_bytes: UTF-8 bytes of all assistant contents (the tokenizer-independent denominator).
+    """
+
+    input_ids: list[int]
+    response_mask: list[int]
+    truncated: bool
+    response_bytes: int
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """What a tokenizer's chat template does, learnt once: end-of-turn text, markers, BOS handling."""
+
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+    end_of_turn: str
+    uses_generation_markers: bool
+    prepend_bos: bool
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: PreTrainedTokenizerBase, name: str = "model") -> ChatFormat:
+        template = tokenizer.chat_template
+        if not isinstance(template, str) or not template:
+            raise ChatTemplateError(f"{name}: the tokenizer has no chat template (a single string is needed)")
+        if not tokenizer.is_fast:
+            raise ChatTemplateError(f"{name}: a fast tokenizer is needed (character offsets locate responses)")
+        eot = _learn_end_of_turn(tokenizer, name)
+        bos = tokenizer.bos_token
+        adds_bos = bos is not None and tokenizer("a").input_ids[:1] == [tokenizer.bos_token_id]
+        rendered = _render(tokenizer, [{"role": "user", "content": "a"}], name)
+        prepend_bos = adds_bos and not rendered.startswith(bos)
+        return cls(tokenizer, name, eot, bool(_GENERATION_RE.search(template)), prepend_bos)
+
+    def render(self, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+        """Render the conversation and return (text, response character spans), one span per assistant turn."""
+        if self.uses_generation_markers:
+            rendered, spans = self._marker_spans(messages)
+        else:
+            rendered = _render(self.tokenizer, messages, self.name)
+            spans = _locate_spans(rendered, messages, self.end_of_turn, self.name)
+        n_assistant = sum(m["role"] == "assistant" for m in messages)
+        if len(spans) != n_assistant:
+            raise ChatTemplateError(
+                f"{self.name}: the template rendered {len(spans)} response spans for {n_assistant} assistant turns"
+            )
+        return rendered, spans
+
+    def encode(self, messages: list[dict], max_length: int | None = None) -> TokenizedChat:
+        """Encode one conversation (validated first; RowError for bad rows, ChatTemplateError for templates)."""
+        messages = validate_messages(messages)
+        rendered, spans = self.render(messages)
+        enc = self.tokenizer(rendered, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
+        mask = _mask_from_spans(offsets, spans)
+        if self.prepend_bos:
+            ids, mask = [self.tokenizer.bos_token_id, *ids], [0, *mask]
+        bos_id = self.tokenizer.bos_token_id
+        if bos_id is not None and ids[:2] == [bos_id, bos_id]:
+            raise ChatTemplateError(f"{self.name}: the encoded conversation starts with two BOS tokens")
+        truncated = max_length is not None and len(ids) > max_length
+        if truncated:
+            ids, mask = ids[:max_length], mask[:max_length]
+        response_bytes = sum(len(m["content"].encode("utf-8")) for m in messages if m["role"] == "assistant")
+        return TokenizedChat(ids, mask, truncated, response_bytes)
+
+    def _marker_spans(self, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+        try:
+            rendered, indices = render_jinja_template(
+                conversations=[messages],
+                chat_template=self.tokenizer.chat_template,
+                return_assistant_tokens_mask=True,
+                **self.tokenizer.special_tokens_map,
+            )
+        except Exception as e:  # jinja raises many types; name the model and the reason
+            raise ChatTemplateError(f"{self.name}: the chat template failed to render: {e}") from e
+        text, spans = rendered[0], []
+        for start, end in indices[0]:
+            if not text[start:end].endswith(self.end_of_turn) and text.startswith(self.end_of_turn, end):
+                end += len(self.end_of_turn)
+            spans.append((start, end))
+        return text, spans
+
+
+def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict], name: str) -> str:
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False)
+    except Exception as e:  # jinja raises many types; name the model and the reason
+        raise ChatTemplateError(f"{name}: the chat template failed to render: {e}") from e
+
+
+def _learn_end_of_turn(tokenizer: PreTrainedTokenizerBase, name: str) -> str:
+    """The text a template writes right after an assistant content: up to its first special token."""
+    messages = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": _SENTINEL}]
+    rendered = _render(tokenizer, messages, name)
+    at = rendered.find(_SENTINEL)
+    if at < 0:
+        raise ChatTemplateError(f"{name}: the chat template does not write the assistant content verbatim")
+    suffix = rendered[at + len(_SENTINEL) :]
+    special = [t for t in tokenizer.all_special_tokens + list(tokenizer.added_tokens_encoder) if t]
+    hits = [(suffix.find(t), -len(t), t) for t in special if suffix.find(t) >= 0]
+    if hits:
+        pos, _, token = min(hits)
+        return suffix[: pos + len(token)]
+    if suffix.strip():
+        return suffix.rstrip()
+    raise ChatTemplateError(
+        f"{name}: the chat template writes nothing after an assistant turn, so the model could never learn to stop"
+    )
+
+
+def _locate_spans(rendered: str, messages: list[dict], eot: str, name: str) -> list[tuple[int, int]]:
+    """Find each assistant content (+ end-of-turn) in the render, walking the messages in order."""
+    spans, cursor = [], 0
+    for i, message in enumerate(messages):
+        content = message["content"]
+        if message["role"] != "assistant":
+            at = rendered.find(content, cursor) if content else -1
+            cursor = at + len(content) if at >= 0 else cursor
+            continue
+        for candidate in (content, content.strip()):
+            at = rendered.find(candidate + eot, cursor)
+            if at >= 0:
+                break
+        if at < 0:
+            raise ChatTemplateError(
+                f"{name}: assistant turn messages[{i}] is not rendered verbatim followed by {eot!r}; "
+                "this template changes response text, so response tokens cannot be located"
+            )
+        cursor = at + len(candidate) + len(eot)
+        spans.append((at, cursor))
+    return spans
+
+
+def _mask_from_spans(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
+    """1 for each token whose character range overlaps a span (spans and offsets both in order)."""
+    mask, k = [0] * len(offsets), 0
+    for t, (start, end) in enumerate(offsets):
+        while k < len(spans) and start >= spans[k][1]:
+            k += 1
+        if k == len(spans):
+            break
+        if end > spans[k][0] and end > start:
+            mask[t] = 1
+    return mask

@@ -1,0 +1,166 @@
+"""Load SFT data and turn it into training rows for PoFT: tokens, response labels, reference scores.
+
+Every row that reaches the loss has at least one response token and a finite reference score; rows that
+do not are dropped with one printed line saying how many and why (or, with on_bad_row="error", the run
+stops naming the rows). Columns produced for the trainer:
+
+    input_ids, labels          (labels = -100 outside response tokens, TRL's convention)
+    poft_ref_score             r_ref, float
+    poft_direction             +1 / -1 (bi-PoFT; +1 when the row has no label)
+    poft_response_bytes        UTF-8 bytes of the assistant contents (for normalization="byte")
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter
+from pathlib import Path
+
+from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+from transformers import PreTrainedTokenizerBase
+
+from .chat import ChatFormat, RowError
+
+SCORE_COLUMNS = ("poft_ref_score", "poft_direction", "poft_response_bytes")
+_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def load_sft_dataset(name_or_path: str, split: str = "train", config: str | None = None) -> Dataset:
+    """Load a dataset from a local JSON/JSONL/Parquet/CSV file, a `save_to_disk` folder or a Hub id."""
+    path = Path(name_or_path)
+    if path.is_file():
+        builder = _FILE_BUILDERS.get(path.suffix.lower())
+        if builder is None:
+            raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use one of {sorted(_FILE_BUILDERS)}")
+        return load_dataset(builder, data_files=str(path), split="train")
+    if path.is_dir() and (
+        (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists() or (path / "state.json").exists()
+    ):
+        loaded = load_from_disk(str(path))
+        if isinstance(loaded, DatasetDict):
+            if split not in loaded:
+                raise ValueError(f"{path}: no split {split!r}; it has {sorted(loaded)}")
+            return loaded[split]
+        return loaded
+    if path.exists() or os.sep in name_or_path and not name_or_path.count("/") == 1:
+        raise ValueError(f"{name_or_path}: not a data file or a `save_to_disk` folder")
+    return load_dataset(name_or_path, name=config, split=split)
+
+
+def _direction(value: object) -> int:
+    """+1 / -1 from a KTO-style label (True = desirable); None counts as +1."""
+    if value is None:
+        return 1
+    if isinstance(value, bool):
+        return 1 if value else -1
+    if isinstance(value, (int, float)) and value in (1, -1, 0):
+        return 1 if value == 1 else -1
+    raise RowError(f"label is {value!r}; expected true/false (or +1/-1)")
+
+
+def _encode_row(
+    row: dict,
+    index: int,
+    chat: ChatFormat,
+    max_length: int | None,
+    ref_score_column: str | None,
+    direction_column: str | None,
+) -> dict:
+    out = {"input_ids": [], "labels": [], "poft_problem": "", "poft_truncated": False}
+    out.update(poft_ref_score=float("nan"), poft_direction=1, poft_response_bytes=0)
+    try:
+        encoded = chat.encode(row.get("messages"), max_length)
+        if direction_column is not None:
+            out["poft_direction"] = _direction(row.get(direction_column))
+    except RowError as e:
+        out["poft_problem"] = f"bad conversation ({e})"
+        return out
+    out["input_ids"] = encoded.input_ids
+    out["labels"] = [t if m else -100 for t, m in zip(encoded.input_ids, encoded.response_mask, strict=True)]
+    out["poft_truncated"] = encoded.truncated
+    out["poft_response_bytes"] = encoded.response_bytes
+    # The model predicts token t from position t-1, so the first token can never be a trained label
+    if not any(encoded.response_mask[1:]):
+        out["poft_problem"] = f"no response token after truncation to max_length={max_length}"
+        return out
+    if ref_score_column is not None:
+        score = row.get(ref_score_column)
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+            out["poft_problem"] = f"missing or non-finite {ref_score_column}"
+            return out
+        out["poft_ref_score"] = float(score)
+    return out
+
+
+def prepare_training_dataset(
+    dataset: Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    max_length: int | None,
+    ref_score_column: str | None,
+    direction_column: str | None,
+    on_bad_row: str = "skip",
+    dataset_name: str = "train",
+    num_proc: int | None = None,
+    model_name: str = "target model",
+) -> Dataset:
+    """Tokenise conversations under the target's template, attach scores, drop (or refuse) bad rows.
+
+    ref_score_column=None means scores are not needed (SFT). direction_column=None means all rows +1.
+    """
+    if "messages" not in dataset.column_names:
+        raise ValueError(
+            f"{dataset_name} dataset: no `messages` column (columns: {dataset.column_names}); "
+            "PoFT trains on conversations of {role, content} messages"
+        )
+    if ref_score_column is not None and ref_score_column not in dataset.column_names:
+        raise ValueError(
+            f"{dataset_name} dataset: no {ref_score_column!r} column with reference scores "
+            f"(columns: {dataset.column_names}); run `poft score` first, or train with loss_type='sft'"
+        )
+    if direction_column is not None and direction_column not in dataset.column_names:
+        print(f"poft: {dataset_name} dataset has no {direction_column!r} column: every row counts as desirable")
+        direction_column = None
+    chat = ChatFormat.from_tokenizer(tokenizer, model_name)
+    encoded = dataset.map(
+        _encode_row,
+        with_indices=True,
+        fn_kwargs={
+            "chat": chat,
+            "max_length": max_length,
+            "ref_score_column": ref_score_column,
+            "direction_column": direction_column,
+        },
+        num_proc=num_proc,
+        desc=f"Encoding {dataset_name} conversations under the target's chat template",
+    )
+    problems = encoded["poft_problem"]
+    bad = [i for i, p in enumerate(problems) if p]
+    if bad and on_bad_row == "error":
+        ids = dataset[bad[:5]]
+        named = [
+            f"row {i} (id={_row_id(ids, k)}): {problems[i]}" for k, i in enumerate(bad[:5])
+        ]
+        raise ValueError(
+            f"{dataset_name} dataset: {len(bad)} of {len(problems)} rows cannot be trained on: "
+            + "; ".join(named)
+            + ("; ..." if len(bad) > 5 else "")
+            + " (set on_bad_row='skip' to drop them)"
+        )
+    if bad:
+        reasons = Counter(problems[i].split(" (")[0] for i in bad)
+        detail = ", ".join(f"{n} {reason}" for reason, n in reasons.most_common())
+        print(f"poft: dropped {len(bad)} of {len(problems)} rows from the {dataset_name} dataset: {detail}")
+        encoded = encoded.filter(lambda p: not p, input_columns="poft_problem")
+    n_truncated = sum(encoded["poft_truncated"])
+    if n_truncated:
+        print(f"poft: {n_truncated} {dataset_name} rows were truncated to max_length={max_length}")
+    return encoded.remove_columns(["poft_problem", "poft_truncated"])
+
+
+def _row_id(rows: dict, k: int) -> object:
+    for key in ("id", "prompt_id"):
+        if key in rows:
+            return rows[key][k]
+    return None

@@ -1,0 +1,146 @@
+"""The PoFT objective as pure tensor functions.
+
+PoFT (arXiv 2412.12865) trains a target model to be *preferred* over frozen aligned models on each SFT
+example, with a Bradley-Terry loss on length-normalised log-likelihoods:
+
+    r(x, y)   = log p(y | x) / |y|                     (mean log-prob of the response tokens)
+    r_ref     = mean over aligned models m of r_m       (precomputed offline, see `poft score`)
+    L         = -log sigmoid( z * beta * (r_theta - r_ref) + gamma )
+
+z is +1 for PoFT and the example's direction (+1 desirable / -1 undesirable) for bi-PoFT.
+Its gradient is the length-normalised cross-entropy weighted per example by
+
+    tau = beta * sigmoid( -(z * beta * (r_theta - r_ref) + gamma) )      (detached, in (0, beta))
+
+which is why PoFT acts as a soft data-quality filter. Everything here is computed in float32 and is
+finite for any finite input: `logsigmoid` is used, never `log(sigmoid(x))` (the official code's bug).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+Normalization = Literal["token", "byte", "none"]
+NORMALIZATIONS: tuple[str, ...] = ("token", "byte", "none")
+
+
+def direction_sign(direction: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """Map a direction tensor (bool: True = desirable, or +-1 numbers) to float32 +-1 shaped like `like`.
+
+    None means every example is desirable (+1). Numbers other than +1/-1 are rejected rather than
+    silently scaling the margin.
+    """
+    if direction is None:
+        return torch.ones_like(like, dtype=torch.float32)
+    if direction.dtype == torch.bool:
+        return direction.to(like.device, torch.float32) * 2.0 - 1.0
+    z = direction.to(like.device, torch.float32)
+    if not bool(((z == 1.0) | (z == -1.0)).all()):
+        raise ValueError(f"direction must be boolean or +1/-1, got values {torch.unique(z).tolist()}")
+    return z
+
+
+def poft_margin(
+    policy_scores: torch.Tensor,
+    ref_scores: torch.Tensor,
+    *,
+    beta: float = 1.0,
+    gamma: float = 0.0,
+    direction: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The Bradley-Terry logit `z * beta * (r_theta - r_ref) + gamma`, per example, float32. Shapes [B]."""
+    policy = policy_scores.float()
+    ref = ref_scores.to(policy.device, torch.float32)
+    z = direction_sign(direction, policy)
+    return z * beta * (policy - ref) + gamma
+
+
+def poft_loss(
+    policy_scores: torch.Tensor,
+    ref_scores: torch.Tensor,
+    *,
+    beta: float = 1.0,
+    gamma: float = 0.0,
+    direction: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-example PoFT loss `-logsigmoid(z * beta * (r_theta - r_ref) + gamma)`, no reduction.
+
+    Args:
+        policy_scores: r_theta, the target model's normalised score per example, shape [B] (any float dtype;
+            the loss is computed in float32 and keeps the graph to `policy_scores`).
+        ref_scores: r_ref, the aligned models' mean normalised score per example, shape [B] (no gradient).
+        beta: scale of the margin (paper: 1).
+        gamma: offset of the margin (paper: 0).
+        direction: bi-PoFT direction per example, boolean (True = desirable) or +-1; None = all +1 (PoFT).
+
+    Returns:
+        float32 tensor [B]; finite for any finite input.
+    """
+    return -F.logsigmoid(
+        poft_margin(policy_scores, ref_scores, beta=beta, gamma=gamma, direction=direction)
+    )
+
+
+def poft_weight(
+    policy_scores: torch.Tensor,
+    ref_scores: torch.Tensor,
+    *,
+    beta: float = 1.0,
+    gamma: float = 0.0,
+    direction: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The per-example weight tau = beta * sigmoid(-margin) on the normalised CE, detached, shape [B].
+
+    d loss / d r_theta = -z * tau, so tau is how hard each example pulls on the model.
+    """
+    with torch.no_grad():
+        margin = poft_margin(policy_scores, ref_scores, beta=beta, gamma=gamma, direction=direction)
+        return beta * torch.sigmoid(-margin)
+
+
+def sequence_logprob_sums(
+    token_log_probs: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sequence sum of the masked token log-probs and the count of masked tokens.
+
+    Args:
+        token_log_probs: [B, T] log-probability of each next-token label (any float dtype).
+        mask: [B, T] bool/0-1, True where the token is a response token that counts.
+
+    Returns:
+        (sums float32 [B], counts int64 [B]). Masked-out positions contribute nothing even if they hold
+        garbage (NaN/inf are not multiplied through: they are selected away).
+    """
+    mask = mask.bool()
+    sums = torch.where(mask, token_log_probs.float(), torch.zeros((), device=token_log_probs.device)).sum(-1)
+    return sums, mask.sum(-1)
+
+
+def normalize_scores(
+    logp_sums: torch.Tensor,
+    n_tokens: torch.Tensor,
+    *,
+    normalization: Normalization = "token",
+    response_bytes: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Turn per-sequence log-prob sums into preference scores r, float32 [B].
+
+    - "token": sum / number of response tokens (the paper's r = log p(y|x) / T(y)).
+    - "byte":  sum / UTF-8 bytes of the assistant contents; the same denominator for every tokenizer,
+               so aligned models with different vocabularies are compared on equal terms.
+    - "none":  the plain sum log p(y|x).
+    Denominators are clamped at 1 so an empty response gives 0, never NaN (such rows are dropped upstream).
+    """
+    sums = logp_sums.float()
+    if normalization == "token":
+        return sums / n_tokens.to(sums.device, torch.float32).clamp(min=1.0)
+    if normalization == "byte":
+        if response_bytes is None:
+            raise ValueError("normalization='byte' needs response_bytes")
+        return sums / response_bytes.to(sums.device, torch.float32).clamp(min=1.0)
+    if normalization == "none":
+        return sums
+    raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")

@@ -1,0 +1,228 @@
+"""PoFTConfig + PoFTTrainer: TRL's SFTTrainer with the PoFT objective. Thin: the math is in loss.py.
+
+What changes relative to SFTTrainer, and nothing else (LoRA, DeepSpeed/FSDP, gradient checkpointing and
+every other TRL option work as in SFT):
+- conversations are encoded by poft.chat under the target's own template: labels cover the response
+  tokens only (assistant contents + end-of-turn), for every loss type, so SFT and PoFT see the same tokens;
+- the reference score (and bi-PoFT direction) columns survive TRL's preparation and collation;
+- compute_loss turns TRL's fused per-token log-probs (no [tokens x vocab] logits kept) into per-example
+  scores r_theta and applies `poft_loss`, averaged over the examples of the whole optimizer step
+  (all micro-batches and all processes), so gradient accumulation and data parallelism give one update.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from datasets import Dataset
+from trl import SFTConfig, SFTTrainer
+
+from .data import SCORE_COLUMNS, prepare_training_dataset
+from .loss import NORMALIZATIONS, normalize_scores, poft_loss, poft_weight, sequence_logprob_sums
+
+LOSS_TYPES = ("poft", "bi_poft", "sft")
+
+
+@dataclass
+class PoFTConfig(SFTConfig):
+    """SFTConfig plus the PoFT objective. Every SFTConfig / TrainingArguments field keeps its meaning."""
+
+    loss_type: str = field(
+        default="poft",
+        metadata={
+            "help": "'poft': -logsigmoid(beta*(r_theta - r_ref) + gamma); 'bi_poft': the margin is multiplied by "
+            "each row's direction (+1 desirable, -1 undesirable, from `direction_column`); 'sft': exactly TRL's "
+            "token-level cross-entropy on the same response tokens (the baseline users run today).",
+            "choices": list(LOSS_TYPES),
+        },
+    )
+    beta: float = field(default=1.0, metadata={"help": "Scale of the score margin (paper: 1.0)."})
+    gamma: float = field(default=0.0, metadata={"help": "Offset added to the scaled margin (paper: 0.0)."})
+    ref_score_column: str = field(
+        default="ref_score",
+        metadata={"help": "Column with r_ref, the aligned models' mean normalised score (written by `poft score`)."},
+    )
+    direction_column: str = field(
+        default="label",
+        metadata={"help": "bi-PoFT only: boolean column, true = desirable (+1), false = undesirable (-1)."},
+    )
+    score_normalization: str = field(
+        default="token",
+        metadata={
+            "help": "How r_theta normalises the response log-prob sum; must match the reference scores: 'token' "
+            "(mean per token, the paper), 'byte' (per UTF-8 byte of the responses) or 'none' (the sum).",
+            "choices": list(NORMALIZATIONS),
+        },
+    )
+    on_bad_row: str = field(
+        default="skip",
+        metadata={
+            "help": "Rows with no response token after truncation, a malformed conversation or a missing/NaN "
+            "reference score: 'skip' drops them and prints how many and why; 'error' stops naming them.",
+            "choices": ["skip", "error"],
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
+        if self.score_normalization not in NORMALIZATIONS:
+            raise ValueError(f"score_normalization must be one of {NORMALIZATIONS}, got {self.score_normalization!r}")
+        if self.on_bad_row not in ("skip", "error"):
+            raise ValueError(f"on_bad_row must be 'skip' or 'error', got {self.on_bad_row!r}")
+        if self.beta <= 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}")
+        if self.truncation_mode != "keep_start":
+            raise ValueError("PoFT truncates conversations from the end (truncation_mode='keep_start') only")
+        if self.assistant_only_loss:
+            warnings.warn(
+                "assistant_only_loss is ignored: PoFTTrainer always trains on response tokens only "
+                "(assistant contents + end-of-turn), located under any chat template by poft.chat.",
+                stacklevel=2,
+            )
+            self.assistant_only_loss = False
+
+
+@dataclass
+class ScoreCollator:
+    """Wraps TRL's collator and adds the per-example score columns as float32 tensors [B]."""
+
+    inner: Callable[[list[dict]], dict]
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.inner(examples)
+        for key in SCORE_COLUMNS:
+            batch[key] = torch.tensor([float(example[key]) for example in examples], dtype=torch.float32)
+        return batch
+
+
+class PoFTTrainer(SFTTrainer):
+    """SFTTrainer whose loss is PoFT / bi-PoFT (or, with loss_type='sft', TRL's own loss unchanged)."""
+
+    _tag_names = ["trl", "sft", "poft"]
+
+    def __init__(self, model, args: PoFTConfig | None = None, **kwargs):
+        args = args if args is not None else PoFTConfig(output_dir="poft-output")
+        if not isinstance(args, PoFTConfig):
+            raise TypeError(f"PoFTTrainer needs a PoFTConfig, got {type(args).__name__}")
+        self.poft_loss_type = args.loss_type
+        if self.poft_loss_type != "sft" and (args.packing or args.padding_free):
+            raise ValueError(
+                "packing / padding_free are not supported with loss_type='poft'/'bi_poft' yet: per-example scores "
+                "need sequence boundaries inside a packed row. Set packing=False and padding_free=False."
+            )
+        # TRL validates its own loss names ('nll', 'dft'); the PoFT choice lives on the trainer during init
+        args.loss_type = "nll"
+        try:
+            super().__init__(model, args=args, **kwargs)
+        finally:
+            args.loss_type = self.poft_loss_type
+        if self.poft_loss_type != "sft":
+            self.data_collator = ScoreCollator(self.data_collator)
+            # compute_loss divides by the number of examples in the whole optimizer step (see get_batch_samples)
+            self.loss_is_scaled_for_ga = True
+
+    # ---- data -------------------------------------------------------------------------------------------------
+
+    def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
+        if isinstance(dataset, Dataset) and "input_ids" not in dataset.column_names and formatting_func is None:
+            needs_scores = self.poft_loss_type != "sft"
+            dataset = prepare_training_dataset(
+                dataset,
+                getattr(processing_class, "tokenizer", processing_class),
+                max_length=args.max_length,
+                ref_score_column=args.ref_score_column if needs_scores else None,
+                direction_column=args.direction_column if self.poft_loss_type == "bi_poft" else None,
+                on_bad_row=args.on_bad_row,
+                dataset_name=dataset_name,
+                num_proc=args.dataset_num_proc,
+            )
+        elif self.poft_loss_type != "sft":
+            if not isinstance(dataset, Dataset) or not set(SCORE_COLUMNS) <= set(dataset.column_names):
+                raise ValueError(
+                    f"{dataset_name} dataset: PoFT needs a map-style dataset of `messages` (+ reference scores), "
+                    f"or pre-tokenised rows with columns {SCORE_COLUMNS}; got {type(dataset).__name__}"
+                )
+        return super()._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if self.poft_loss_type != "sft":
+            self._signature_columns = [*self._signature_columns, *SCORE_COLUMNS]
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """PoFT averages over examples: count the examples of the whole optimizer step, on every process."""
+        batch_samples, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.poft_loss_type == "sft":
+            return batch_samples, num_items
+        n_examples = torch.tensor(sum(len(b["poft_ref_score"]) for b in batch_samples), device=device)
+        if self.args.world_size > 1:
+            n_examples = self.accelerator.gather(n_examples[None]).sum()
+        return batch_samples, n_examples
+
+    # ---- loss -------------------------------------------------------------------------------------------------
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.poft_loss_type == "sft":
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        args: PoFTConfig = self.args
+        ref_scores = inputs.pop("poft_ref_score")
+        direction = inputs.pop("poft_direction")
+        response_bytes = inputs.pop("poft_response_bytes")
+        inputs["use_cache"] = False
+        # TRL's fused head: per-token log-probs [B, T-1] of the labels, computed in chunks without the logits
+        outputs = model(**inputs, fused_lm_head=True)
+        sums, counts = sequence_logprob_sums(outputs.log_probs, outputs.label_mask)
+        policy_scores = normalize_scores(
+            sums, counts, normalization=args.score_normalization, response_bytes=response_bytes
+        )
+        z = direction if self.poft_loss_type == "bi_poft" else None
+        losses = poft_loss(policy_scores, ref_scores, beta=args.beta, gamma=args.gamma, direction=z)
+        if num_items_in_batch is None:  # evaluation: mean over this batch
+            loss = losses.mean()
+        else:  # training: mean over the examples of the optimizer step; DDP averages gradients over processes
+            loss = losses.sum() / num_items_in_batch * self.accelerator.num_processes
+        self._log_poft_metrics(policy_scores, ref_scores, z, sums, counts, outputs)
+        if return_outputs:
+            with torch.no_grad():
+                outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+            return loss, outputs
+        return loss
+
+    @torch.no_grad()
+    def _log_poft_metrics(self, policy_scores, ref_scores, direction, sums, counts, outputs) -> None:
+        """Sums gathered over processes, then divided: the logged means are over all examples / tokens."""
+        args: PoFTConfig = self.args
+        policy, ref = policy_scores.detach(), ref_scores.to(policy_scores.device)
+        tau = poft_weight(policy, ref, beta=args.beta, gamma=args.gamma, direction=direction)
+        stats = torch.stack(
+            [
+                policy.sum(),
+                ref.sum(),
+                (policy - ref).sum(),
+                (policy > ref).float().sum(),
+                tau.sum(),
+                -sums.detach().sum(),
+                counts.sum().float(),
+                torch.tensor(float(len(policy)), device=policy.device),
+                (outputs.is_top1.sum() if outputs.is_top1 is not None else counts.sum() * 0).float(),
+                outputs.entropy.detach().sum().float() if outputs.entropy is not None else counts.sum() * 0.0,
+            ]
+        )
+        stats = self.accelerator.gather(stats[None]).sum(0)
+        n, n_tokens = stats[7].clamp(min=1), stats[6].clamp(min=1)
+        mode = "train" if self.model.training else "eval"
+        metrics = self._metrics[mode]
+        metrics["poft/policy_score"].append((stats[0] / n).item())
+        metrics["poft/ref_score"].append((stats[1] / n).item())
+        metrics["poft/margin"].append((stats[2] / n).item())
+        metrics["poft/win_rate"].append((stats[3] / n).item())
+        metrics["poft/weight"].append((stats[4] / n).item())
+        metrics["poft/nll"].append((stats[5] / n_tokens).item())
+        metrics["mean_token_accuracy"].append((stats[8] / n_tokens).item())
+        metrics["entropy"].append((stats[9] / n_tokens).item())
