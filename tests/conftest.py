@@ -1,0 +1,21 @@
+"""Shared test set-up: offline, deterministic, small thread count; tiny tokenizers built once per session."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_DISABLED", "true")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def tokenizers():
+    """One tiny tokenizer per chat-template family: chatml (markers), llama3 (BOS in template), zephyr."""
+    from poft.tiny import build_tokenizer
+
+    return {family: build_tokenizer(family) for family in ("chatml", "llama3", "zephyr")}
