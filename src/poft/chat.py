@@ -93,7 +93,9 @@ class ChatFormat:
         if not isinstance(template, str) or not template:
             raise ChatTemplateError(f"{name}: the tokenizer has no chat template (a single string is needed)")
         if not tokenizer.is_fast:
-            raise ChatTemplateError(f"{name}: a fast tokenizer is needed (character offsets locate responses)")
+            raise ChatTemplateError(
+                f"{name}: a fast tokenizer is needed (character offsets locate responses)"
+            )
         eot = _learn_end_of_turn(tokenizer, name)
         bos = tokenizer.bos_token
         adds_bos = bos is not None and tokenizer("a").input_ids[:1] == [tokenizer.bos_token_id]

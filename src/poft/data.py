@@ -32,10 +32,14 @@ def load_sft_dataset(name_or_path: str, split: str = "train", config: str | None
     if path.is_file():
         builder = _FILE_BUILDERS.get(path.suffix.lower())
         if builder is None:
-            raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use one of {sorted(_FILE_BUILDERS)}")
+            raise ValueError(
+                f"{path}: unsupported file type {path.suffix!r}; use one of {sorted(_FILE_BUILDERS)}"
+            )
         return load_dataset(builder, data_files=str(path), split="train")
     if path.is_dir() and (
-        (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists() or (path / "state.json").exists()
+        (path / "dataset_info.json").exists()
+        or (path / "dataset_dict.json").exists()
+        or (path / "state.json").exists()
     ):
         loaded = load_from_disk(str(path))
         if isinstance(loaded, DatasetDict):
@@ -120,7 +124,9 @@ def prepare_training_dataset(
             f"(columns: {dataset.column_names}); run `poft score` first, or train with loss_type='sft'"
         )
     if direction_column is not None and direction_column not in dataset.column_names:
-        print(f"poft: {dataset_name} dataset has no {direction_column!r} column: every row counts as desirable")
+        print(
+            f"poft: {dataset_name} dataset has no {direction_column!r} column: every row counts as desirable"
+        )
         direction_column = None
     chat = ChatFormat.from_tokenizer(tokenizer, model_name)
     encoded = dataset.map(
@@ -139,9 +145,7 @@ def prepare_training_dataset(
     bad = [i for i, p in enumerate(problems) if p]
     if bad and on_bad_row == "error":
         ids = dataset[bad[:5]]
-        named = [
-            f"row {i} (id={_row_id(ids, k)}): {problems[i]}" for k, i in enumerate(bad[:5])
-        ]
+        named = [f"row {i} (id={_row_id(ids, k)}): {problems[i]}" for k, i in enumerate(bad[:5])]
         raise ValueError(
             f"{dataset_name} dataset: {len(bad)} of {len(problems)} rows cannot be trained on: "
             + "; ".join(named)

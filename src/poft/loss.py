@@ -79,9 +79,7 @@ def poft_loss(
     Returns:
         float32 tensor [B]; finite for any finite input.
     """
-    return -F.logsigmoid(
-        poft_margin(policy_scores, ref_scores, beta=beta, gamma=gamma, direction=direction)
-    )
+    return -F.logsigmoid(poft_margin(policy_scores, ref_scores, beta=beta, gamma=gamma, direction=direction))
 
 
 def poft_weight(

@@ -96,7 +96,9 @@ def build_tokenizer(
         tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
         tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first")
         alphabet = sorted({*map(chr, range(32, 127)), "\n", "\t", *"".join(corpus or [])})
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, initial_alphabet=alphabet)
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=specials, initial_alphabet=alphabet
+        )
     else:
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
@@ -108,7 +110,9 @@ def build_tokenizer(
     tok.train_from_iterator([DEFAULT_CORPUS, *(corpus or [])], trainer=trainer)
     if fam.adds_bos:
         tok.post_processor = processors.TemplateProcessing(
-            single=f"{fam.bos} $A", pair=f"{fam.bos} $A $B", special_tokens=[(fam.bos, tok.token_to_id(fam.bos))]
+            single=f"{fam.bos} $A",
+            pair=f"{fam.bos} $A $B",
+            special_tokens=[(fam.bos, tok.token_to_id(fam.bos))],
         )
     hf = PreTrainedTokenizerFast(
         tokenizer_object=tok,

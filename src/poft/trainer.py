@@ -44,7 +44,9 @@ class PoFTConfig(SFTConfig):
     gamma: float = field(default=0.0, metadata={"help": "Offset added to the scaled margin (paper: 0.0)."})
     ref_score_column: str = field(
         default="ref_score",
-        metadata={"help": "Column with r_ref, the aligned models' mean normalised score (written by `poft score`)."},
+        metadata={
+            "help": "Column with r_ref, the aligned models' mean normalised score (written by `poft score`)."
+        },
     )
     direction_column: str = field(
         default="label",
@@ -72,7 +74,9 @@ class PoFTConfig(SFTConfig):
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
         if self.score_normalization not in NORMALIZATIONS:
-            raise ValueError(f"score_normalization must be one of {NORMALIZATIONS}, got {self.score_normalization!r}")
+            raise ValueError(
+                f"score_normalization must be one of {NORMALIZATIONS}, got {self.score_normalization!r}"
+            )
         if self.on_bad_row not in ("skip", "error"):
             raise ValueError(f"on_bad_row must be 'skip' or 'error', got {self.on_bad_row!r}")
         if self.beta <= 0:
@@ -130,7 +134,11 @@ class PoFTTrainer(SFTTrainer):
     # ---- data -------------------------------------------------------------------------------------------------
 
     def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
-        if isinstance(dataset, Dataset) and "input_ids" not in dataset.column_names and formatting_func is None:
+        if (
+            isinstance(dataset, Dataset)
+            and "input_ids" not in dataset.column_names
+            and formatting_func is None
+        ):
             needs_scores = self.poft_loss_type != "sft"
             dataset = prepare_training_dataset(
                 dataset,
@@ -148,7 +156,9 @@ class PoFTTrainer(SFTTrainer):
                     f"{dataset_name} dataset: PoFT needs a map-style dataset of `messages` (+ reference scores), "
                     f"or pre-tokenised rows with columns {SCORE_COLUMNS}; got {type(dataset).__name__}"
                 )
-        return super()._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
+        return super()._prepare_dataset(
+            dataset, processing_class, args, packing, formatting_func, dataset_name
+        )
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()

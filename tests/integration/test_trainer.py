@@ -1,0 +1,249 @@
+"""PoFTTrainer end to end on a tiny model: training, metrics, accumulation / multi-process equivalence,
+LoRA, dropped rows, and the `poft train` CLI."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import Dataset
+
+from poft import PoFTConfig, PoFTTrainer
+from poft.example import make_rows
+from poft.tiny import build_model, build_tokenizer
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent.parent
+POFT_METRICS = [
+    "poft/policy_score",
+    "poft/ref_score",
+    "poft/margin",
+    "poft/win_rate",
+    "poft/weight",
+    "poft/nll",
+]
+
+
+def cpu_config(tmp_path, **overrides) -> PoFTConfig:
+    settings = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        max_steps=4,
+        learning_rate=1e-3,
+        logging_steps=1,
+        bf16=False,
+        gradient_checkpointing=False,
+        report_to=[],
+        save_strategy="no",
+        seed=0,
+    )
+    settings.update(overrides)
+    return PoFTConfig(**settings)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A saved tiny model folder and 8 rows of varied lengths (so token- and example-means differ)."""
+    root = tmp_path_factory.mktemp("tiny")
+    rows = make_rows(8, seed=1)
+    rows[2]["messages"][1]["content"] = "a much longer answer than the others, to vary the lengths"
+    rows[5]["messages"] = rows[5]["messages"] + [
+        {"role": "user", "content": "and again"},
+        {"role": "assistant", "content": "again: " + rows[5]["messages"][1]["content"]},
+    ]
+    tokenizer = build_tokenizer("chatml", [m["content"] for r in rows for m in r["messages"]], vocab_size=320)
+    build_model(tokenizer, hidden_size=32, num_layers=2, seed=0).save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return {"model": str(root / "model"), "data": str(root / "train.jsonl"), "rows": rows, "root": root}
+
+
+def test_poft_trains_and_logs_metrics(tiny, tmp_path):
+    trainer = PoFTTrainer(
+        model=tiny["model"], args=cpu_config(tmp_path), train_dataset=Dataset.from_list(tiny["rows"])
+    )
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 4
+    for entry in logs:
+        assert math.isfinite(entry["loss"])
+        for key in POFT_METRICS:
+            assert key in entry and math.isfinite(entry[key]), key
+        assert 0.0 < entry["poft/weight"] < 1.0
+        assert 0.0 <= entry["poft/win_rate"] <= 1.0
+        assert entry["poft/margin"] == pytest.approx(
+            entry["poft/policy_score"] - entry["poft/ref_score"], abs=1e-4
+        )
+    changed = [n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])]
+    assert len(changed) == len(before)
+
+
+def test_loss_equals_mean_poft_loss_over_examples(tiny, tmp_path):
+    """With beta=1, gamma=0 and one full batch, the logged loss is mean(-logsigmoid(r_theta - r_ref))."""
+    args = cpu_config(tmp_path, per_device_train_batch_size=8, max_steps=1, learning_rate=0.0)
+    trainer = PoFTTrainer(model=tiny["model"], args=args, train_dataset=Dataset.from_list(tiny["rows"]))
+    trainer.train()
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(8)])
+    with torch.no_grad():
+        out = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        lp = torch.log_softmax(out.logits[:, :-1].float(), -1)
+        labels = batch["labels"][:, 1:]
+        mask = labels != -100
+        token_lp = lp.gather(-1, labels.clamp(min=0)[..., None])[..., 0] * mask
+        r = token_lp.sum(-1) / mask.sum(-1)
+        expected = -torch.nn.functional.logsigmoid(r - batch["poft_ref_score"]).mean()
+    assert trainer.state.log_history[0]["loss"] == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_sft_is_trls_token_level_cross_entropy(tiny, tmp_path):
+    args = cpu_config(
+        tmp_path, loss_type="sft", per_device_train_batch_size=8, max_steps=1, learning_rate=0.0
+    )
+    rows = [{k: v for k, v in r.items() if k != "ref_score"} for r in tiny["rows"]]  # SFT needs no scores
+    trainer = PoFTTrainer(model=tiny["model"], args=args, train_dataset=Dataset.from_list(rows))
+    trainer.train()
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(8)])
+    assert "poft_ref_score" not in batch
+    with torch.no_grad():
+        logits = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        expected = torch.nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=-100
+        )
+    assert trainer.state.log_history[0]["loss"] == pytest.approx(expected.item(), rel=1e-4)
+    assert "poft/weight" not in trainer.state.log_history[0]
+
+
+def run_one_step(tiny, out: Path, batch: int, accum: int, nproc: int = 1, loss_type: str = "poft") -> dict:
+    script = [
+        str(HERE / "ddp_train.py"),
+        tiny["model"],
+        tiny["data"],
+        str(out),
+        str(batch),
+        str(accum),
+        loss_type,
+    ]
+    if nproc == 1:
+        cmd = [sys.executable, *script]
+    else:
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            *script,
+        ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return torch.load(out / "weights.pt")
+
+
+def assert_same_update(a: dict, b: dict, initial: dict) -> None:
+    moved = 0
+    for name, start in initial.items():
+        assert torch.allclose(a["state"][name], b["state"][name], rtol=1e-4, atol=1e-6), name
+        moved += int(not torch.equal(a["state"][name], start))
+    assert moved > 0  # the step really changed the weights
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss_type", ["poft", "bi_poft"])
+def test_gradient_accumulation_and_two_processes_give_one_update(tiny, tmp_path, loss_type):
+    """1 process x 8 rows, 1 process x 4 micro-batches of 2, and 2 processes x 4 rows: the same SGD update."""
+    from transformers import AutoModelForCausalLM
+
+    initial = AutoModelForCausalLM.from_pretrained(tiny["model"]).state_dict()
+    big = run_one_step(tiny, tmp_path / "big", batch=8, accum=1, loss_type=loss_type)
+    accumulated = run_one_step(tiny, tmp_path / "accum", batch=2, accum=4, loss_type=loss_type)
+    assert_same_update(big, accumulated, initial)
+    assert big["log"][0]["loss"] == pytest.approx(accumulated["log"][0]["loss"], rel=1e-5)
+    if loss_type == "poft":
+        two = run_one_step(tiny, tmp_path / "ddp", batch=4, accum=1, nproc=2, loss_type=loss_type)
+        assert_same_update(big, two, initial)
+        assert big["log"][0]["loss"] == pytest.approx(two["log"][0]["loss"], rel=1e-5)
+        assert big["log"][0]["poft/weight"] == pytest.approx(two["log"][0]["poft/weight"], rel=1e-5)
+
+
+def test_lora_trains_adapters_only(tiny, tmp_path):
+    from peft import LoraConfig
+
+    peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    trainer = PoFTTrainer(
+        model=tiny["model"],
+        args=cpu_config(tmp_path, learning_rate=1e-2),
+        train_dataset=Dataset.from_list(tiny["rows"]),
+        peft_config=peft_config,
+    )
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    lora_changed = [n for n in before if "lora_B" in n and not torch.equal(before[n], after[n])]
+    base_changed = [n for n in before if "lora_" not in n and not torch.equal(before[n], after[n])]
+    assert lora_changed and not base_changed
+    assert all(
+        math.isfinite(h["loss"]) and "poft/weight" in h for h in trainer.state.log_history if "loss" in h
+    )
+
+
+def bad_rows(tiny) -> list[dict]:
+    rows = [dict(r) for r in tiny["rows"]]
+    rows[0] = {**rows[0], "ref_score": float("nan")}
+    rows[1] = {**rows[1], "ref_score": None}
+    rows[2] = {
+        **rows[2],
+        "messages": [{"role": "user", "content": "x " * 200}, {"role": "assistant", "content": "y"}],
+    }
+    rows[3] = {**rows[3], "messages": [{"role": "user", "content": "no answer"}]}
+    return rows
+
+
+def test_bad_rows_are_dropped_with_one_line(tiny, tmp_path, capsys):
+    args = cpu_config(tmp_path, max_length=48, max_steps=1)
+    trainer = PoFTTrainer(model=tiny["model"], args=args, train_dataset=Dataset.from_list(bad_rows(tiny)))
+    printed = capsys.readouterr().out
+    line = next(x for x in printed.splitlines() if x.startswith("poft: dropped"))
+    assert "dropped 4 of 8 rows from the train dataset" in line
+    assert "2 missing or non-finite ref_score" in line
+    assert "1 no response token after truncation to max_length=48" in line
+    assert "1 bad conversation" in line
+    assert len(trainer.train_dataset) == 4
+    trainer.train()
+    assert all(math.isfinite(h["loss"]) for h in trainer.state.log_history if "loss" in h)
+
+
+def test_bad_rows_can_stop_the_run_naming_them(tiny, tmp_path):
+    args = cpu_config(tmp_path, max_length=48, on_bad_row="error")
+    with pytest.raises(
+        ValueError, match=r"4 of 8 rows.*row 0 \(id=tiny-0\): missing or non-finite ref_score"
+    ):
+        PoFTTrainer(model=tiny["model"], args=args, train_dataset=Dataset.from_list(bad_rows(tiny)))
+
+
+def test_missing_score_column_is_a_clear_error(tiny, tmp_path):
+    rows = [{k: v for k, v in r.items() if k != "ref_score"} for r in tiny["rows"]]
+    with pytest.raises(ValueError, match="no 'ref_score' column"):
+        PoFTTrainer(model=tiny["model"], args=cpu_config(tmp_path), train_dataset=Dataset.from_list(rows))
+
+
+def test_cli_train_on_recipe(tiny, tmp_path):
+    """`poft train --config examples/tiny_poft.yaml` with overrides writes the model and logs the PoFT metrics."""
+    out = tmp_path / "cli_out"
+    cmd = [
+        sys.executable, "-m", "poft", "train", "--config", str(ROOT / "examples" / "tiny_poft.yaml"),
+        "--model_name_or_path", tiny["model"], "--dataset_name", tiny["data"], "--output_dir", str(out),
+        "--num_train_epochs", "1", "--per_device_train_batch_size", "4", "--logging_steps", "1",
+    ]  # fmt: skip
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "model.safetensors").exists() and (out / "chat_template.jinja").exists()
+    assert "'poft/weight'" in done.stdout + done.stderr and "'poft/margin'" in done.stdout + done.stderr
+    assert "loss_type=poft" in done.stdout
