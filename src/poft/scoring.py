@@ -263,21 +263,20 @@ def batch_logprob_sums(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sum of response-token log-probs and their count for each (input_ids, response_mask) sequence.
 
-    Right padding with an attention mask (real tokens keep their positions); the decoder runs once on the
-    batch, the LM head only on positions whose next token is a response token.
+    Right padding and no attention mask: in a causal model a token only attends to earlier positions, so
+    padding placed after a sequence cannot change it, and its positions stay 0..len-1 (tested against an
+    unpadded reference). This keeps attention on the plain causal fast path. The decoder runs once on
+    the batch, the LM head only on positions whose next token is a response token.
     """
     device = model.device
     longest = max(len(ids) for ids, _ in sequences)
     input_ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(sequences), longest), dtype=torch.long)
     response = torch.zeros((len(sequences), longest), dtype=torch.bool)
     for b, (ids, mask) in enumerate(sequences):
         input_ids[b, : len(ids)] = torch.from_numpy(ids.astype(np.int64))
-        attention[b, : len(ids)] = 1
         response[b, : len(ids)] = torch.from_numpy(mask.astype(bool))
-    input_ids, attention, response = input_ids.to(device), attention.to(device), response.to(device)
-    padded = bool((attention == 0).any())
-    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention if padded else None)
+    input_ids, response = input_ids.to(device), response.to(device)
+    hidden = model.get_decoder()(input_ids=input_ids)
     hidden = hidden.last_hidden_state[:, :-1]
     scored = response[:, 1:]
     rows = torch.arange(len(sequences), device=device)[:, None].expand_as(scored)[scored]

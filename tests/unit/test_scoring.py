@@ -1,0 +1,292 @@
+"""`poft score` against a naive reference: one example at a time, full logits, plain log_softmax.
+
+Three tiny aligned models with different tokenizers and templates (ChatML with generation markers,
+Llama-3-style with BOS inside the template and no markers, Zephyr-style). The scorer's token counts must
+equal the reference exactly and its log-prob sums to 1e-5 relative, through padding, multiple batches,
+multiple shards, truncation and resume.
+"""
+
+import json
+import math
+import random
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from poft.chat import ChatFormat, ChatTemplateError, RowError
+from poft.scoring import (
+    chunked_token_logprobs,
+    parse_model_spec,
+    row_fingerprint,
+    score_dataset,
+    token_budget_batches,
+)
+from poft.shards import RunMismatchError, shard_files
+from poft.tiny import build_model, build_tokenizer
+
+FAMILIES = ("chatml", "llama3", "zephyr")
+WORDS = "the quick brown fox jumps over a lazy dog add reverse sort paris answer hello 12 30 42 ! ?".split()
+
+
+def make_rows(n: int, seed: int = 0) -> list[dict]:
+    """Conversations of varied length: optional system turn, one or two exchanges, an `extra` column."""
+    rng = random.Random(seed)
+
+    def text(lo: int, hi: int) -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi)))
+
+    rows = []
+    for i in range(n):
+        messages = [{"role": "system", "content": text(2, 6)}] if i % 3 == 0 else []
+        for _ in range(1 + i % 2):
+            messages += [
+                {"role": "user", "content": text(1, 30)},
+                {"role": "assistant", "content": text(1, 40)},
+            ]
+        rows.append({"messages": messages, "extra": i})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def aligned(tmp_path_factory) -> dict[str, str]:
+    """family -> folder of a saved tiny model + tokenizer (different vocabularies and templates)."""
+    root = tmp_path_factory.mktemp("aligned")
+    corpus = [" ".join(WORDS) * 3]
+    paths = {}
+    for k, family in enumerate(FAMILIES):
+        tokenizer = build_tokenizer(family, corpus, vocab_size=300 + 40 * k)
+        model = build_model(tokenizer, hidden_size=32, num_layers=2, seed=k)
+        model.save_pretrained(root / family)
+        tokenizer.save_pretrained(root / family)
+        paths[family] = str(root / family)
+    return paths
+
+
+def naive_scores(path: str, rows: list[dict], max_length: int | None) -> tuple[list[float], list[int]]:
+    """Reference: each example alone, full [T x vocab] logits, log_softmax, sum over response labels."""
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    chat = ChatFormat.from_tokenizer(tokenizer, path)
+    sums, counts = [], []
+    for row in rows:
+        encoded = chat.encode(row["messages"], max_length)
+        ids = torch.tensor([encoded.input_ids])
+        with torch.no_grad():
+            log_probs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].double(), dim=-1)
+        token_log_probs = log_probs.gather(-1, ids[0, 1:, None]).squeeze(-1)
+        mask = torch.tensor(encoded.response_mask[1:], dtype=torch.bool)
+        sums.append(float(token_log_probs[mask].sum()))
+        counts.append(int(mask.sum()))
+    return sums, counts
+
+
+def assert_matches_reference(
+    scored, aligned: dict[str, str], rows: list[dict], max_length: int | None
+) -> None:
+    for family, path in aligned.items():
+        ref_sums, ref_counts = naive_scores(path, rows, max_length)
+        assert scored[f"{family}_n_tokens"] == ref_counts
+        for ours, ref in zip(scored[f"{family}_logp_sum"], ref_sums, strict=True):
+            assert ours == pytest.approx(ref, rel=1e-5, abs=1e-6)
+
+
+def test_batched_scores_equal_naive_reference_under_three_templates(aligned, tmp_path):
+    rows = make_rows(36)
+    max_length = 90  # some conversations are longer: truncation is exercised
+    scored = score_dataset(
+        rows_dataset(rows), list(aligned.values()), tmp_path / "out", max_length=max_length,
+        batch_tokens=400, rows_per_shard=7, progress=False,
+    )  # fmt: skip
+    assert_matches_reference(scored, aligned, rows, max_length)
+    assert scored["extra"] == list(range(36))  # original order and columns kept
+    assert sum(scored["llama3_truncated"]) > 0
+    assert len(shard_files(tmp_path / "out", "chatml")) > 1
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["counts"]["truncated"]["llama3"] == sum(scored["llama3_truncated"])
+    for family, path in aligned.items():  # BOS exactly once under every template
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        ids = ChatFormat.from_tokenizer(tokenizer, family).encode(rows[0]["messages"]).input_ids
+        assert ids.count(tokenizer.bos_token_id) == (0 if tokenizer.bos_token_id is None else 1)
+
+
+def rows_dataset(rows: list[dict]):
+    from datasets import Dataset
+
+    return Dataset.from_list(rows)
+
+
+def test_output_columns_ids_and_ref_score(aligned, tmp_path):
+    rows = [{"prompt_id": f"p{i}", **row} for i, row in enumerate(make_rows(8, seed=1))]
+    models = [f"a={aligned['chatml']}", f"b={aligned['zephyr']}"]
+    scored = score_dataset(rows_dataset(rows), models, tmp_path / "tok", progress=False)
+    assert scored.column_names == [
+        "prompt_id", "messages", "extra", "id", "fingerprint", "response_bytes",
+        "a_logp_sum", "a_n_tokens", "a_truncated", "b_logp_sum", "b_n_tokens", "b_truncated", "ref_score",
+    ]  # fmt: skip
+    assert scored["id"] == [f"p{i}" for i in range(8)]
+    assert scored["fingerprint"] == [row_fingerprint(r["messages"]) for r in rows]
+    for r in scored:
+        expected = (r["a_logp_sum"] / r["a_n_tokens"] + r["b_logp_sum"] / r["b_n_tokens"]) / 2
+        assert r["ref_score"] == pytest.approx(expected, rel=1e-6)
+    by_byte = score_dataset(
+        rows_dataset(rows), models, tmp_path / "byte", normalization="byte", progress=False
+    )
+    for r in by_byte:
+        assert r["ref_score"] == pytest.approx((r["a_logp_sum"] + r["b_logp_sum"]) / 2 / r["response_bytes"])
+    manifest = json.loads((tmp_path / "byte" / "manifest.json").read_text())
+    assert [m["alias"] for m in manifest["models"]] == ["a", "b"]
+    assert manifest["normalization"] == "byte" and manifest["models"][0]["template_hash"]
+    assert manifest["throughput"]["tokens_per_s"] > 0
+
+
+def test_content_hash_id_when_the_dataset_has_none(aligned, tmp_path):
+    rows = make_rows(3)
+    scored = score_dataset(rows_dataset(rows), [aligned["chatml"]], tmp_path / "o", progress=False)
+    again = score_dataset(rows_dataset(rows), [aligned["chatml"]], tmp_path / "o2", progress=False)
+    assert scored["id"] == again["id"] and len(set(scored["id"])) == 3
+
+
+def test_resume_skips_finished_shards_and_loses_nothing(aligned, tmp_path):
+    rows = make_rows(30, seed=2)
+    out = tmp_path / "out"
+    models = [aligned["chatml"], aligned["llama3"]]
+    kwargs = {"batch_tokens": 300, "rows_per_shard": 5, "progress": False}
+    full = score_dataset(rows_dataset(rows), models, out, **kwargs)
+    shards = shard_files(out, "llama3")
+    for path in shards[::2]:  # as if killed: some llama3 shards never written, no final dataset
+        path.unlink()
+    (out / "manifest.json").unlink()
+    stale = out / "shards" / "llama3" / ".tmp-half-written.json"
+    stale.write_text('{"rows": [0, 1')  # a writer killed mid-write leaves only a temporary file
+    resumed = score_dataset(rows_dataset(rows), models, out, **kwargs)
+    assert not stale.exists()
+    assert resumed["llama3_n_tokens"] == full["llama3_n_tokens"]
+    assert resumed["llama3_logp_sum"] == pytest.approx(full["llama3_logp_sum"], rel=1e-6)
+    covered = [r for p in shard_files(out, "llama3") for r in json.loads(p.read_text())["rows"]]
+    assert sorted(covered) == list(range(30))  # every row exactly once
+
+
+def test_refuses_to_mix_runs(aligned, tmp_path):
+    rows = make_rows(4)
+    out = tmp_path / "out"
+    score_dataset(rows_dataset(rows), [aligned["chatml"]], out, max_length=64, progress=False)
+    with pytest.raises(RunMismatchError, match="max_length"):
+        score_dataset(rows_dataset(rows), [aligned["chatml"]], out, max_length=32, progress=False)
+    with pytest.raises(RunMismatchError, match="models"):
+        score_dataset(rows_dataset(rows), [aligned["zephyr"]], out, max_length=64, progress=False)
+    with pytest.raises(RunMismatchError, match="dataset_fingerprint"):
+        score_dataset(
+            rows_dataset(make_rows(4, seed=9)), [aligned["chatml"]], out, max_length=64, progress=False
+        )
+
+
+BAD_LINES = [
+    (
+        '{"id": "ok1", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}',
+        None,
+    ),
+    ('{"id": "m1", "messages": [{"role": "user", "content": "hi"}', "malformed JSON"),
+    ('{"id": "u1", "messages": [{"role": "user", "content": "hi"}]}', "no assistant turn"),
+    (
+        '{"id": "e1", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": " "}]}',
+        "empty",
+    ),
+    (
+        '{"id": "r1", "messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "a"}]}',
+        "robot",
+    ),
+    (
+        '{"id": "n1", "messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "a"}]}',
+        "not a string",
+    ),
+    ('{"id": "x1", "text": "no messages here"}', "no `messages`"),
+    (
+        '{"id": "ok2", "messages": [{"role": "user", "content": "2"}, {"role": "assistant", "content": "b"}]}',
+        None,
+    ),
+]
+
+
+def test_bad_rows_stop_the_run_naming_file_line_id_and_problem(aligned, tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(line for line, _ in BAD_LINES) + "\n")
+    with pytest.raises(RowError) as err:
+        score_dataset(str(data), [aligned["chatml"]], tmp_path / "out", progress=False)
+    message = str(err.value)
+    assert str(data) in message and "6 bad rows" in message
+    assert "line 2 (id=None): malformed JSON" in message and "line 3 (id=u1): no assistant turn" in message
+
+
+def test_bad_rows_can_be_skipped_and_recorded(aligned, tmp_path, capsys):
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(line for line, _ in BAD_LINES) + "\n")
+    scored = score_dataset(
+        str(data), [aligned["chatml"]], tmp_path / "out", on_bad_row="skip", progress=False
+    )
+    assert scored["id"] == ["ok1", "ok2"]
+    assert "skipped 6 of 8 rows" in capsys.readouterr().out
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["counts"]["dropped"] == 6 and manifest["dataset"]["n_rows_in"] == 8
+    for record, (_, problem) in zip(manifest["bad_rows"], [b for b in BAD_LINES if b[1]], strict=True):
+        assert problem in record["problem"]
+    assert [b["row"] for b in manifest["bad_rows"]] == [f"line {n}" for n in range(2, 8)]
+
+
+def test_template_that_cannot_be_handled_names_the_model(tmp_path):
+    tokenizer = build_tokenizer("chatml")
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] | upper }}{% endfor %}"
+    build_model(tokenizer, hidden_size=16, num_layers=1).save_pretrained(tmp_path / "shouty")
+    tokenizer.save_pretrained(tmp_path / "shouty")
+    with pytest.raises(ChatTemplateError, match="shouty"):
+        score_dataset(
+            rows_dataset(make_rows(2)), [str(tmp_path / "shouty")], tmp_path / "out", progress=False
+        )
+
+
+def test_model_specs_and_alias_clash():
+    assert parse_model_spec("runs/models/llama3/") == ("llama3", "runs/models/llama3/")
+    assert parse_model_spec("meta-llama/Llama-3-8B-Instruct") == (
+        "Llama-3-8B-Instruct",
+        "meta-llama/Llama-3-8B-Instruct",
+    )
+    assert parse_model_spec("l3=a/b=c") == ("l3", "a/b=c")
+    with pytest.raises(ValueError, match="ALIAS=PATH"):
+        score_dataset(rows_dataset(make_rows(1)), ["x/m", "y/m"], "unused", progress=False)
+
+
+def test_row_fingerprint_is_stable_and_content_only():
+    a = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    assert row_fingerprint(a) == row_fingerprint([{**m, "name": None} for m in a])
+    assert len(row_fingerprint(a)) == 32 and int(row_fingerprint(a), 16) >= 0
+    assert row_fingerprint(a) != row_fingerprint([{"role": "system", "content": "hi"}, a[1]])
+    assert row_fingerprint(a) != row_fingerprint([a[0], {"role": "assistant", "content": "yo "}])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 50), min_size=1, max_size=40), st.integers(1, 200))
+def test_token_budget_batches(lengths, budget):
+    batches = token_budget_batches(lengths, budget)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    flat = [lengths[i] for b in batches for i in b]
+    assert flat == sorted(flat, reverse=True)  # longest first
+    for batch in batches:
+        assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= budget
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 1000])
+@pytest.mark.parametrize("softcap", [None, 5.0])
+def test_chunked_log_probs_equal_full_log_softmax(chunk_size, softcap):
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 97, bias=False)
+    hidden, labels = torch.randn(23, 16) * 3, torch.randint(0, 97, (23,))
+    with torch.no_grad():
+        logits = head(hidden)
+        if softcap:
+            logits = softcap * torch.tanh(logits / softcap)
+        expected = torch.log_softmax(logits.double(), -1).gather(-1, labels[:, None]).squeeze(-1)
+        ours = chunked_token_logprobs(hidden, head, labels, chunk_size, softcap)
+    assert torch.allclose(ours.double(), expected, rtol=1e-5, atol=1e-5)
+    assert math.isclose(float(ours.sum()), float(expected.sum()), rel_tol=1e-5)
