@@ -1,4 +1,4 @@
-"""Load SFT data and turn it into training rows for PoFT: tokens, response labels, reference scores.
+"""Load SFT data (any format `formats.py` reads) and turn it into training rows for PoFT: tokens, response labels, reference scores.
 
 Every row that reaches the loss has at least one response token and a finite reference score; rows that
 do not are dropped with one printed line saying how many and why (or, with on_bad_row="error", the run
@@ -15,19 +15,42 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from transformers import PreTrainedTokenizerBase
 
 from .chat import ChatFormat, RowError
+from .formats import check_json_file, normalize_conversations
 
 SCORE_COLUMNS = ("poft_ref_score", "poft_direction", "poft_response_bytes")
 _FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
-def load_sft_dataset(name_or_path: str, split: str = "train", config: str | None = None) -> Dataset:
-    """Load a dataset from a local JSON/JSONL/Parquet/CSV file, a `save_to_disk` folder or a Hub id."""
+def load_sft_dataset(
+    name_or_path: str,
+    split: str = "train",
+    config: str | None = None,
+    *,
+    format: str | None = None,
+    on_bad_row: str = "error",
+) -> Dataset:
+    """Load SFT data and normalise it to `messages` + `id` (+ `label`), whatever format it is in.
+
+    Sources: a local JSON/JSONL/Parquet/CSV file, a `save_to_disk` folder or a Hub dataset id (with split
+    and config). The format (messages, ShareGPT, Alpaca, prompt/completion) is detected from the columns
+    or forced with `format`; see `formats.py`. JSON files are parsed line by line first, so a malformed
+    or cut line is an error naming the file and line rather than a silently short dataset.
+    """
+    raw, where = _load_raw(name_or_path, split, config)
+    return normalize_conversations(raw, format, source=name_or_path, where=where, on_bad_row=on_bad_row)
+
+
+def _load_raw(
+    name_or_path: str, split: str, config: str | None
+) -> tuple[Dataset, Callable[[int], str] | None]:
+    """The rows as stored, and how to name row i in errors (a line number for JSON-lines files)."""
     path = Path(name_or_path)
     if path.is_file():
         builder = _FILE_BUILDERS.get(path.suffix.lower())
@@ -35,7 +58,11 @@ def load_sft_dataset(name_or_path: str, split: str = "train", config: str | None
             raise ValueError(
                 f"{path}: unsupported file type {path.suffix!r}; use one of {sorted(_FILE_BUILDERS)}"
             )
-        return load_dataset(builder, data_files=str(path), split="train")
+        where = None
+        if builder == "json":
+            lines = check_json_file(path)
+            where = (lambda i: f"line {lines[i]}") if lines is not None else None
+        return load_dataset(builder, data_files=str(path), split="train"), where
     if path.is_dir() and (
         (path / "dataset_info.json").exists()
         or (path / "dataset_dict.json").exists()
@@ -45,11 +72,11 @@ def load_sft_dataset(name_or_path: str, split: str = "train", config: str | None
         if isinstance(loaded, DatasetDict):
             if split not in loaded:
                 raise ValueError(f"{path}: no split {split!r}; it has {sorted(loaded)}")
-            return loaded[split]
-        return loaded
+            return loaded[split], None
+        return loaded, None
     if path.exists() or os.sep in name_or_path and not name_or_path.count("/") == 1:
         raise ValueError(f"{name_or_path}: not a data file or a `save_to_disk` folder")
-    return load_dataset(name_or_path, name=config, split=split)
+    return load_dataset(name_or_path, name=config, split=split), None
 
 
 def _direction(value: object) -> int:
@@ -161,6 +188,42 @@ def prepare_training_dataset(
     if n_truncated:
         print(f"poft: {n_truncated} {dataset_name} rows were truncated to max_length={max_length}")
     return encoded.remove_columns(["poft_problem", "poft_truncated"])
+
+
+def pack_with_scores(dataset: Dataset, max_length: int, strategy: str, num_proc: int | None = None) -> Dataset:
+    """Pack tokenised PoFT rows (TRL's BFD packing) keeping each sequence's scores.
+
+    TRL's packing keeps only list columns aligned with `input_ids`, so every score is first spread over its
+    sequence's tokens; the collator reads it back at each sequence start (see `scores_per_sequence`).
+    'wrapped' packing cuts sequences in the middle and is refused: a cut sequence has no single score.
+    """
+    from trl.data_utils import pack_dataset
+
+    if strategy == "wrapped":
+        raise ValueError("packing_strategy='wrapped' cuts sequences apart; PoFT needs whole sequences ('bfd')")
+    spread = spread_scores_over_tokens(dataset, num_proc)
+    return pack_dataset(spread, max_length, strategy, {"num_proc": num_proc})
+
+
+def spread_scores_over_tokens(dataset: Dataset, num_proc: int | None = None) -> Dataset:
+    """Replace each per-row score column by a list repeating it once per token (for padding-free rows)."""
+
+    def spread(row: dict) -> dict:
+        n = len(row["input_ids"])
+        return {key: [row[key]] * n for key in SCORE_COLUMNS}
+
+    dataset = dataset.select_columns(["input_ids", "labels", *SCORE_COLUMNS])
+    return dataset.map(spread, num_proc=num_proc, desc="Attaching PoFT scores to tokens")
+
+
+def scores_per_sequence(example: dict, key: str) -> list[float]:
+    """The per-sequence values of a score column: one value, or one per packed sequence when spread."""
+    values = example[key]
+    if not isinstance(values, list):
+        return [values]
+    lengths = example.get("seq_lengths", [len(values)])
+    starts = [sum(lengths[:i]) for i in range(len(lengths))]
+    return [values[start] for start in starts]
 
 
 def _row_id(rows: dict, k: int) -> object:
