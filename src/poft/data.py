@@ -43,11 +43,11 @@ def load_sft_dataset(
     or forced with `format`; see `formats.py`. JSON files are parsed line by line first, so a malformed
     or cut line is an error naming the file and line rather than a silently short dataset.
     """
-    raw, where = _load_raw(name_or_path, split, config)
+    raw, where = load_raw_dataset(name_or_path, split, config)
     return normalize_conversations(raw, format, source=name_or_path, where=where, on_bad_row=on_bad_row)
 
 
-def _load_raw(
+def load_raw_dataset(
     name_or_path: str, split: str, config: str | None
 ) -> tuple[Dataset, Callable[[int], str] | None]:
     """The rows as stored, and how to name row i in errors (a line number for JSON-lines files)."""
@@ -190,7 +190,9 @@ def prepare_training_dataset(
     return encoded.remove_columns(["poft_problem", "poft_truncated"])
 
 
-def pack_with_scores(dataset: Dataset, max_length: int, strategy: str, num_proc: int | None = None) -> Dataset:
+def pack_with_scores(
+    dataset: Dataset, max_length: int, strategy: str, num_proc: int | None = None
+) -> Dataset:
     """Pack tokenised PoFT rows (TRL's BFD packing) keeping each sequence's scores.
 
     TRL's packing keeps only list columns aligned with `input_ids`, so every score is first spread over its
@@ -200,7 +202,9 @@ def pack_with_scores(dataset: Dataset, max_length: int, strategy: str, num_proc:
     from trl.data_utils import pack_dataset
 
     if strategy == "wrapped":
-        raise ValueError("packing_strategy='wrapped' cuts sequences apart; PoFT needs whole sequences ('bfd')")
+        raise ValueError(
+            "packing_strategy='wrapped' cuts sequences apart; PoFT needs whole sequences ('bfd')"
+        )
     spread = spread_scores_over_tokens(dataset, num_proc)
     return pack_dataset(spread, max_length, strategy, {"num_proc": num_proc})
 

@@ -117,6 +117,32 @@ def sequence_logprob_sums(
     return sums, mask.sum(-1)
 
 
+def packed_sequence_logprob_sums(
+    token_log_probs: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor, n_sequences: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sequence_logprob_sums` for one padding-free row holding several sequences back to back.
+
+    Args:
+        token_log_probs: [T-1] log-prob of token t+1 given tokens <= t (TRL's fused head on a packed row).
+        mask: [T-1] bool/0-1, True where token t+1 is a response token.
+        position_ids: [T]; a sequence starts wherever it is 0 (padding tokens, at the end, each start one).
+        n_sequences: how many real sequences the row holds (the first n segments).
+
+    Returns:
+        (sums float32 [n], counts int64 [n]), equal to `sequence_logprob_sums` on the unpacked sequences.
+    """
+    segment = (position_ids == 0).cumsum(0) - 1  # segment index of every token
+    label_segment = segment[1:]  # log-prob t scores token t+1, which belongs to segment[t+1]
+    n_segments = int(segment[-1]) + 1
+    mask = mask.bool()
+    values = torch.where(mask, token_log_probs.float(), torch.zeros((), device=token_log_probs.device))
+    sums = values.new_zeros(n_segments).index_add(0, label_segment, values)
+    counts = torch.zeros(n_segments, dtype=torch.long, device=mask.device).index_add(
+        0, label_segment, mask.long()
+    )
+    return sums[:n_sequences], counts[:n_sequences]
+
+
 def normalize_scores(
     logp_sums: torch.Tensor,
     n_tokens: torch.Tensor,

@@ -21,8 +21,21 @@ import torch
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
-from .data import SCORE_COLUMNS, prepare_training_dataset
-from .loss import NORMALIZATIONS, normalize_scores, poft_loss, poft_weight, sequence_logprob_sums
+from .data import (
+    SCORE_COLUMNS,
+    pack_with_scores,
+    prepare_training_dataset,
+    scores_per_sequence,
+    spread_scores_over_tokens,
+)
+from .loss import (
+    NORMALIZATIONS,
+    normalize_scores,
+    packed_sequence_logprob_sums,
+    poft_loss,
+    poft_weight,
+    sequence_logprob_sums,
+)
 
 LOSS_TYPES = ("poft", "bi_poft", "sft")
 
@@ -94,14 +107,18 @@ class PoFTConfig(SFTConfig):
 
 @dataclass
 class ScoreCollator:
-    """Wraps TRL's collator and adds the per-example score columns as float32 tensors [B]."""
+    """Wraps TRL's collator and adds the per-sequence score columns as float32 tensors [number of sequences].
+
+    With padding-free / packed rows the sequences are those of the flattened row, in order.
+    """
 
     inner: Callable[[list[dict]], dict]
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self.inner(examples)
         for key in SCORE_COLUMNS:
-            batch[key] = torch.tensor([float(example[key]) for example in examples], dtype=torch.float32)
+            values = [value for example in examples for value in scores_per_sequence(example, key)]
+            batch[key] = torch.tensor(values, dtype=torch.float32)
         return batch
 
 
@@ -115,10 +132,9 @@ class PoFTTrainer(SFTTrainer):
         if not isinstance(args, PoFTConfig):
             raise TypeError(f"PoFTTrainer needs a PoFTConfig, got {type(args).__name__}")
         self.poft_loss_type = args.loss_type
-        if self.poft_loss_type != "sft" and (args.packing or args.padding_free):
+        if self.poft_loss_type != "sft" and args.packing and args.packing_strategy == "wrapped":
             raise ValueError(
-                "packing / padding_free are not supported with loss_type='poft'/'bi_poft' yet: per-example scores "
-                "need sequence boundaries inside a packed row. Set packing=False and padding_free=False."
+                "packing_strategy='wrapped' cuts sequences apart; PoFT needs whole sequences ('bfd')"
             )
         # TRL validates its own loss names ('nll', 'dft'); the PoFT choice lives on the trainer during init
         args.loss_type = "nll"
@@ -156,9 +172,18 @@ class PoFTTrainer(SFTTrainer):
                     f"{dataset_name} dataset: PoFT needs a map-style dataset of `messages` (+ reference scores), "
                     f"or pre-tokenised rows with columns {SCORE_COLUMNS}; got {type(dataset).__name__}"
                 )
-        return super()._prepare_dataset(
-            dataset, processing_class, args, packing, formatting_func, dataset_name
+        if self.poft_loss_type == "sft" or not (packing or self.padding_free):
+            return super()._prepare_dataset(
+                dataset, processing_class, args, packing, formatting_func, dataset_name
+            )
+        # Padding-free / packed PoFT: TRL's packing keeps only input_ids and labels, so prepare unpacked rows,
+        # then spread each sequence's scores over its tokens and pack them along (read back by ScoreCollator)
+        dataset = super()._prepare_dataset(
+            dataset, processing_class, args, False, formatting_func, dataset_name
         )
+        if packing:
+            return pack_with_scores(dataset, args.max_length, args.packing_strategy, args.dataset_num_proc)
+        return spread_scores_over_tokens(dataset, args.dataset_num_proc)
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
@@ -187,7 +212,14 @@ class PoFTTrainer(SFTTrainer):
         inputs["use_cache"] = False
         # TRL's fused head: per-token log-probs [B, T-1] of the labels, computed in chunks without the logits
         outputs = model(**inputs, fused_lm_head=True)
-        sums, counts = sequence_logprob_sums(outputs.log_probs, outputs.label_mask)
+        if (
+            "attention_mask" not in inputs and "position_ids" in inputs
+        ):  # padding-free: one row, many sequences
+            sums, counts = packed_sequence_logprob_sums(
+                outputs.log_probs[0], outputs.label_mask[0], inputs["position_ids"][0], len(ref_scores)
+            )
+        else:
+            sums, counts = sequence_logprob_sums(outputs.log_probs, outputs.label_mask)
         policy_scores = normalize_scores(
             sums, counts, normalization=args.score_normalization, response_bytes=response_bytes
         )
