@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 
 def run_train(argv: list[str]) -> int:
@@ -114,6 +115,140 @@ def add_score_parser(sub: argparse._SubParsersAction) -> None:
     score.set_defaults(func=run_score)
 
 
+def run_inspect(args: argparse.Namespace) -> int:
+    """`poft inspect DIR [--output OUT]`: score statistics, correlations, histograms, lowest/highest rows."""
+    from .inspection import inspect_scores, summary_table
+
+    summary = inspect_scores(args.dir, args.output, k=args.k)
+    print(summary_table(summary))
+    print("\n" + summary["extremes_text"])
+    print(f"\npoft: wrote {len(summary['figures'])} figures, summary.json and extremes.txt to "
+          f"{args.output or Path(args.dir) / 'inspect'}")  # fmt: skip
+    return 0
+
+
+def run_filter(args: argparse.Namespace) -> int:
+    """`poft filter DIR (--keep-top F | --min-score X) [--by COLUMN] --output OUT`."""
+    from .data import load_sft_dataset
+    from .filtering import filter_dataset
+
+    if Path(args.output).resolve() == Path(args.dir).resolve():
+        print("poft filter: error: --output must differ from the input", file=sys.stderr)
+        return 1
+    dataset = load_sft_dataset(args.dir, args.split, format=args.format)
+    filter_dataset(dataset, args.output, by=args.by, keep_top=args.keep_top, min_score=args.min_score,
+                   source=args.dir)  # fmt: skip
+    return 0
+
+
+def run_dpo(argv: list[str]) -> int:
+    """`poft dpo --config recipe.yaml [--key value ...]`: TRL's DPOTrainer from a PoFT checkpoint."""
+    from trl import DPOTrainer, ModelConfig, ScriptArguments, TrlParser, get_peft_config
+
+    from .data import load_raw_dataset
+    from .dpo import PoFTDPOConfig, normalize_preferences
+
+    parser = TrlParser((ScriptArguments, PoFTDPOConfig, ModelConfig), prog="poft dpo")
+    script_args, config, model_args = parser.parse_args_and_config(args=argv)
+    if not model_args.model_name_or_path or not script_args.dataset_name:
+        parser.error(
+            "--model_name_or_path (the PoFT checkpoint) and --dataset_name (preference pairs) are required"
+        )
+    config.model_init_kwargs = {
+        "revision": model_args.model_revision,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+        **(config.model_init_kwargs or {}),
+    }
+
+    def pairs(split: str):
+        raw, _ = load_raw_dataset(script_args.dataset_name, split, script_args.dataset_config)
+        return normalize_preferences(raw, f"{script_args.dataset_name} [{split}]")
+
+    train = pairs(script_args.dataset_train_split)
+    evaluation = pairs(script_args.dataset_test_split) if config.eval_strategy != "no" else None
+    trainer = DPOTrainer(model=model_args.model_name_or_path, args=config, train_dataset=train,
+                         eval_dataset=evaluation, peft_config=get_peft_config(model_args))  # fmt: skip
+    trainer.accelerator.print(
+        f"poft: DPO from {model_args.model_name_or_path}: beta={config.beta} loss={config.loss_type}, "
+        f"{len(trainer.train_dataset)} pairs, reference log-probs "
+        + ("precomputed" if config.precompute_ref_log_probs else "computed on the fly")
+    )
+    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    trainer.save_model(config.output_dir)
+    trainer.accelerator.print(f"poft: model saved to {config.output_dir}")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """`poft eval --model DIR [--tasks ...]`: lm-evaluation-harness; results.json and a printed table."""
+    from .evaluation import evaluate_model, parse_tasks, results_table
+
+    tasks = parse_tasks(args.tasks, args.num_fewshot)
+    batch_size = int(args.batch_size) if args.batch_size.isdigit() else args.batch_size
+    limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
+    output = args.output or str(Path(args.model) / "eval")
+    try:
+        report = evaluate_model(args.model, tasks, output, include_path=args.include_path,
+                                batch_size=batch_size, device=args.device, dtype=args.dtype,
+                                limit=limit, apply_chat_template=args.apply_chat_template)  # fmt: skip
+    except (ImportError, ValueError) as e:
+        print(f"poft eval: error: {e}", file=sys.stderr)
+        return 1
+    print(results_table(report))
+    print(f"poft: results written to {Path(output) / 'results.json'}")
+    return 0
+
+
+def add_pipeline_parsers(sub: argparse._SubParsersAction) -> None:
+    """inspect, filter, dpo, eval: the paper's pipeline after `poft score` (score -> filter -> train -> dpo -> eval)."""
+    inspect = sub.add_parser("inspect", help="audit a `poft score` folder: statistics, figures, extreme rows")
+    inspect.add_argument("dir", help="folder written by `poft score`")
+    inspect.add_argument(
+        "--output", default=None, help="where to write figures and summary (default DIR/inspect)"
+    )
+    inspect.add_argument("-k", type=int, default=5, help="how many lowest and highest rows to print")
+    inspect.set_defaults(func=run_inspect)
+
+    keep = sub.add_parser("filter", help="keep the best rows by ref_score (or any numeric column)")
+    keep.add_argument("dir", help="a `poft score` folder (or any dataset with a numeric score column)")
+    rule = keep.add_mutually_exclusive_group(required=True)
+    rule.add_argument("--keep-top", type=float, help="fraction of scored rows to keep, e.g. 0.4")
+    rule.add_argument("--min-score", type=float, help="keep rows whose score is >= this")
+    keep.add_argument("--by", default="ref_score", help="numeric column to rank by (IFD, Deita, ...)")
+    keep.add_argument(
+        "--output", required=True, help="output folder (save_to_disk), readable by `poft train`"
+    )
+    keep.add_argument("--split", default="train", help="split of a Hub dataset or DatasetDict folder")
+    keep.add_argument(
+        "--format", default=None, help="force the input format (messages, sharegpt, alpaca, ...)"
+    )
+    keep.set_defaults(func=run_filter)
+
+    dpo = sub.add_parser(
+        "dpo", add_help=False, help="DPO from a PoFT checkpoint (`poft dpo --help` for all options)"
+    )
+    dpo.set_defaults(func=None, argv_func=run_dpo)
+
+    evaluate = sub.add_parser(
+        "eval", help="lm-evaluation-harness benchmarks (default: Open LLM Leaderboard v1)"
+    )
+    evaluate.add_argument("--model", required=True, help="model folder or Hub id")
+    evaluate.add_argument("--tasks", nargs="*", default=None,
+                          help="task or task:shots, space/comma separated (default: the leaderboard v1 six)")  # fmt: skip
+    evaluate.add_argument("--num-fewshot", type=int, default=None, help="shots for tasks given without ':N'")
+    evaluate.add_argument("--include-path", default=None, help="folder of local lm-eval task YAML files")
+    evaluate.add_argument("--output", default=None, help="folder for results.json (default MODEL/eval)")
+    evaluate.add_argument("--batch-size", default="8", help="lm-eval batch size (or 'auto')")
+    evaluate.add_argument("--device", default=None, help="cuda, cuda:0, cpu (default: cuda if available)")
+    evaluate.add_argument("--dtype", default="auto", help="model dtype: auto, bfloat16, float32")
+    evaluate.add_argument("--limit", type=float, default=None, help="at most this many examples per task")
+    evaluate.add_argument(
+        "--apply-chat-template", action="store_true", help="wrap prompts in the chat template"
+    )
+    evaluate.set_defaults(func=run_eval)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="poft", description="Preference-Oriented Supervised Fine-Tuning.")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
@@ -124,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=None, argv_func=run_train)
 
     add_score_parser(sub)
+    add_pipeline_parsers(sub)
 
     tiny = sub.add_parser("tiny-example", help="write a tiny model and a small scored dataset (offline)")
     tiny.add_argument("--output", required=True, help="folder to write model/ and train.jsonl into")

@@ -1,0 +1,98 @@
+"""`poft dpo`: the paper's second stage, DPO on preference pairs starting from a PoFT checkpoint.
+
+The paper runs PoFT and then DPO on UltraFeedback (PAPER.md: AlpacaEval 2.0 27.83% vs 25.09% for
+SFT+DPO). Nothing here changes DPO: it is TRL's DPOTrainer, started from the folder `poft train` wrote.
+Two things are decided here:
+
+- preference rows are normalised to conversational `prompt` / `chosen` / `rejected` lists of messages,
+  whether they come explicit (UltraFeedback-binarized: a `prompt` string and full `chosen` / `rejected`
+  conversations that repeat it), implicit (no `prompt`: the shared leading turns are the prompt), or as
+  plain strings;
+- reference log-probs are precomputed once (`precompute_ref_log_probs=True` by default), so no second
+  copy of the model sits in memory during training: the reference is the PoFT checkpoint itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from datasets import Dataset
+from trl import DPOConfig
+
+from .chat import RowError
+from .formats import json_cell
+
+PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
+
+
+@dataclass
+class PoFTDPOConfig(DPOConfig):
+    """TRL's DPOConfig with reference log-probs precomputed by default (the reference never changes)."""
+
+    precompute_ref_log_probs: bool = field(
+        default=True,
+        metadata={
+            "help": "Compute the reference (PoFT checkpoint) log-probs once before training instead of "
+            "keeping a frozen copy of the model in memory."
+        },
+    )
+
+
+def _as_messages(value: object, field_name: str, role: str) -> list[dict]:
+    value = json_cell(value, field_name)
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    if isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
+        messages = [{"role": m.get("role"), "content": m.get("content")} for m in value]
+        for i, m in enumerate(messages):
+            if m["role"] not in ("system", "user", "assistant", "tool") or not isinstance(m["content"], str):
+                raise RowError(f"{field_name}[{i}] is {m!r}; expected {{role, content}} strings")
+        return messages
+    raise RowError(
+        f"{field_name} is {type(value).__name__}; expected a string or a list of {{role, content}}"
+    )
+
+
+def normalize_preference_row(row: dict) -> dict:
+    """One preference row -> conversational {prompt, chosen, rejected}; chosen/rejected hold only the replies."""
+    chosen = _as_messages(row.get("chosen"), "chosen", "assistant")
+    rejected = _as_messages(row.get("rejected"), "rejected", "assistant")
+    prompt = _as_messages(row["prompt"], "prompt", "user") if row.get("prompt") is not None else []
+    if prompt and chosen[: len(prompt)] == prompt and rejected[: len(prompt)] == prompt:
+        chosen, rejected = chosen[len(prompt) :], rejected[len(prompt) :]
+    elif not prompt:
+        shared = 0
+        while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
+            shared += 1
+        prompt, chosen, rejected = chosen[:shared], chosen[shared:], rejected[shared:]
+    if not prompt:
+        raise RowError("no prompt: give a `prompt` column or conversations that start with the same turns")
+    for name, reply in (("chosen", chosen), ("rejected", rejected)):
+        if not reply or reply[-1]["role"] != "assistant":
+            raise RowError(f"{name} does not end with an assistant reply after the prompt")
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def normalize_preferences(dataset: Dataset, source: str = "dataset") -> Dataset:
+    """Check and normalise every row (errors name source, row, id and field); keep only the DPO columns."""
+    missing = [c for c in ("chosen", "rejected") if c not in dataset.column_names]
+    if missing:
+        raise ValueError(
+            f"{source}: preference data needs `chosen` and `rejected` (and usually `prompt`); "
+            f"missing {missing} (columns: {dataset.column_names})"
+        )
+    id_column = next((c for c in ("id", "prompt_id") if c in dataset.column_names), None)
+
+    def normalise(row: dict, index: int) -> dict:
+        try:
+            return normalize_preference_row(row)
+        except RowError as e:
+            name = row.get(id_column) if id_column else None
+            raise RowError(f"{source}: row {index} (id={name}): {e}") from e
+
+    columns = [c for c in PREFERENCE_COLUMNS if c in dataset.column_names]
+    normalised = dataset.select_columns(columns).map(
+        normalise, with_indices=True, desc="Reading preference pairs"
+    )
+    print(f"poft: {source}: {len(normalised)} preference pairs (conversational prompt/chosen/rejected)")
+    return normalised

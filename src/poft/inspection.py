@@ -1,0 +1,200 @@
+"""`poft inspect`: a data-quality audit of a `poft score` folder, before anything is trained on it.
+
+r_ref is the quantity PoFT leans on (its weight tau and the filtering study both rank rows by it), so it
+is worth looking at: how each aligned model's scores are spread, whether the aligned models agree
+(correlations), how many rows were truncated or dropped, and above all the rows at both ends. The lowest
+rows are where broken data (wrong answers paired with questions, garbled text) ends up; the highest are
+often trivial or repetitive. Both lists are printed so a user can decide on a filter.
+
+Out (in `output`): summary.json (counts, mean, std, quantiles, Pearson and Spearman correlations,
+truncation and drop counts), scores_<name>.png per aligned model and for ref_score, scores_all.png with
+every distribution on one axis, extremes.txt (the lowest and highest rows).
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from datasets import Dataset, load_from_disk
+
+QUANTILES = (0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0)
+
+
+def read_scored(folder: str | Path) -> tuple[Dataset, dict]:
+    """The scored dataset and its manifest ({} when the folder has none, e.g. the output of `poft filter`)."""
+    folder = Path(folder)
+    manifest_path = folder / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    return load_from_disk(str(folder)), manifest
+
+
+def aligned_aliases(dataset: Dataset, manifest: dict) -> list[str]:
+    """Aliases from the manifest, else from columns that have both `<alias>_logp_sum` and `<alias>_n_tokens`."""
+    if manifest.get("models"):
+        return [m["alias"] for m in manifest["models"]]
+    columns = set(dataset.column_names)
+    return [c.removesuffix("_logp_sum") for c in dataset.column_names if c.endswith("_logp_sum")
+            and c.removesuffix("_logp_sum") + "_n_tokens" in columns]  # fmt: skip
+
+
+def model_scores(dataset: Dataset, manifest: dict) -> dict[str, np.ndarray]:
+    """Each aligned model's normalised score r_m (as `poft score` normalised it) and `ref_score`."""
+    normalization = manifest.get("normalization", "token")
+    scores = {}
+    for alias in aligned_aliases(dataset, manifest):
+        sums = np.asarray(dataset[f"{alias}_logp_sum"], dtype=np.float64)
+        counts = np.asarray(dataset[f"{alias}_n_tokens"], dtype=np.float64)
+        if normalization == "token":
+            denominator = np.maximum(counts, 1.0)
+        elif normalization == "byte":
+            denominator = np.maximum(np.asarray(dataset["response_bytes"], dtype=np.float64), 1.0)
+        else:
+            denominator = np.ones_like(sums)
+        scores[alias] = np.where(counts > 0, sums / denominator, np.nan)
+    if "ref_score" not in dataset.column_names:
+        raise ValueError(f"no `ref_score` column (columns: {dataset.column_names}); run `poft score` first")
+    scores["ref_score"] = np.array(
+        [np.nan if v is None else v for v in dataset["ref_score"]], dtype=np.float64
+    )
+    return scores
+
+
+def summarise(scores: dict[str, np.ndarray], dataset: Dataset, manifest: dict) -> dict:
+    """Per-score statistics, correlations between models, and truncation / drop counts."""
+    stats = {}
+    for name, values in scores.items():
+        finite = values[np.isfinite(values)]
+        stats[name] = {
+            "count": int(len(finite)),
+            "n_missing": int(len(values) - len(finite)),
+            "mean": float(finite.mean()) if len(finite) else None,
+            "std": float(finite.std()) if len(finite) else None,
+            "quantiles": {f"{q:g}": float(np.quantile(finite, q)) for q in QUANTILES} if len(finite) else {},
+        }
+    frame = pd.DataFrame(scores)
+    truncated = {
+        alias: int(np.sum(dataset[f"{alias}_truncated"]))
+        for alias in scores
+        if f"{alias}_truncated" in dataset.column_names
+    }
+    counts = manifest.get("counts", {})
+    return {
+        "n_rows": len(dataset),
+        "normalization": manifest.get("normalization", "token"),
+        "scores": stats,
+        "pearson": frame.corr(method="pearson").round(6).to_dict(),
+        "spearman": frame.corr(method="spearman").round(6).to_dict(),
+        "truncated": truncated,
+        "dropped_when_scoring": counts.get("dropped", 0),
+        "ref_score_nan": stats["ref_score"]["n_missing"],
+    }
+
+
+def plot_scores(scores: dict[str, np.ndarray], output: Path) -> list[Path]:
+    """A histogram (density) per score, plus all of them on one axis; returns the PNG paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    finite = {name: v[np.isfinite(v)] for name, v in scores.items()}
+    every = np.concatenate([v for v in finite.values() if len(v)] or [np.zeros(1)])
+    bins = np.histogram_bin_edges(every, bins=min(60, max(10, int(np.sqrt(len(every))))))
+    paths = []
+    for name, values in finite.items():
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.hist(values, bins=bins, density=True, color="tab:orange" if name == "ref_score" else "tab:blue")
+        if len(values):
+            ax.axvline(float(np.median(values)), color="black", linestyle="--", label="median")
+            ax.legend()
+        ax.set(title=f"{name} (n={len(values)})", xlabel="mean log-prob per token", ylabel="density")
+        fig.tight_layout()
+        paths.append(output / f"scores_{name}.png")
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, values in finite.items():
+        ax.hist(values, bins=bins, density=True, histtype="step", linewidth=2 if name == "ref_score" else 1.2,
+                label=name)  # fmt: skip
+    ax.set(title="score distributions", xlabel="score", ylabel="density")
+    ax.legend()
+    fig.tight_layout()
+    paths.append(output / "scores_all.png")
+    fig.savefig(paths[-1], dpi=100)
+    plt.close(fig)
+    return paths
+
+
+def format_row(row: dict, row_scores: dict[str, float], width: int = 100, max_chars: int = 400) -> str:
+    """One example, readable: id, every score, then each message shortened to max_chars."""
+    head = ", ".join(f"{name}={value:.3f}" for name, value in row_scores.items())
+    lines = [f"id={row.get('id')}  {head}"]
+    for message in row.get("messages") or []:
+        content = str(message.get("content", ""))
+        if len(content) > max_chars:
+            content = content[:max_chars] + f" [... {len(content) - max_chars} more chars]"
+        wrapped = textwrap.fill(content, width=width, initial_indent="    ", subsequent_indent="    ",
+                                replace_whitespace=False)  # fmt: skip
+        lines.append(f"  [{message.get('role')}]\n{wrapped}")
+    return "\n".join(lines)
+
+
+def extremes(dataset: Dataset, scores: dict[str, np.ndarray], k: int) -> tuple[list[int], list[int]]:
+    """Row indices of the k lowest and k highest finite ref_scores (ties in input order)."""
+    ref = scores["ref_score"]
+    finite = np.flatnonzero(np.isfinite(ref))
+    ascending = finite[np.lexsort((finite, ref[finite]))]
+    descending = finite[np.lexsort((finite, -ref[finite]))]
+    return ascending[:k].tolist(), descending[:k].tolist()
+
+
+def inspect_scores(folder: str | Path, output: str | Path | None = None, k: int = 5) -> dict:
+    """Write the audit (summary.json, PNGs, extremes.txt) to `output` (default FOLDER/inspect); return it."""
+    dataset, manifest = read_scored(folder)
+    output = Path(output) if output is not None else Path(folder) / "inspect"
+    output.mkdir(parents=True, exist_ok=True)
+    scores = model_scores(dataset, manifest)
+    summary = summarise(scores, dataset, manifest)
+    summary["figures"] = [str(p) for p in plot_scores(scores, output)]
+    lowest, highest = extremes(dataset, scores, k)
+    sections = []
+    for title, rows in (
+        (f"{len(lowest)} lowest ref_score", lowest),
+        (f"{len(highest)} highest ref_score", highest),
+    ):
+        blocks = [format_row(dataset[i], {n: float(s[i]) for n, s in scores.items()}) for i in rows]
+        sections.append(f"==== {title} ====\n\n" + "\n\n".join(blocks))
+    summary["lowest_ids"] = [dataset[i].get("id") for i in lowest]
+    summary["highest_ids"] = [dataset[i].get("id") for i in highest]
+    (output / "extremes.txt").write_text("\n\n".join(sections) + "\n")
+    (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary["extremes_text"] = "\n\n".join(sections)
+    return summary
+
+
+def summary_table(summary: dict) -> str:
+    """Plain-text table of the per-score statistics and the correlation matrix."""
+    lines = [
+        f"{'score':<20} {'count':>7} {'missing':>7} {'mean':>9} {'std':>8} {'p5':>9} {'p50':>9} {'p95':>9}"
+    ]
+    for name, s in summary["scores"].items():
+        q = s["quantiles"]
+        if s["count"]:
+            lines.append(f"{name:<20} {s['count']:>7} {s['n_missing']:>7} {s['mean']:>9.4f} {s['std']:>8.4f} "
+                         f"{q['0.05']:>9.4f} {q['0.5']:>9.4f} {q['0.95']:>9.4f}")  # fmt: skip
+        else:
+            lines.append(f"{name:<20} {0:>7} {s['n_missing']:>7}")
+    names = list(summary["scores"])
+    lines.append("\nSpearman correlation\n" + " " * 20 + "".join(f"{n[:10]:>11}" for n in names))
+    for a in names:
+        row = "".join(f"{summary['spearman'][a].get(b, float('nan')):>11.3f}" for b in names)
+        lines.append(f"{a:<20}{row}")
+    lines.append(
+        f"\ntruncated: {summary['truncated']}; dropped when scoring: {summary['dropped_when_scoring']}; "
+        f"ref_score NaN: {summary['ref_score_nan']}"
+    )
+    return "\n".join(lines)
