@@ -76,7 +76,7 @@ def detect_format(columns: list[str]) -> str:
     )
 
 
-def _maybe_json(value: object, field: str) -> object:
+def json_cell(value: object, field: str) -> object:
     """CSV cells hold lists as JSON text; parse them so a CSV file reads like its JSON twin."""
     if isinstance(value, str) and value.lstrip().startswith(("[", "{")):
         try:
@@ -87,7 +87,7 @@ def _maybe_json(value: object, field: str) -> object:
 
 
 def _sharegpt(row: dict) -> list[dict]:
-    turns = _maybe_json(row.get("conversations"), "conversations")
+    turns = json_cell(row.get("conversations"), "conversations")
     if not isinstance(turns, list) or not turns:
         raise RowError("conversations must be a non-empty list of {from, value} objects")
     messages = []
@@ -117,7 +117,7 @@ def _alpaca(row: dict) -> list[dict]:
 
 
 def _turns(value: object, field: str, role: str) -> list[dict]:
-    value = _maybe_json(value, field)
+    value = json_cell(value, field)
     if isinstance(value, str):
         return [{"role": role, "content": value}]
     if isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
@@ -132,7 +132,7 @@ def _prompt_completion(row: dict) -> list[dict]:
 
 
 def _messages(row: dict) -> list[dict] | None:
-    messages = _maybe_json(row.get("messages"), "messages")
+    messages = json_cell(row.get("messages"), "messages")
     if isinstance(messages, list) and all(isinstance(m, dict) for m in messages):
         return [{"role": m.get("role"), "content": m.get("content")} for m in messages]
     return messages  # left for the scorer / trainer to reject with their own row messages
