@@ -276,7 +276,7 @@ def batch_logprob_sums(
         input_ids[b, : len(ids)] = torch.from_numpy(ids.astype(np.int64))
         response[b, : len(ids)] = torch.from_numpy(mask.astype(bool))
     input_ids, response = input_ids.to(device), response.to(device)
-    hidden = model.get_decoder()(input_ids=input_ids)
+    hidden = model.get_decoder()(input_ids=input_ids, use_cache=False)
     hidden = hidden.last_hidden_state[:, :-1]
     scored = response[:, 1:]
     rows = torch.arange(len(sequences), device=device)[:, None].expand_as(scored)[scored]
