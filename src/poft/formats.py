@@ -26,7 +26,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from datasets import Dataset, Value
+from datasets import Dataset
 
 from .chat import RowError
 
@@ -193,7 +193,10 @@ def normalize_conversations(
         )
     print(f"poft: {source}: {_DESCRIPTIONS[fmt]} ({'forced' if format else 'detected'}), {len(dataset)} rows")
     has_label = "label" in dataset.column_names
-    rewrite = fmt != "messages" or dataset.features["messages"] == Value("string")
+    rewrite = fmt != "messages" or getattr(dataset.features["messages"], "dtype", None) in (
+        "string",
+        "large_string",
+    )
     if not rewrite and not has_label and "id" in dataset.column_names:
         return dataset
     convert = _CONVERTERS[fmt] if rewrite else (lambda row: row["messages"])
@@ -213,15 +216,21 @@ def normalize_conversations(
                 out["label"] = None
         if rewrite:
             out["messages"] = messages
-        out["id"] = _row_id(row, messages, index)
+        out["poft_id"] = _row_id(row, messages, index)
         return out
 
-    drop = [c for c in _SOURCE_COLUMNS[fmt] if c in dataset.column_names]
+    # `id` is re-created as text (map would otherwise keep an integer id column's type)
+    drop = [c for c in (*_SOURCE_COLUMNS[fmt], "id", "label") if c in dataset.column_names]
     normalised = dataset.map(normalise, with_indices=True, remove_columns=drop, desc=f"Reading {fmt} rows")
     problems = [p for p in normalised["poft_read_problem"] if p]
-    normalised = normalised.remove_columns("poft_read_problem")
+    normalised = normalised.remove_columns("poft_read_problem").rename_column("poft_id", "id")
     if problems:
         named = "; ".join(problems[:5]) + (f"; ... {len(problems) - 5} more" if len(problems) > 5 else "")
+        if "Json(" in repr(dataset.features):
+            named += (
+                " (note: some rows of this file have a different JSON type in the same field, so `datasets` "
+                'decoded JSON-looking strings such as "5" too; fix the rows with non-string values first)'
+            )
         if on_bad_row == "error":
             raise RowError(f"{source}: {len(problems)} rows cannot be read as {fmt}: {named}")
         print(f"poft: {source}: {len(problems)} rows cannot be read as {fmt} and will be dropped: {named}")

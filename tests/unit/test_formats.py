@@ -1,0 +1,233 @@
+"""Readers: every format and file type normalises to the same `messages` + `id`; bad files and rows are
+named errors (file, line/row, id, field), never a silently short dataset."""
+
+import json
+
+import pandas as pd
+import pytest
+from datasets import Dataset
+
+from poft.chat import RowError
+from poft.data import load_sft_dataset
+from poft.dpo import normalize_preference_row
+from poft.evaluation import LEADERBOARD_V1, parse_tasks
+from poft.formats import conversation_id, detect_format
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "add 2 and 3"}, {"role": "assistant", "content": "5"}],
+    [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "capital of France?"},
+        {"role": "assistant", "content": "Paris."},
+        {"role": "user", "content": "and Italy?"},
+        {"role": "assistant", "content": "Rome."},
+    ],
+]
+SHAREGPT_ROLE = {"system": "system", "user": "human", "assistant": "gpt"}
+
+
+def sharegpt_rows():
+    return [
+        {"conversations": [{"from": SHAREGPT_ROLE[m["role"]], "value": m["content"]} for m in c]}
+        for c in CONVERSATIONS
+    ]
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "columns, expected",
+    [
+        (["messages", "id"], "messages"),
+        (["conversations", "id"], "sharegpt"),
+        (["instruction", "input", "output"], "alpaca"),
+        (["instruction", "output"], "alpaca"),
+        (["prompt", "completion", "label"], "prompt_completion"),
+    ],
+)
+def test_format_is_detected_from_columns(columns, expected):
+    assert detect_format(columns) == expected
+
+
+def test_preference_and_unknown_columns_are_refused():
+    with pytest.raises(ValueError, match="poft dpo"):
+        detect_format(["prompt", "chosen", "rejected"])
+    with pytest.raises(ValueError, match="cannot tell the data format.*'text'"):
+        detect_format(["text"])
+
+
+def test_sharegpt_jsonl_reads_like_messages_and_says_so(tmp_path, capsys):
+    rows = sharegpt_rows()
+    rows[1]["conversations"][1]["from"] = "user"  # the user/assistant spelling is accepted too
+    rows[1]["conversations"][2]["from"] = "assistant"
+    data = load_sft_dataset(write_jsonl(tmp_path / "sg.jsonl", rows))
+    assert "ShareGPT `conversations` of {from, value} (detected), 2 rows" in capsys.readouterr().out
+    assert data["messages"] == CONVERSATIONS
+    assert "conversations" not in data.column_names
+    assert data["id"] == [conversation_id(c) for c in CONVERSATIONS]
+
+
+def test_id_label_and_other_columns_are_carried_through(tmp_path):
+    rows = [dict(r, id=i, label=i == 0, ifd=0.5 + i) for i, r in enumerate(sharegpt_rows())]
+    data = load_sft_dataset(write_jsonl(tmp_path / "sg.jsonl", rows))
+    assert data["id"] == ["0", "1"]
+    assert data["label"] == [True, False]
+    assert data["ifd"] == [0.5, 1.5]
+
+
+def test_alpaca_joins_instruction_and_input():
+    rows = [
+        {"instruction": "Add the numbers.", "input": "2 3", "output": "5"},
+        {"instruction": "Say hi.", "input": "", "output": "hi"},
+    ]
+    from poft.formats import normalize_conversations
+
+    data = normalize_conversations(Dataset.from_list(rows))
+    assert data["messages"] == [
+        [{"role": "user", "content": "Add the numbers.\n\n2 3"}, {"role": "assistant", "content": "5"}],
+        [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "hi"}],
+    ]
+
+
+def test_prompt_completion_strings_and_conversational(tmp_path):
+    c = CONVERSATIONS[1]
+    rows = [
+        {"prompt": "add 2 and 3", "completion": "5", "label": True},
+        {"prompt": json.dumps(c[:3]), "completion": json.dumps(c[3:]), "label": False},
+    ]
+    path = tmp_path / "pc.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    data = load_sft_dataset(str(path))
+    assert data["messages"][0] == CONVERSATIONS[0]
+    assert data["messages"][1] == c[:3] + c[3:]
+    assert data["label"] == [True, False]
+
+
+def test_every_file_type_gives_the_same_rows(tmp_path):
+    messages_rows = [{"messages": c} for c in CONVERSATIONS]
+    jsonl = write_jsonl(tmp_path / "m.jsonl", messages_rows)
+    array = tmp_path / "m.json"
+    array.write_text(json.dumps(messages_rows, indent=1))
+    parquet = tmp_path / "sg.parquet"
+    Dataset.from_list(sharegpt_rows()).to_parquet(str(parquet))
+    csv = tmp_path / "m.csv"
+    pd.DataFrame([{"messages": json.dumps(c)} for c in CONVERSATIONS]).to_csv(csv, index=False)
+    folder = tmp_path / "saved"
+    Dataset.from_list(sharegpt_rows()).save_to_disk(str(folder))
+    for source in (jsonl, str(array), str(parquet), str(csv), str(folder)):
+        data = load_sft_dataset(source)
+        assert data["messages"] == CONVERSATIONS, source
+        assert data["id"] == [conversation_id(c) for c in CONVERSATIONS], source
+
+
+def test_format_can_be_forced(tmp_path, capsys):
+    rows = [{"messages": "ignored", "prompt": "hi", "completion": "hello"}]
+    data = load_sft_dataset(write_jsonl(tmp_path / "x.jsonl", rows), format="prompt_completion")
+    assert "(forced)" in capsys.readouterr().out
+    assert data["messages"] == [
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    ]
+    with pytest.raises(ValueError, match="needs columns \\['conversations'\\]"):
+        load_sft_dataset(write_jsonl(tmp_path / "y.jsonl", rows), format="sharegpt")
+
+
+def test_file_cut_mid_line_is_an_error(tmp_path):
+    path = tmp_path / "cut.jsonl"
+    text = "".join(json.dumps({"messages": c}) + "\n" for c in CONVERSATIONS)
+    path.write_text(text[:-15])  # a download cut inside the last row
+    with pytest.raises(ValueError, match=r"cut\.jsonl: line 2: the file ends in the middle of this line"):
+        load_sft_dataset(str(path))
+
+
+def test_malformed_middle_line_and_json_array_name_the_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(
+        json.dumps({"messages": CONVERSATIONS[0]})
+        + "\n{not json}\n"
+        + json.dumps({"messages": CONVERSATIONS[1]})
+        + "\n"
+    )
+    with pytest.raises(ValueError, match=r"bad\.jsonl: line 2: malformed JSON"):
+        load_sft_dataset(str(path))
+    array = tmp_path / "bad.json"
+    array.write_text('[\n {"messages": []},\n {"messages": [}\n]')
+    with pytest.raises(ValueError, match=r"bad\.json: line 3, column \d+: malformed JSON"):
+        load_sft_dataset(str(array))
+
+
+def test_bad_rows_name_file_line_id_and_field(tmp_path):
+    rows = sharegpt_rows() + [
+        {"id": "u7", "conversations": [{"from": "human", "value": "hi"}, {"from": "bot", "value": "yo"}]},
+        {"id": "u8", "conversations": [{"from": "human", "value": None}]},
+    ]
+    path = write_jsonl(tmp_path / "sg.jsonl", rows)
+    with pytest.raises(RowError) as error:
+        load_sft_dataset(path)
+    message = str(error.value)
+    assert "sg.jsonl: 2 rows cannot be read as sharegpt" in message
+    assert "line 3 (id=u7): conversations[1].from is 'bot'" in message
+    assert "line 4 (id=u8): conversations[0].value is NoneType, not a string" in message
+    skipped = load_sft_dataset(path, on_bad_row="skip")  # kept as messages=None: scorer/trainer drop them
+    assert skipped["messages"][2:] == [None, None] and len(skipped) == 4
+
+
+def test_bad_alpaca_row_and_bad_label(tmp_path):
+    with pytest.raises(RowError, match=r"line 1 \(id=.*\): output is None"):
+        load_sft_dataset(write_jsonl(tmp_path / "a.jsonl", [{"instruction": "x", "output": None}]))
+    rows = [{"messages": CONVERSATIONS[0], "label": "maybe"}]
+    with pytest.raises(RowError, match="label is 'maybe'"):
+        load_sft_dataset(write_jsonl(tmp_path / "l.jsonl", rows))
+
+
+def test_messages_rows_with_ids_pass_through_untouched():
+    dataset = Dataset.from_list(
+        [{"messages": c, "id": f"x{i}", "ref_score": -1.0} for i, c in enumerate(CONVERSATIONS)]
+    )
+    from poft.formats import normalize_conversations
+
+    assert normalize_conversations(dataset) is dataset
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        {
+            "prompt": "add 2 and 3",
+            "chosen": CONVERSATIONS[0],
+            "rejected": [CONVERSATIONS[0][0], {"role": "assistant", "content": "6"}],
+        },
+        {
+            "chosen": CONVERSATIONS[0],
+            "rejected": [CONVERSATIONS[0][0], {"role": "assistant", "content": "6"}],
+        },
+        {"prompt": "add 2 and 3", "chosen": "5", "rejected": "6"},
+        {
+            "prompt": [CONVERSATIONS[0][0]],
+            "chosen": [CONVERSATIONS[0][1]],
+            "rejected": [{"role": "assistant", "content": "6"}],
+        },
+    ],
+    ids=["ultrafeedback", "implicit-prompt", "strings", "conversational"],
+)
+def test_preference_rows_become_conversational_prompt_chosen_rejected(row):
+    assert normalize_preference_row(row) == {
+        "prompt": [{"role": "user", "content": "add 2 and 3"}],
+        "chosen": [{"role": "assistant", "content": "5"}],
+        "rejected": [{"role": "assistant", "content": "6"}],
+    }
+
+
+def test_preference_row_without_prompt_is_an_error():
+    with pytest.raises(RowError, match="no prompt"):
+        normalize_preference_row({"chosen": "5", "rejected": "6"})
+
+
+def test_eval_task_specs():
+    assert parse_tasks(None) == {t: shots for t, (shots, _) in LEADERBOARD_V1.items()}
+    assert parse_tasks(None)["arc_challenge"] == 25 and parse_tasks(None)["truthfulqa_mc2"] == 0
+    assert parse_tasks(["a:3,b", "c"], num_fewshot=1) == {"a": 3, "b": 1, "c": 1}
+    with pytest.raises(ValueError, match="whole number"):
+        parse_tasks(["a:x"])
