@@ -1,0 +1,169 @@
+"""score -> inspect -> filter on two tiny aligned models (chatml, llama3): ShareGPT and Alpaca files score
+exactly like their messages twins; inspect's numbers match an independent computation; filter keeps the
+right rows in the right order, with deterministic ties."""
+
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+from datasets import Dataset, load_from_disk
+
+from poft.cli import main
+from poft.data import load_sft_dataset
+from poft.filtering import select_rows
+from poft.inspection import inspect_scores
+from poft.scoring import score_dataset
+from poft.tiny import build_model, build_tokenizer
+
+
+def conversation(i: int, rng: random.Random) -> list[dict]:
+    a, b = rng.randint(0, 99), rng.randint(0, 99)
+    answer = str(a + b) if i % 3 else "the quick brown fox " * (i % 5 + 1)  # some rows are nonsense
+    messages = [{"role": "user", "content": f"add {a} and {b}"}, {"role": "assistant", "content": answer}]
+    if i % 4 == 0:
+        messages = [{"role": "system", "content": "be brief"}, *messages]
+        messages += [{"role": "user", "content": "and again?"}, {"role": "assistant", "content": answer}]
+    return messages
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    """Two saved tiny aligned models, a 96-row messages file, and its scores."""
+    root = tmp_path_factory.mktemp("pipeline")
+    models = []
+    for family, seed in (("chatml", 1), ("llama3", 2)):
+        tokenizer = build_tokenizer(family)
+        build_model(tokenizer, seed=seed).save_pretrained(root / family)
+        tokenizer.save_pretrained(root / family)
+        models.append(f"{family}={root / family}")
+    rng = random.Random(0)
+    rows = [{"id": f"r{i}", "messages": conversation(i, rng)} for i in range(96)]
+    (root / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    score_dataset(root / "data.jsonl", models, root / "scores", progress=False)
+    return {"root": root, "models": models, "rows": rows}
+
+
+def test_sharegpt_and_alpaca_files_score_exactly_like_their_messages_twins(scored, tmp_path):
+    rows = scored["rows"][:24]
+    role = {"system": "system", "user": "human", "assistant": "gpt"}
+    sharegpt = [
+        {"conversations": [{"from": role[m["role"]], "value": m["content"]} for m in r["messages"]]}
+        for r in rows
+    ]
+    Dataset.from_list(sharegpt).to_parquet(str(tmp_path / "sharegpt.parquet"))
+    # single-turn rows as Alpaca (an empty input adds nothing to the user turn)
+    single = [r for r in rows if len(r["messages"]) == 2]
+    alpaca = [
+        {"instruction": r["messages"][0]["content"], "input": "", "output": r["messages"][1]["content"]}
+        for r in single
+    ]
+    (tmp_path / "alpaca.json").write_text(json.dumps(alpaca))  # a JSON array file
+    twins = {"sharegpt.parquet": rows, "alpaca.json": single}
+    for name, twin_rows in twins.items():
+        messages_twin = tmp_path / f"{name}.messages.jsonl"
+        messages_twin.write_text("".join(json.dumps({"messages": r["messages"]}) + "\n" for r in twin_rows))
+        expected = score_dataset(
+            messages_twin, scored["models"], tmp_path / f"scores-{name}-twin", progress=False
+        )
+        out = score_dataset(tmp_path / name, scored["models"], tmp_path / f"scores-{name}", progress=False)
+        assert out["messages"] == [r["messages"] for r in twin_rows]
+        for column in (
+            "chatml_logp_sum",
+            "chatml_n_tokens",
+            "llama3_logp_sum",
+            "llama3_n_tokens",
+            "ref_score",
+        ):
+            assert out[column] == expected[column], (name, column)  # exactly, not approximately
+        assert out["id"] == expected["id"] and out["fingerprint"] == expected["fingerprint"]
+
+
+def test_inspect_statistics_figures_and_extremes(scored, tmp_path, capsys):
+    folder = scored["root"] / "scores"
+    summary = inspect_scores(folder, tmp_path / "audit", k=3)
+    data = load_from_disk(str(folder))
+    ref = np.array(data["ref_score"])
+    chatml = np.array(data["chatml_logp_sum"]) / np.array(data["chatml_n_tokens"])
+    llama3 = np.array(data["llama3_logp_sum"]) / np.array(data["llama3_n_tokens"])
+    assert np.allclose((chatml + llama3) / 2, ref, atol=1e-5)  # r_ref is the mean of the model scores
+    assert summary["scores"]["ref_score"]["count"] == 96
+    assert summary["scores"]["ref_score"]["mean"] == pytest.approx(ref.mean(), rel=1e-9)
+    assert summary["scores"]["chatml"]["quantiles"]["0.5"] == pytest.approx(np.median(chatml), rel=1e-6)
+    assert summary["pearson"]["chatml"]["llama3"] == pytest.approx(
+        np.corrcoef(chatml, llama3)[0, 1], abs=1e-5
+    )
+    assert summary["truncated"] == {"chatml": 0, "llama3": 0}
+    order = np.argsort(ref, kind="stable")
+    assert summary["lowest_ids"] == [data["id"][i] for i in order[:3]]
+    assert summary["highest_ids"] == [data["id"][i] for i in order[::-1][:3]]
+    for name in ("chatml", "llama3", "ref_score", "all"):
+        png = tmp_path / "audit" / f"scores_{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    assert json.loads((tmp_path / "audit" / "summary.json").read_text())["n_rows"] == 96
+    assert main(["inspect", str(folder), "--output", str(tmp_path / "cli"), "-k", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "2 lowest ref_score" in out and f"id={data['id'][order[0]]}" in out and "Spearman" in out
+
+
+def test_filter_keep_top_half_of_96_keeps_the_48_best_in_input_order(scored, tmp_path, capsys):
+    folder = scored["root"] / "scores"
+    assert main(["filter", str(folder), "--keep-top", "0.5", "--output", str(tmp_path / "top")]) == 0
+    assert "kept 48 of 96 rows, dropped 48" in capsys.readouterr().out
+    data = load_from_disk(str(folder))
+    best = sorted(range(96), key=lambda i: -data["ref_score"][i])[:48]
+    kept = load_sft_dataset(str(tmp_path / "top"))  # what `poft train` reads
+    assert kept["id"] == [data["id"][i] for i in sorted(best)]
+    assert min(kept["ref_score"]) >= max(s for i, s in enumerate(data["ref_score"]) if i not in best)
+    report = json.loads((tmp_path / "top" / "filter.json").read_text())
+    assert (report["n_kept"], report["n_dropped"], report["by"]) == (48, 48, "ref_score")
+
+
+def test_filter_by_another_column_and_min_score(tmp_path):
+    rows = [{"id": f"x{i}", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+             "ifd": [0.3, None, 0.9, 0.1, 0.9][i]} for i in range(5)]  # fmt: skip
+    Dataset.from_list(rows).save_to_disk(str(tmp_path / "in"))
+    assert (
+        main(
+            [
+                "filter",
+                str(tmp_path / "in"),
+                "--by",
+                "ifd",
+                "--min-score",
+                "0.3",
+                "--output",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 0
+    )
+    assert load_from_disk(str(tmp_path / "o"))["id"] == ["x0", "x2", "x4"]
+    with pytest.raises(ValueError, match="not a numeric column; numeric columns: \\['ifd'\\]"):
+        main(
+            [
+                "filter",
+                str(tmp_path / "in"),
+                "--by",
+                "id",
+                "--keep-top",
+                "0.5",
+                "--output",
+                str(tmp_path / "p"),
+            ]
+        )
+
+
+def test_select_rows_ties_nan_and_rounding():
+    scores = np.array([1.0, 2.0, 2.0, 2.0, 3.0, math.nan])
+    # 5 scored rows, top 0.6 -> 3 rows: the 3.0 and the first two 2.0s (ties in input order), NaN never kept
+    assert select_rows(scores, keep_top=0.6).tolist() == [1, 2, 4]
+    assert select_rows(scores[::-1].copy(), keep_top=0.6).tolist() == [1, 2, 3]
+    assert select_rows(scores, keep_top=0.5).tolist() == [1, 2, 4]  # 2.5 rounds half up to 3
+    assert select_rows(scores, keep_top=1.0).tolist() == [0, 1, 2, 3, 4]
+    assert select_rows(scores, min_score=2.0).tolist() == [1, 2, 3, 4]
+    with pytest.raises(ValueError, match="exactly one"):
+        select_rows(scores, keep_top=0.5, min_score=1.0)
+    with pytest.raises(ValueError, match="fraction"):
+        select_rows(scores, keep_top=40)
