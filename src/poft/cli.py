@@ -115,6 +115,51 @@ def add_score_parser(sub: argparse._SubParsersAction) -> None:
     score.set_defaults(func=run_score)
 
 
+def run_demo(args: argparse.Namespace) -> int:
+    """`poft demo`: the offline noise experiment (SFT vs PoFT vs bi-PoFT on tiny models), with a report."""
+    import dataclasses
+
+    from .demo import FULL, MINI, DemoConfig
+    from .demo import run_demo as demo
+
+    preset = FULL if args.full else MINI if args.mini else {}
+    overrides = {
+        "seeds": args.seeds,
+        "noise_levels": tuple(args.noise_levels) if args.noise_levels else None,
+        "epochs": args.epochs,
+        "learning_rate": args.learning_rate,
+    }
+    config = DemoConfig(output=args.output, rebuild=args.rebuild, **preset)
+    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    demo(config)
+    return 0
+
+
+def add_demo_parser(sub: argparse._SubParsersAction) -> None:
+    demo = sub.add_parser(
+        "demo",
+        help="offline end-to-end experiment: SFT vs PoFT vs bi-PoFT on noisy synthetic data, with a report",
+    )
+    demo.add_argument(
+        "--output", default="demo_output", help="folder for results, plots, report and cached models"
+    )
+    size = demo.add_mutually_exclusive_group()
+    size.add_argument(
+        "--full", action="store_true", help="the larger run for RESULTS.md (3 seeds, more data)"
+    )
+    size.add_argument("--mini", action="store_true", help="a seconds-long smoke run (tests)")
+    demo.add_argument("--seeds", type=int, help="number of training seeds (default 1, --full 3)")
+    demo.add_argument(
+        "--noise-levels", type=float, nargs="+", help="shares of noisy rows (default 0 0.3 0.5)"
+    )
+    demo.add_argument("--epochs", type=int, help="target training epochs (default 6, --full 8)")
+    demo.add_argument(
+        "--learning-rate", type=float, help="peak learning rate for every method (default 3e-3)"
+    )
+    demo.add_argument("--rebuild", action="store_true", help="rebuild the cached aligned models and scores")
+    demo.set_defaults(func=run_demo)
+
+
 def run_inspect(args: argparse.Namespace) -> int:
     """`poft inspect DIR [--output OUT]`: score statistics, correlations, histograms, lowest/highest rows."""
     from .inspection import inspect_scores, summary_table
@@ -176,6 +221,7 @@ def run_dpo(argv: list[str]) -> int:
     )
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     trainer.save_model(config.output_dir)
+    trainer.save_state()  # trainer_state.json: the logged DPO losses and reward margins, for comparisons
     trainer.accelerator.print(f"poft: model saved to {config.output_dir}")
     return 0
 
@@ -266,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--rows", type=int, default=256, help="number of training rows")
     tiny.add_argument("--seed", type=int, default=0, help="random seed")
     tiny.set_defaults(func=run_tiny_example)
+
+    add_demo_parser(sub)
     return parser
 
 

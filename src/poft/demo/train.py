@@ -1,0 +1,101 @@
+"""Training through PoFTTrainer, with one overall progress bar and an evaluation after every epoch.
+
+Every model in the demo (aligned models and targets) is trained here by `PoFTTrainer`, so the demo
+exercises the library's real training path: aligned models with loss_type='sft' on clean data, the
+target with 'sft', 'poft' and 'bi_poft'. One `train()` call per run keeps a single optimizer and cosine
+schedule across epochs; a callback evaluates at each epoch end.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from datasets import Dataset
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+from transformers.trainer_callback import PrinterCallback
+
+from ..trainer import PoFTConfig, PoFTTrainer
+from .config import DemoConfig
+
+
+class Progress:
+    """One bar over every optimizer step of the whole demo, so the ETA covers all remaining runs."""
+
+    def __init__(self, total_steps: int, disable: bool = False):
+        self.bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, disable=disable)
+        self.start = time.time()
+
+    def describe(self, text: str) -> None:
+        self.bar.set_description(text)
+
+    def write(self, text: str) -> None:
+        self.bar.write(text)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def steps_per_run(n_rows: int, batch_size: int, epochs: int) -> int:
+    return -(-n_rows // batch_size) * epochs
+
+
+class _StepCallback(TrainerCallback):
+    def __init__(self, progress: Progress | None, on_epoch: Callable[[int, PreTrainedModel], None] | None):
+        self.progress, self.on_epoch = progress, on_epoch
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.bar.update(1)
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        if self.on_epoch is not None:
+            self.on_epoch(round(state.epoch), model)
+
+
+def train(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    dataset: Dataset,
+    *,
+    loss_type: str,
+    epochs: int,
+    seed: int,
+    config: DemoConfig,
+    work_dir: Path,
+    progress: Progress | None = None,
+    on_epoch: Callable[[int, PreTrainedModel], None] | None = None,
+) -> PreTrainedModel:
+    """Train `model` in place with `loss_type`; `on_epoch(epoch, model)` runs after each epoch."""
+    args = PoFTConfig(
+        output_dir=str(work_dir),
+        loss_type=loss_type,
+        beta=config.beta,
+        gamma=config.gamma,
+        score_normalization=config.normalization,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.05,
+        weight_decay=0.0,
+        num_train_epochs=epochs,
+        per_device_train_batch_size=config.batch_size,
+        max_length=64,
+        seed=seed,
+        data_seed=seed,
+        save_strategy="no",
+        logging_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=False,
+        on_bad_row="error",
+    )
+    trainer = PoFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer.remove_callback(PrinterCallback)  # the demo prints its own progress
+    trainer.add_callback(_StepCallback(progress, on_epoch))
+    trainer.train()
+    return trainer.model
