@@ -67,12 +67,12 @@ def evaluate_model(
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    lm = HFLM(pretrained=model, device=device, dtype=dtype, batch_size=batch_size)
     manager = TaskManager(include_path=include_path) if include_path else TaskManager()
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         where = f" or in {include_path}" if include_path else " (give --include-path for local task files)"
         raise ValueError(f"unknown lm-eval tasks {unknown}: not built into lm-eval{where}")
+    lm = HFLM(pretrained=model, device=device, dtype=dtype, batch_size=batch_size)  # loaded once, shared
     by_shots: dict[int | None, list[str]] = defaultdict(list)
     for task, shots in tasks.items():
         by_shots[shots].append(task)
