@@ -32,10 +32,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import Dataset, concatenate_datasets, load_dataset, load_from_disk
+from datasets import Dataset, concatenate_datasets, load_from_disk
 
 from .chat import ChatFormat, ChatTemplateError, RowError, validate_messages
 from .data import load_sft_dataset
+from .formats import normalize_conversations
 from .loss import NORMALIZATIONS, normalize_scores
 from .shards import (
     check_run_config,
@@ -132,33 +133,31 @@ def _raise_or_report(bad: list[dict], source: str, on_bad_row: str, total: int) 
 def load_checked_rows(
     dataset: str | Path | Dataset, split: str, on_bad_row: str, clean_copy: Path | None, write: bool = True
 ) -> CheckedRows:
-    """Load the dataset and validate every row; JSON-lines files are checked line by line first.
+    """Load the dataset (any format `formats.py` reads, normalised to `messages` + `id`) and validate rows.
 
-    Malformed lines can only be skipped by leaving them out of the file, so with on_bad_row="skip" a
-    JSON-lines input with bad lines is loaded from a cleaned copy (`clean_copy`, written when `write`).
+    JSON-lines files are parsed line by line first, so errors name the line. Malformed lines (and, for
+    `messages` files, rows with bad conversations, whose mixed JSON types would also confuse the `datasets`
+    loader) can only be skipped by leaving them out of the file: with on_bad_row="skip" such an input is
+    loaded from a cleaned copy (`clean_copy`, written when `write`).
     """
     if isinstance(dataset, Dataset):
-        return _check_dataset(dataset, "dataset", on_bad_row, [], lambda i: f"row {i}")
+        normalised = normalize_conversations(dataset, source="dataset", on_bad_row=on_bad_row)
+        return _check_dataset(normalised, "dataset", on_bad_row, [], lambda i: f"row {i}")
     path = Path(dataset)
     if not (path.is_file() and _is_json_lines(path)):
-        loaded = load_sft_dataset(str(dataset), split)
+        loaded = load_sft_dataset(str(dataset), split, on_bad_row=on_bad_row)
         return _check_dataset(loaded, str(dataset), on_bad_row, [], lambda i: f"row {i}")
     parsed, bad = _read_json_lines(path)
+    messages_format = any(isinstance(row, dict) and "messages" in row for _, row in parsed)
+    problems = {n: _problem(row) if messages_format else None for n, row in parsed}
     for line_no, row in parsed:
-        problem = _problem(row)
-        if problem is not None:
-            bad.append(
-                {
-                    "row": f"line {line_no}",
-                    "id": _id_of(row) if isinstance(row, dict) else None,
-                    "problem": problem,
-                }
-            )
+        if problems[line_no] is not None:
+            row_id = _id_of(row) if isinstance(row, dict) else None
+            bad.append({"row": f"line {line_no}", "id": row_id, "problem": problems[line_no]})
     bad.sort(key=lambda b: int(b["row"].split()[1]))
-    _raise_or_report(
-        bad, str(path), on_bad_row, len(parsed) + sum(b["problem"].startswith("malformed") for b in bad)
-    )
-    lines = [line_no for line_no, row in parsed if _problem(row) is None]
+    n_malformed = sum(b["problem"].startswith("malformed") for b in bad)
+    _raise_or_report(bad, str(path), on_bad_row, len(parsed) + n_malformed)
+    lines = [line_no for line_no, _ in parsed if problems[line_no] is None]
     data_file = path
     if bad:
         if write:
@@ -170,9 +169,8 @@ def load_checked_rows(
             tmp.write_text(text, encoding="utf-8")
             os.replace(tmp, clean_copy)
         data_file = clean_copy
-    loaded = load_dataset("json", data_files=str(data_file), split="train")
-    checked = _check_dataset(loaded, str(path), on_bad_row, bad, lambda i: f"line {lines[i]}")
-    return checked
+    loaded = load_sft_dataset(str(data_file), on_bad_row=on_bad_row)
+    return _check_dataset(loaded, str(path), on_bad_row, bad, lambda i: f"line {lines[i]}")
 
 
 def _check_dataset(dataset: Dataset, source: str, on_bad_row: str, bad: list[dict], where) -> CheckedRows:
@@ -592,11 +590,8 @@ def _finalize(
     good = np.asarray(checked.good, dtype=np.int64)
     columns: dict[str, object] = {}
     dataset = checked.dataset if len(good) == len(checked.dataset) else checked.dataset.select(good)
-    if "id" not in dataset.column_names:
-        if "prompt_id" in dataset.column_names:
-            columns["id"] = [str(v) for v in dataset["prompt_id"]]
-        else:
-            columns["id"] = [f[:16] for f in checked.fingerprints]
+    if "id" not in dataset.column_names:  # normalize_conversations adds one; a content hash otherwise
+        columns["id"] = [f[:16] for f in checked.fingerprints]
     columns["fingerprint"] = checked.fingerprints
     response_bytes = np.asarray(checked.response_bytes, dtype=np.int64)
     columns["response_bytes"] = response_bytes
