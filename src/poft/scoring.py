@@ -321,6 +321,11 @@ def parse_model_spec(spec: str) -> tuple[str, str]:
     return alias, path
 
 
+def _alias_clashes(specs: Sequence[str]) -> list[str]:
+    aliases = [parse_model_spec(s)[0] for s in specs]
+    return sorted({a for a in aliases if aliases.count(a) > 1})
+
+
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
@@ -342,13 +347,8 @@ def load_aligned_models(specs: Sequence[str]) -> list[AlignedModel]:
     """Tokenizers, chat formats and identities of the aligned models (weights are loaded later, if needed)."""
     from transformers import AutoTokenizer
 
-    parsed = [parse_model_spec(s) for s in specs]
-    aliases = [a for a, _ in parsed]
-    clashes = sorted({a for a in aliases if aliases.count(a) > 1})
-    if clashes:
-        raise ValueError(f"models share the alias {clashes}; name them with --model ALIAS=PATH")
     models = []
-    for alias, path in parsed:
+    for alias, path in map(parse_model_spec, specs):
         tokenizer = AutoTokenizer.from_pretrained(path)
         chat = ChatFormat.from_tokenizer(tokenizer, alias)
         template = repr(
@@ -539,6 +539,9 @@ def score_dataset(
     output = Path(output)
     if not isinstance(dataset, Dataset) and Path(dataset).resolve() == output.resolve():
         raise ValueError(f"{output}: the output folder cannot be the input dataset")
+    clashes = _alias_clashes(models)
+    if clashes:
+        raise ValueError(f"models share the alias {clashes}; name them with --model ALIAS=PATH")
     rank, world = _distributed()
     device = _device()
     torch_dtype = _resolve_dtype(dtype, device)

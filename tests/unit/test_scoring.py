@@ -255,7 +255,7 @@ def test_template_that_cannot_be_handled_names_the_model(tmp_path):
         )
 
 
-def test_model_specs_and_alias_clash():
+def test_model_specs_and_alias_clash(tmp_path):
     assert parse_model_spec("runs/models/llama3/") == ("llama3", "runs/models/llama3/")
     assert parse_model_spec("meta-llama/Llama-3-8B-Instruct") == (
         "Llama-3-8B-Instruct",
@@ -263,7 +263,8 @@ def test_model_specs_and_alias_clash():
     )
     assert parse_model_spec("l3=a/b=c") == ("l3", "a/b=c")
     with pytest.raises(ValueError, match="ALIAS=PATH"):
-        score_dataset(rows_dataset(make_rows(1)), ["x/m", "y/m"], "unused", progress=False)
+        score_dataset(rows_dataset(make_rows(1)), ["x/m", "y/m"], tmp_path / "o", progress=False)
+    assert not (tmp_path / "o").exists()  # refused before anything was written
 
 
 def test_row_fingerprint_is_stable_and_content_only():
