@@ -300,3 +300,30 @@ def test_chunked_log_probs_equal_full_log_softmax(chunk_size, softcap):
         ours = chunked_token_logprobs(hidden, head, labels, chunk_size, softcap)
     assert torch.allclose(ours.double(), expected, rtol=1e-5, atol=1e-5)
     assert math.isclose(float(ours.sum()), float(expected.sum()), rel_tol=1e-5)
+
+
+def test_other_architectures_gemma2_softcap_and_sliding_window(tmp_path):
+    """Gemma-2 soft-caps its logits after the head (the chunked path must too); Mistral's sliding window is
+    shorter than the sequences here. Both must still equal the naive full-logits reference."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM, MistralConfig, MistralForCausalLM
+
+    small = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+    builds = {
+        "gemma2": ("llama3", lambda v: Gemma2ForCausalLM(Gemma2Config(vocab_size=v, num_key_value_heads=2, head_dim=8,
+                                                                      final_logit_softcapping=3.0, sliding_window=16,
+                                                                      **small))),
+        "mistral": ("zephyr", lambda v: MistralForCausalLM(MistralConfig(vocab_size=v, num_key_value_heads=2,
+                                                                         sliding_window=16, **small))),
+    }  # fmt: skip
+    paths = {}
+    for name, (family, make) in builds.items():
+        tokenizer = build_tokenizer(family, [" ".join(WORDS) * 3], vocab_size=300)
+        torch.manual_seed(0)
+        make(len(tokenizer)).save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+        paths[name] = str(tmp_path / name)
+    rows = make_rows(12, seed=3)
+    scored = score_dataset(
+        rows_dataset(rows), list(paths.values()), tmp_path / "out", batch_tokens=256, progress=False
+    )
+    assert_matches_reference(scored, paths, rows, None)
