@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from ..tiny import build_model, build_tokenizer
 from .config import DemoConfig
 from .evaluate import evaluate
-from .tasks import Splits, corpus
+from .parallel import run_jobs
+from .tasks import Splits, corpus, make_splits
 from .train import Progress, steps_per_run, train
 
 ALIGNED = (("a", "chatml", 1), ("b", "llama3", 2))  # (alias, template family, seed)
@@ -46,7 +47,7 @@ def asset_folder(config: DemoConfig) -> Path:
 
 
 def build_assets(config: DemoConfig, splits: Splits, progress: Progress) -> Assets:
-    """Load the cached assets, or build them (tokenizers, then each aligned model) and cache them."""
+    """Load the cached assets, or build them (tokenizers, then the aligned models in parallel) and cache them."""
     folder = asset_folder(config)
     if config.rebuild and folder.exists():
         shutil.rmtree(folder)
@@ -59,23 +60,40 @@ def build_assets(config: DemoConfig, splits: Splits, progress: Progress) -> Asse
     text = corpus(splits.aligned + splits.train)
     target_tok = build_tokenizer("chatml", text, vocab_size=config.vocab_size)
     target_tok.save_pretrained(folder / "target-tokenizer")
-    metrics = {}
-    rows = Dataset.from_list([{"messages": e.messages()} for e in splits.aligned])
-    for alias, family, seed in ALIGNED:
+    for alias, family, _ in ALIGNED:
         tok = target_tok if family == "chatml" else build_tokenizer(family, text, config.aligned_vocab_size)
-        model = build_model(tok, hidden_size=config.hidden_size, num_layers=config.num_layers, seed=seed)
-        progress.describe(f"aligned model {alias} ({family} template, {len(tok)} tokens)")
-        train(
-            model, tok, rows, loss_type="sft", epochs=config.aligned_epochs, seed=seed, config=config,
-            work_dir=folder / "work", progress=progress,
-        )  # fmt: skip
-        metrics[alias] = evaluate(model, tok, splits.test, seed=seed)
-        progress.write(f"poft demo: aligned model {alias} ({family}): held-out {_fmt(metrics[alias])}")
-        model.save_pretrained(folder / f"aligned-{alias}")
         tok.save_pretrained(folder / f"aligned-{alias}")
+    progress.describe("training the aligned models")
+    jobs = [(config, alias, family, seed, folder) for alias, family, seed in ALIGNED]
+    metrics = dict(
+        run_jobs(_train_aligned, jobs, config.workers, progress, on_done=lambda r: _report(r, progress))
+    )
     shutil.rmtree(folder / "work", ignore_errors=True)
     done.write_text(json.dumps({"aligned_metrics": metrics, "config": config.to_dict()}, indent=1))
     return _load(folder, {"aligned_metrics": metrics})
+
+
+def _train_aligned(job: tuple, sink) -> tuple[str, dict]:
+    """Worker: plain SFT of one aligned model on the clean aligned split; saves it; held-out metrics."""
+    config, alias, family, seed, folder = job
+    splits = make_splits(config.data_seed, config.n_train, config.n_aligned, config.n_test)
+    tok = AutoTokenizer.from_pretrained(folder / f"aligned-{alias}")
+    model = build_model(tok, hidden_size=config.hidden_size, num_layers=config.num_layers, seed=seed)
+    rows = Dataset.from_list([{"messages": e.messages()} for e in splits.aligned])
+    train(
+        model, tok, rows, loss_type="sft", epochs=config.aligned_epochs, seed=seed, config=config,
+        work_dir=folder / "work" / alias, sink=sink,
+    )  # fmt: skip
+    model.save_pretrained(folder / f"aligned-{alias}")
+    return alias, {"family": family, "vocab": len(tok), **evaluate(model, tok, splits.test, seed=seed)}
+
+
+def _report(result: tuple[str, dict], progress: Progress) -> None:
+    alias, m = result
+    progress.write(
+        f"  aligned model {alias} ({m['family']} template, {m['vocab']} tokens): held-out accuracy "
+        f"{m['accuracy']:.3f}, sampled accuracy {m['sampled_accuracy']:.3f}, clean NLL {m['clean_nll']:.3f}"
+    )
 
 
 def _load(folder: Path, info: dict) -> Assets:
@@ -83,11 +101,3 @@ def _load(folder: Path, info: dict) -> Assets:
     return Assets(
         folder, AutoTokenizer.from_pretrained(folder / "target-tokenizer"), aligned, info["aligned_metrics"]
     )
-
-
-def load_aligned_model(path: Path):
-    return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
-
-
-def _fmt(metrics: dict) -> str:
-    return ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())

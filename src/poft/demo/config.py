@@ -52,7 +52,9 @@ class DemoConfig:
     beta: float = field(default=1.0, metadata={"help": "PoFT beta (paper: 1)"})
     gamma: float = field(default=0.0, metadata={"help": "PoFT gamma (paper: 0)"})
     normalization: str = field(default="token", metadata={"help": "score normalisation: token|byte|none"})
-    threads: int = field(default=2, metadata={"help": "torch CPU threads"})
+    workers: int = field(
+        default=2, metadata={"help": "parallel training processes, 1 torch thread each (1 = in-process)"}
+    )
 
     def asset_key(self) -> str:
         """Hash of the fields the aligned models depend on: a changed field builds new ones."""
@@ -75,4 +77,5 @@ MINI = {
     "epochs": 1,
     "aligned_epochs": 1,
     "batch_size": 16,
+    "workers": 1,
 }

@@ -13,13 +13,15 @@ bi-PoFT at noise 0 is skipped: every row is desirable there, so it is PoFT exact
 
 from __future__ import annotations
 
-import copy
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from datasets import load_from_disk
 from tqdm.auto import tqdm
+from transformers import AutoTokenizer
 
 from ..loss import poft_weight
 from ..scoring import score_dataset
@@ -28,6 +30,7 @@ from .assets import Assets, asset_steps, build_assets
 from .config import DemoConfig
 from .evaluate import evaluate, response_scores
 from .noise import make_noisy_rows
+from .parallel import run_jobs
 from .plots import write_plots
 from .report import write_report
 from .tasks import make_splits
@@ -61,8 +64,8 @@ def score_rows(rows: list[dict], assets: Assets, folder: Path, normalization: st
 def run_demo(config: DemoConfig) -> dict:
     """Run the whole demo; returns {"runs": [...]} as written to OUTPUT/results.json."""
     started = time.time()
-    torch.set_num_threads(config.threads)
-    _quiet_libraries()
+    torch.set_num_threads(1)  # see parallel.py
+    quiet_libraries()
     out = Path(config.output)
     out.mkdir(parents=True, exist_ok=True)
     splits = make_splits(config.data_seed, config.n_train, config.n_aligned, config.n_test)
@@ -78,45 +81,34 @@ def run_demo(config: DemoConfig) -> dict:
     assets = build_assets(config, splits, progress)
 
     progress.write("[2/4] noisy training data, scored by the aligned models (poft score)")
-    scored = {}
+    scored, score_folders = {}, {}
     for seed in range(config.seeds):
         for noise in config.noise_levels:
             progress.describe(f"scoring noise={noise} seed={seed}")
             rows = make_noisy_rows(splits.train, noise, seed=10_000 + seed, char_rate=config.char_rate)
             name = f"scores/noise{noise}-seed{seed}-chars{config.char_rate}-{config.normalization}"
-            scored[seed, noise] = score_rows(rows, assets, assets.folder / name, config.normalization)
+            score_folders[seed, noise] = assets.folder / name
+            scored[seed, noise] = score_rows(rows, assets, score_folders[seed, noise], config.normalization)
     _print_ref_scores(scored, progress)
 
     progress.write(f"[3/4] target runs: {len(plan)} x {config.epochs} epochs, evaluated after each epoch")
-    runs, weights = [], []
-    inits = {}
-    for seed, noise, method in plan:
-        if seed not in inits:
-            init = build_model(
-                assets.target_tokenizer, hidden_size=config.hidden_size, num_layers=config.num_layers,
-                seed=TARGET_INIT_SEED + seed,
-            )  # fmt: skip
-            inits[seed] = init
-        model = copy.deepcopy(inits[seed])
-        data = scored[seed, noise]
-        progress.describe(f"{method:7s} noise={noise} seed={seed}")
-
-        def on_epoch(epoch, trained, seed=seed, noise=noise, method=method, data=data):
-            metrics = evaluate(trained, assets.target_tokenizer, splits.test, seed=seed)
-            runs.append({"method": method, "noise": noise, "seed": seed, "epoch": epoch, "metrics": metrics})
-            if method == "poft":
-                tau = _weights(trained, assets.target_tokenizer, data, config, keep_rows=seed == 0)
-                weights.append({"noise": noise, "seed": seed, "epoch": epoch, **tau})
-
-        train(
-            model, assets.target_tokenizer, data, loss_type=method, epochs=config.epochs, seed=seed,
-            config=config, work_dir=out / "work", progress=progress, on_epoch=on_epoch,
-        )  # fmt: skip
-        last = runs[-1]["metrics"]
-        progress.write(
-            f"  {method:7s} noise={noise:<4} seed={seed}: accuracy {last['accuracy']:.3f}, "
-            f"sampled {last['sampled_accuracy']:.3f}, clean NLL {last['clean_nll']:.3f}"
+    progress.describe(f"target runs ({config.workers} workers)")
+    jobs = [
+        TargetJob(
+            config,
+            seed,
+            noise,
+            method,
+            str(score_folders[seed, noise]),
+            str(assets.folder / "target-tokenizer"),
         )
+        for seed, noise, method in plan
+    ]
+    finished = run_jobs(
+        train_target, jobs, config.workers, progress, on_done=lambda r: _report_run(r, progress)
+    )
+    runs = [run for result in finished for run in result["runs"]]
+    weights = [w for result in finished for w in result["weights"]]
     progress.close()
 
     print("[4/4] results, plots, report")
@@ -134,6 +126,58 @@ def run_demo(config: DemoConfig) -> dict:
     write_report(out, results, details, plots)
     print(f"poft demo: done in {details['wall_seconds']:.0f} s; see {out / 'report.md'}")
     return results
+
+
+@dataclass(frozen=True)
+class TargetJob:
+    """One target training run: (seed, noise, method) on the scored rows saved at `scores`."""
+
+    config: DemoConfig
+    seed: int
+    noise: float
+    method: str
+    scores: str
+    tokenizer: str
+
+
+def train_target(job: TargetJob, sink) -> dict:
+    """Worker: the seed's initial target trained with `job.method`; evaluated (and PoFT weights) every epoch."""
+    config = job.config
+    splits = make_splits(config.data_seed, config.n_train, config.n_aligned, config.n_test)
+    tokenizer = AutoTokenizer.from_pretrained(job.tokenizer)
+    data = load_from_disk(job.scores)
+    model = build_model(
+        tokenizer,
+        hidden_size=config.hidden_size,
+        num_layers=config.num_layers,
+        seed=TARGET_INIT_SEED + job.seed,
+    )
+    runs, weights = [], []
+
+    def on_epoch(epoch: int, trained) -> None:
+        metrics = evaluate(trained, tokenizer, splits.test, seed=job.seed)
+        runs.append(
+            {"method": job.method, "noise": job.noise, "seed": job.seed, "epoch": epoch, "metrics": metrics}
+        )
+        if job.method == "poft":
+            tau = _weights(trained, tokenizer, data, config, keep_rows=job.seed == 0)
+            weights.append({"noise": job.noise, "seed": job.seed, "epoch": epoch, **tau})
+
+    work_dir = Path(config.output) / "work" / f"{job.method}-{job.noise}-{job.seed}"
+    train(
+        model, tokenizer, data, loss_type=job.method, epochs=config.epochs, seed=job.seed, config=config,
+        work_dir=work_dir, sink=sink, on_epoch=on_epoch,
+    )  # fmt: skip
+    return {"runs": runs, "weights": weights}
+
+
+def _report_run(result: dict, progress: Progress) -> None:
+    last = result["runs"][-1]
+    m = last["metrics"]
+    progress.write(
+        f"  {last['method']:7s} noise={last['noise']:<4} seed={last['seed']}: accuracy {m['accuracy']:.3f}, "
+        f"sampled {m['sampled_accuracy']:.3f}, clean NLL {m['clean_nll']:.3f}"
+    )
 
 
 def _weights(model, tokenizer, data, config: DemoConfig, keep_rows: bool) -> dict:
@@ -174,7 +218,7 @@ def _print_ref_scores(scored: dict, progress: Progress) -> None:
         progress.write(f"  noise={noise}: mean ref_score by row kind: {means}")
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     import os
     import warnings
 

@@ -43,12 +43,12 @@ def steps_per_run(n_rows: int, batch_size: int, epochs: int) -> int:
 
 
 class _StepCallback(TrainerCallback):
-    def __init__(self, progress: Progress | None, on_epoch: Callable[[int, PreTrainedModel], None] | None):
-        self.progress, self.on_epoch = progress, on_epoch
+    def __init__(self, sink, on_epoch: Callable[[int, PreTrainedModel], None] | None):
+        self.sink, self.on_epoch = sink, on_epoch
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.progress is not None:
-            self.progress.bar.update(1)
+        if self.sink is not None:
+            self.sink.update(1)
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
         if self.on_epoch is not None:
@@ -65,10 +65,12 @@ def train(
     seed: int,
     config: DemoConfig,
     work_dir: Path,
-    progress: Progress | None = None,
+    sink=None,
     on_epoch: Callable[[int, PreTrainedModel], None] | None = None,
 ) -> PreTrainedModel:
-    """Train `model` in place with `loss_type`; `on_epoch(epoch, model)` runs after each epoch."""
+    """Train `model` in place with `loss_type`; `on_epoch(epoch, model)` runs after each epoch.
+
+    `sink.update(1)` is called after every optimizer step (the progress bar, or a queue in a worker)."""
     args = PoFTConfig(
         output_dir=str(work_dir),
         loss_type=loss_type,
@@ -96,6 +98,6 @@ def train(
     )
     trainer = PoFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     trainer.remove_callback(PrinterCallback)  # the demo prints its own progress
-    trainer.add_callback(_StepCallback(progress, on_epoch))
+    trainer.add_callback(_StepCallback(sink, on_epoch))
     trainer.train()
     return trainer.model
