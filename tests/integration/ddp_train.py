@@ -1,6 +1,6 @@
 """One optimizer step of PoFT, written to OUT/weights.pt; run under torchrun or as a plain process.
 
-usage: python ddp_train.py MODEL_DIR DATA_JSONL OUT_DIR PER_DEVICE_BATCH GRAD_ACCUM [LOSS_TYPE]
+usage: python ddp_train.py MODEL_DIR DATA_JSONL OUT_DIR PER_DEVICE_BATCH GRAD_ACCUM [LOSS_TYPE [DEEPSPEED_JSON]]
 """
 
 import os
@@ -17,6 +17,7 @@ from poft import PoFTConfig, PoFTTrainer  # noqa: E402
 def main() -> None:
     model_dir, data, out, batch, accum = sys.argv[1:6]
     loss_type = sys.argv[6] if len(sys.argv) > 6 else "poft"
+    deepspeed = sys.argv[7] if len(sys.argv) > 7 else None
     torch.set_num_threads(1)
     args = PoFTConfig(
         output_dir=out,
@@ -35,6 +36,7 @@ def main() -> None:
         seed=7,
         data_seed=7,
         dataloader_drop_last=False,
+        deepspeed=deepspeed,
         use_cpu=True,  # on CPU, torchrun gives a real gloo process group only with use_cpu=True
     )
     trainer = PoFTTrainer(

@@ -118,7 +118,15 @@ def test_sft_is_trls_token_level_cross_entropy(tiny, tmp_path):
     assert "poft/weight" not in trainer.state.log_history[0]
 
 
-def run_one_step(tiny, out: Path, batch: int, accum: int, nproc: int = 1, loss_type: str = "poft") -> dict:
+def run_one_step(
+    tiny,
+    out: Path,
+    batch: int,
+    accum: int,
+    nproc: int = 1,
+    loss_type: str = "poft",
+    deepspeed: str | None = None,
+) -> dict:
     script = [
         str(HERE / "ddp_train.py"),
         tiny["model"],
@@ -128,6 +136,7 @@ def run_one_step(tiny, out: Path, batch: int, accum: int, nproc: int = 1, loss_t
         str(accum),
         loss_type,
     ]
+    script += [deepspeed] if deepspeed else []
     if nproc == 1:
         cmd = [sys.executable, *script]
     else:
@@ -169,6 +178,32 @@ def test_gradient_accumulation_and_two_processes_give_one_update(tiny, tmp_path,
         assert_same_update(big, two, initial)
         assert big["log"][0]["loss"] == pytest.approx(two["log"][0]["loss"], rel=1e-5)
         assert big["log"][0]["poft/weight"] == pytest.approx(two["log"][0]["poft/weight"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_deepspeed_zero2_two_processes_give_the_same_update(tiny, tmp_path):
+    """DeepSpeed ZeRO-2 on CPU, 2 processes x 4 rows == 1 process x 8 rows (same loss, same weights)."""
+    pytest.importorskip("deepspeed")
+    from transformers import AutoModelForCausalLM
+
+    config = tmp_path / "zero2.json"
+    config.write_text(
+        json.dumps(
+            {
+                "zero_optimization": {"stage": 2},
+                "train_micro_batch_size_per_gpu": "auto",
+                "gradient_accumulation_steps": "auto",
+                "gradient_clipping": "auto",
+                "bf16": {"enabled": False},
+            }
+        )
+    )
+    initial = AutoModelForCausalLM.from_pretrained(tiny["model"]).state_dict()
+    big = run_one_step(tiny, tmp_path / "big", batch=8, accum=1)
+    zero2 = run_one_step(tiny, tmp_path / "zero2", batch=4, accum=1, nproc=2, deepspeed=str(config))
+    assert zero2["log"][0]["loss"] == pytest.approx(big["log"][0]["loss"], rel=1e-5)
+    assert "poft/weight" in zero2["log"][0]
+    assert_same_update(big, zero2, initial)
 
 
 def test_lora_trains_adapters_only(tiny, tmp_path):
