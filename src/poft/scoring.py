@@ -391,16 +391,17 @@ def _check_chunked_head(network: torch.nn.Module, alias: str) -> None:
 # --------------------------------------------------------------------------------------------- process
 
 
-def _distributed() -> tuple[int, int]:
-    """(rank, world size); joins the process group when launched by torchrun / accelerate launch."""
+def _distributed() -> tuple[int, int, bool]:
+    """(rank, world size, whether this call started the process group) under torchrun / accelerate launch."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
-        return 0, 1
+        return 0, 1, False
     import torch.distributed as dist
 
-    if not dist.is_initialized():
+    started = not dist.is_initialized()
+    if started:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size()
+    return dist.get_rank(), dist.get_world_size(), started
 
 
 def _barrier(world: int) -> None:
@@ -542,7 +543,7 @@ def score_dataset(
     clashes = _alias_clashes(models)
     if clashes:
         raise ValueError(f"models share the alias {clashes}; name them with --model ALIAS=PATH")
-    rank, world = _distributed()
+    rank, world, started_group = _distributed()
     device = _device()
     torch_dtype = _resolve_dtype(dtype, device)
     output.mkdir(parents=True, exist_ok=True)
@@ -582,7 +583,10 @@ def score_dataset(
     if rank == 0:
         _finalize(checked, aligned, output, config, all_stats, normalization=normalization, world=world)
     _barrier(world)
-    return load_from_disk(str(output))
+    scored = load_from_disk(str(output))
+    if started_group:
+        torch.distributed.destroy_process_group()
+    return scored
 
 
 def _finalize(

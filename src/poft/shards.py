@@ -109,8 +109,8 @@ def merge_shards(output: Path, alias: str, n_rows: int) -> dict[str, np.ndarray]
 
 
 def remove_stale_temporaries(output: Path) -> None:
-    """Delete half-written temporary files left by a killed run."""
-    for path in Path(output).rglob(".tmp-*"):
+    """Delete half-written shard files left by a killed run (before any process writes new shards)."""
+    for path in (Path(output) / SHARDS_DIR).rglob(".tmp-*"):
         path.unlink(missing_ok=True)
 
 
