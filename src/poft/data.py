@@ -12,10 +12,12 @@ stops naming the rows). Columns produced for the trainer:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
@@ -24,6 +26,7 @@ from transformers import PreTrainedTokenizerBase
 from .chat import ChatFormat, RowError
 from .formats import check_json_file, normalize_conversations
 
+FINGERPRINT_COLUMN = "fingerprint"
 SCORE_COLUMNS = ("poft_ref_score", "poft_direction", "poft_response_bytes")
 _FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 
@@ -38,8 +41,8 @@ def load_sft_dataset(
 ) -> Dataset:
     """Load SFT data and normalise it to `messages` + `id` (+ `label`), whatever format it is in.
 
-    Sources: a local JSON/JSONL/Parquet/CSV file, a `save_to_disk` folder or a Hub dataset id (with split
-    and config). The format (messages, ShareGPT, Alpaca, prompt/completion) is detected from the columns
+    Sources: a local JSON/JSONL/Parquet/CSV file, a `save_to_disk` folder, or a Hub dataset id or a
+    dataset repository folder (with split and config). The format (messages, ShareGPT, Alpaca, prompt/completion) is detected from the columns
     or forced with `format`; see `formats.py`. JSON files are parsed line by line first, so a malformed
     or cut line is an error naming the file and line rather than a silently short dataset.
     """
@@ -74,8 +77,10 @@ def load_raw_dataset(
                 raise ValueError(f"{path}: no split {split!r}; it has {sorted(loaded)}")
             return loaded[split], None
         return loaded, None
+    if path.is_dir():  # a dataset repository on disk (a Hub clone: data files, README `configs:`)
+        return load_dataset(str(path), name=config, split=split), None
     if path.exists() or os.sep in name_or_path and not name_or_path.count("/") == 1:
-        raise ValueError(f"{name_or_path}: not a data file or a `save_to_disk` folder")
+        raise ValueError(f"{name_or_path}: not a data file, a `save_to_disk` folder or a dataset folder")
     return load_dataset(name_or_path, name=config, split=split), None
 
 
@@ -90,6 +95,18 @@ def _direction(value: object) -> int:
     raise RowError(f"label is {value!r}; expected true/false (or +1/-1)")
 
 
+def row_fingerprint(messages: Sequence[dict]) -> str:
+    """Stable hash of a conversation's roles and contents (32 hex chars); other message keys are ignored.
+
+    `poft score` stores it per row; the trainer recomputes it from the text it trains on, so scores can
+    never be joined to an edited, re-ordered or different conversation.
+    """
+    canonical = json.dumps(
+        [[m["role"], m["content"]] for m in messages], ensure_ascii=False, separators=(",", ":")
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
+
+
 def _encode_row(
     row: dict,
     index: int,
@@ -97,8 +114,9 @@ def _encode_row(
     max_length: int | None,
     ref_score_column: str | None,
     direction_column: str | None,
+    check_fingerprint: bool = False,
 ) -> dict:
-    out = {"input_ids": [], "labels": [], "poft_problem": "", "poft_truncated": False}
+    out = {"input_ids": [], "labels": [], "poft_problem": "", "poft_truncated": False, "poft_stale": False}
     out.update(poft_ref_score=float("nan"), poft_direction=1, poft_response_bytes=0)
     try:
         encoded = chat.encode(row.get("messages"), max_length)
@@ -107,6 +125,7 @@ def _encode_row(
     except RowError as e:
         out["poft_problem"] = f"bad conversation ({e})"
         return out
+    out["poft_stale"] = check_fingerprint and row.get(FINGERPRINT_COLUMN) != row_fingerprint(row["messages"])
     out["input_ids"] = encoded.input_ids
     out["labels"] = [t if m else -100 for t, m in zip(encoded.input_ids, encoded.response_mask, strict=True)]
     out["poft_truncated"] = encoded.truncated
@@ -164,10 +183,12 @@ def prepare_training_dataset(
             "max_length": max_length,
             "ref_score_column": ref_score_column,
             "direction_column": direction_column,
+            "check_fingerprint": ref_score_column is not None and FINGERPRINT_COLUMN in dataset.column_names,
         },
         num_proc=num_proc,
         desc=f"Encoding {dataset_name} conversations under the target's chat template",
     )
+    _refuse_stale_scores(encoded, dataset, dataset_name)
     problems = encoded["poft_problem"]
     bad = [i for i, p in enumerate(problems) if p]
     if bad and on_bad_row == "error":
@@ -187,7 +208,21 @@ def prepare_training_dataset(
     n_truncated = sum(encoded["poft_truncated"])
     if n_truncated:
         print(f"poft: {n_truncated} {dataset_name} rows were truncated to max_length={max_length}")
-    return encoded.remove_columns(["poft_problem", "poft_truncated"])
+    return encoded.remove_columns(["poft_problem", "poft_truncated", "poft_stale"])
+
+
+def _refuse_stale_scores(encoded: Dataset, dataset: Dataset, dataset_name: str) -> None:
+    """Stop when a row's text differs from the text `poft score` scored (its stored fingerprint)."""
+    stale = [i for i, flag in enumerate(encoded["poft_stale"]) if flag]
+    if not stale:
+        return
+    rows = dataset[stale[:5]]
+    named = ", ".join(f"row {i} (id={_row_id(rows, k)})" for k, i in enumerate(stale[:5]))
+    raise ValueError(
+        f"{dataset_name} dataset: {len(stale)} of {len(encoded)} rows no longer match the conversation that was "
+        f"scored (their `{FINGERPRINT_COLUMN}` differs from the text's): {named}{', ...' if len(stale) > 5 else ''}. "
+        "The data was edited, re-ordered or joined to the wrong scores after `poft score`; re-score it."
+    )
 
 
 def pack_with_scores(

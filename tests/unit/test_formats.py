@@ -231,3 +231,22 @@ def test_eval_task_specs():
     assert parse_tasks(["a:3,b", "c"], num_fewshot=1) == {"a": 3, "b": 1, "c": 1}
     with pytest.raises(ValueError, match="whole number"):
         parse_tasks(["a:x"])
+
+
+def test_dataset_repository_folder_with_config_and_split(tmp_path):
+    """The Hub-id code path (load_dataset with config and split), offline: a Hub-style folder on disk."""
+    repo = tmp_path / "repo"
+    (repo / "sg").mkdir(parents=True)
+    (repo / "al").mkdir()
+    write_jsonl(repo / "sg" / "train.jsonl", sharegpt_rows())
+    write_jsonl(repo / "sg" / "test.jsonl", sharegpt_rows()[:1])
+    write_jsonl(repo / "al" / "train.jsonl", [{"instruction": "add 2 and 3", "input": "", "output": "5"}])
+    (repo / "README.md").write_text(
+        "---\nconfigs:\n"
+        "- config_name: sharegpt\n  data_files:\n  - split: train\n    path: sg/train.jsonl\n"
+        "  - split: test\n    path: sg/test.jsonl\n"
+        "- config_name: alpaca\n  data_files:\n  - split: train\n    path: al/train.jsonl\n---\n"
+    )
+    assert load_sft_dataset(str(repo), "train", "sharegpt")["messages"] == CONVERSATIONS
+    assert load_sft_dataset(str(repo), "test", "sharegpt")["messages"] == CONVERSATIONS[:1]
+    assert load_sft_dataset(str(repo), "train", "alpaca")["messages"] == CONVERSATIONS[:1]
