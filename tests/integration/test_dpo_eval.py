@@ -42,7 +42,8 @@ def preference_rows(n: int) -> list[dict]:
 @pytest.mark.slow
 def test_dpo_from_a_poft_checkpoint(tiny_model, tmp_path):
     rng = random.Random(1)
-    sft = [{"messages": [{"role": "user", "content": f"add {i} and 1"}, {"role": "assistant", "content": str(i + 1)}],
+    # ShareGPT rows: `poft train` reads them through the same readers as `poft score`
+    sft = [{"conversations": [{"from": "human", "value": f"add {i} and 1"}, {"from": "gpt", "value": str(i + 1)}],
             "ref_score": -rng.uniform(4, 7)} for i in range(16)]  # fmt: skip
     (tmp_path / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sft))
     poft = tmp_path / "poft"

@@ -52,7 +52,7 @@ def test_sharegpt_and_alpaca_files_score_exactly_like_their_messages_twins(score
         {"conversations": [{"from": role[m["role"]], "value": m["content"]} for m in r["messages"]]}
         for r in rows
     ]
-    Dataset.from_list(sharegpt).to_parquet(str(tmp_path / "sharegpt.parquet"))
+    (tmp_path / "sharegpt.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sharegpt))
     # single-turn rows as Alpaca (an empty input adds nothing to the user turn)
     single = [r for r in rows if len(r["messages"]) == 2]
     alpaca = [
@@ -60,7 +60,7 @@ def test_sharegpt_and_alpaca_files_score_exactly_like_their_messages_twins(score
         for r in single
     ]
     (tmp_path / "alpaca.json").write_text(json.dumps(alpaca))  # a JSON array file
-    twins = {"sharegpt.parquet": rows, "alpaca.json": single}
+    twins = {"sharegpt.jsonl": rows, "alpaca.json": single}
     for name, twin_rows in twins.items():
         messages_twin = tmp_path / f"{name}.messages.jsonl"
         messages_twin.write_text("".join(json.dumps({"messages": r["messages"]}) + "\n" for r in twin_rows))
