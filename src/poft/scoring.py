@@ -35,7 +35,7 @@ import torch
 from datasets import Dataset, concatenate_datasets, load_from_disk
 
 from .chat import ChatFormat, ChatTemplateError, RowError, validate_messages
-from .data import load_sft_dataset
+from .data import load_sft_dataset, row_fingerprint
 from .formats import normalize_conversations
 from .loss import NORMALIZATIONS, normalize_scores
 from .shards import (
@@ -52,14 +52,6 @@ SCORE_SUFFIXES = ("_logp_sum", "_n_tokens", "_truncated")
 
 
 # ----------------------------------------------------------------------------------------------- rows
-
-
-def row_fingerprint(messages: Sequence[dict]) -> str:
-    """Stable hash of a conversation's roles and contents (32 hex chars); other message keys are ignored."""
-    canonical = json.dumps(
-        [[m["role"], m["content"]] for m in messages], ensure_ascii=False, separators=(",", ":")
-    )
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
 
 
 @dataclass
@@ -460,6 +452,11 @@ def _score_share(
     from tqdm.auto import tqdm
 
     encoded = _encode_rows(model, checked, rows, max_length)
+    context = getattr(network.config, "max_position_embeddings", None)
+    longest = max(len(e[0]) for e in encoded)
+    if context is not None and longest > context:
+        print(f"poft: warning: {model.alias}: rows of up to {longest} tokens exceed the model's context of "
+              f"{context}; pass --max-length {context} to truncate them instead")  # fmt: skip
     vocab = network.get_output_embeddings().weight.shape[0]
     chunk_size = max(1, (1 << 26) // vocab)  # <= 256 MiB of fp32 logits per chunk
     pad_id = model.chat.tokenizer.pad_token_id or 0
@@ -663,7 +660,7 @@ def _finalize(
         "throughput": {
             "processes": world,
             "tokens_this_run": tokens,
-            "seconds_this_run": round(seconds, 3),
+            "scoring_seconds_this_run": round(seconds, 3),  # tokenise + forward, slowest process
             "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
         },
         "columns": scored.column_names,
