@@ -13,6 +13,8 @@ How response characters are found, for any template (no per-family token-id tabl
 - otherwise each message's content is located in that render, in order, and each assistant content must
   be followed by the end-of-turn text (which makes the match unambiguous);
 - the render is tokenised once with offsets; a token is a response token when it overlaps a span.
+  (A token can straddle the start of a span, e.g. a newline merged across the template/content boundary;
+  it is then a response token, so the first response token may also carry template characters.)
 The end-of-turn text is learnt once per tokenizer by rendering a sentinel assistant message.
 BOS appears exactly once: it is taken from the render when the template writes it, added when the
 tokenizer normally adds it and the template does not, and a double BOS is an error.
@@ -186,8 +188,11 @@ def _locate_spans(rendered: str, messages: list[dict], eot: str, name: str) -> l
     for i, message in enumerate(messages):
         content = message["content"]
         if message["role"] != "assistant":
-            at = rendered.find(content, cursor) if content else -1
-            cursor = at + len(content) if at >= 0 else cursor
+            for candidate in (content, content.strip()):
+                at = rendered.find(candidate, cursor) if candidate else -1
+                if at >= 0:
+                    cursor = at + len(candidate)
+                    break
             continue
         for candidate in (content, content.strip()):
             at = rendered.find(candidate + eot, cursor)

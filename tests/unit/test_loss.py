@@ -4,6 +4,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from poft import normalize_scores, poft_loss, poft_weight, sequence_logprob_sums
 
@@ -95,3 +97,21 @@ def test_normalizations():
         normalize_scores(sums, counts, normalization="byte")
     with pytest.raises(ValueError):
         normalize_scores(sums, counts, normalization="word")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    policy=st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=8),
+    shift=st.floats(-1e6, 1e6),
+    beta=st.floats(1e-3, 100.0),
+    gamma=st.floats(-50.0, 50.0),
+    flip=st.booleans(),
+)
+def test_loss_and_gradient_are_finite_for_any_finite_scores(policy, shift, beta, gamma, flip):
+    p = torch.tensor(policy, requires_grad=True)
+    ref = torch.tensor(policy) + shift
+    direction = torch.tensor([not flip] * len(policy))
+    loss = poft_loss(p, ref, beta=beta, gamma=gamma, direction=direction)
+    loss.sum().backward()
+    assert torch.isfinite(loss).all() and (loss >= 0).all()
+    assert torch.isfinite(p.grad).all()
