@@ -54,7 +54,7 @@ def _as_messages(value: object, field_name: str, role: str) -> list[dict]:
 
 
 def normalize_preference_row(row: dict) -> dict:
-    """One preference row -> conversational {prompt, chosen, rejected}; chosen/rejected hold only the replies."""
+    """One preference row -> conversational {prompt, chosen, rejected}; chosen / rejected keep only replies."""
     chosen = _as_messages(row.get("chosen"), "chosen", "assistant")
     rejected = _as_messages(row.get("rejected"), "rejected", "assistant")
     prompt = _as_messages(row["prompt"], "prompt", "user") if row.get("prompt") is not None else []

@@ -80,6 +80,9 @@ def filter_dataset(
         "mean_score_kept": float(scores[kept].mean()) if len(kept) else None,
         "mean_score_all": float(np.nanmean(scores)) if n_unscored < len(dataset) else None,
     }
+    score_manifest = Path(source) / "manifest.json"
+    if score_manifest.is_file():  # so `poft inspect` on the filtered folder knows how scores were normalised
+        report["score_manifest"] = json.loads(score_manifest.read_text())
     output = Path(output)
     dataset.select(kept).save_to_disk(str(output))
     (output / "filter.json").write_text(json.dumps(report, indent=2) + "\n")

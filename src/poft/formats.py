@@ -31,8 +31,13 @@ from datasets import Dataset
 from .chat import RowError
 
 FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion")
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
-SHAREGPT_ROLES["system"] = "system"
+SHAREGPT_ROLES = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+}
 _SOURCE_COLUMNS = {
     "messages": (),
     "sharegpt": ("conversations",),
@@ -161,9 +166,9 @@ def _label(value: object) -> bool | None:
         return value
     if isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"
-    if isinstance(value, (int, float)) and value in (0, 1):
-        return bool(value)
-    raise RowError(f"label is {value!r}; expected true/false (KTO style: true = desirable)")
+    if isinstance(value, (int, float)) and value in (1, 0, -1):
+        return value == 1
+    raise RowError(f"label is {value!r}; expected true/false (KTO style: true = desirable) or +1/-1")
 
 
 def normalize_conversations(
@@ -193,13 +198,12 @@ def normalize_conversations(
         )
     print(f"poft: {source}: {_DESCRIPTIONS[fmt]} ({'forced' if format else 'detected'}), {len(dataset)} rows")
     has_label = "label" in dataset.column_names
-    rewrite = fmt != "messages" or getattr(dataset.features["messages"], "dtype", None) in (
-        "string",
-        "large_string",
-    )
+    text_messages = getattr(dataset.features.get("messages"), "dtype", None) in ("string", "large_string")
+    rewrite = fmt != "messages" or text_messages  # CSV keeps `messages` as JSON text
     if not rewrite and not has_label and "id" in dataset.column_names:
         return dataset
     convert = _CONVERTERS[fmt] if rewrite else (lambda row: row["messages"])
+    where = where or (lambda i: f"row {i}")
 
     def normalise(row: dict, index: int) -> dict:
         out: dict = {"poft_read_problem": ""}
@@ -209,9 +213,7 @@ def normalize_conversations(
             if has_label:
                 out["label"] = _label(row.get("label"))
         except RowError as e:
-            out["poft_read_problem"] = (
-                f"{where(index) if where else f'row {index}'} (id={_row_id(row, None, index)}): {e}"
-            )
+            out["poft_read_problem"] = f"{where(index)} (id={_row_id(row, None, index)}): {e}"
             if has_label:
                 out["label"] = None
         if rewrite:

@@ -25,15 +25,19 @@ QUANTILES = (0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0)
 
 
 def read_scored(folder: str | Path) -> tuple[Dataset, dict]:
-    """The scored dataset and its manifest ({} when the folder has none, e.g. the output of `poft filter`)."""
+    """The scored dataset and its `poft score` manifest (for a `poft filter` folder, the one it was cut from;
+    {} when there is none: aliases then come from the columns and scores are taken as token-normalised)."""
     folder = Path(folder)
-    manifest_path = folder / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    manifest = {}
+    if (folder / "manifest.json").exists():
+        manifest = json.loads((folder / "manifest.json").read_text())
+    elif (folder / "filter.json").exists():
+        manifest = json.loads((folder / "filter.json").read_text()).get("score_manifest", {})
     return load_from_disk(str(folder)), manifest
 
 
 def aligned_aliases(dataset: Dataset, manifest: dict) -> list[str]:
-    """Aliases from the manifest, else from columns that have both `<alias>_logp_sum` and `<alias>_n_tokens`."""
+    """Aliases from the manifest, else from columns with both `<alias>_logp_sum` and `<alias>_n_tokens`."""
     if manifest.get("models"):
         return [m["alias"] for m in manifest["models"]]
     columns = set(dataset.column_names)
@@ -94,7 +98,14 @@ def summarise(scores: dict[str, np.ndarray], dataset: Dataset, manifest: dict) -
     }
 
 
-def plot_scores(scores: dict[str, np.ndarray], output: Path) -> list[Path]:
+AXIS_LABELS = {
+    "token": "mean log-prob per response token",
+    "byte": "log-prob per response byte",
+    "none": "sum of response log-probs",
+}
+
+
+def plot_scores(scores: dict[str, np.ndarray], output: Path, normalization: str = "token") -> list[Path]:
     """A histogram (density) per score, plus all of them on one axis; returns the PNG paths."""
     import matplotlib
 
@@ -111,7 +122,7 @@ def plot_scores(scores: dict[str, np.ndarray], output: Path) -> list[Path]:
         if len(values):
             ax.axvline(float(np.median(values)), color="black", linestyle="--", label="median")
             ax.legend()
-        ax.set(title=f"{name} (n={len(values)})", xlabel="mean log-prob per token", ylabel="density")
+        ax.set(title=f"{name} (n={len(values)})", xlabel=AXIS_LABELS[normalization], ylabel="density")
         fig.tight_layout()
         paths.append(output / f"scores_{name}.png")
         fig.savefig(paths[-1], dpi=100)
@@ -120,7 +131,7 @@ def plot_scores(scores: dict[str, np.ndarray], output: Path) -> list[Path]:
     for name, values in finite.items():
         ax.hist(values, bins=bins, density=True, histtype="step", linewidth=2 if name == "ref_score" else 1.2,
                 label=name)  # fmt: skip
-    ax.set(title="score distributions", xlabel="score", ylabel="density")
+    ax.set(title="score distributions", xlabel=AXIS_LABELS[normalization], ylabel="density")
     ax.legend()
     fig.tight_layout()
     paths.append(output / "scores_all.png")
@@ -159,7 +170,7 @@ def inspect_scores(folder: str | Path, output: str | Path | None = None, k: int 
     output.mkdir(parents=True, exist_ok=True)
     scores = model_scores(dataset, manifest)
     summary = summarise(scores, dataset, manifest)
-    summary["figures"] = [str(p) for p in plot_scores(scores, output)]
+    summary["figures"] = [str(p) for p in plot_scores(scores, output, summary["normalization"])]
     lowest, highest = extremes(dataset, scores, k)
     sections = []
     for title, rows in (

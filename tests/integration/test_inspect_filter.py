@@ -118,6 +118,13 @@ def test_filter_keep_top_half_of_96_keeps_the_48_best_in_input_order(scored, tmp
     assert min(kept["ref_score"]) >= max(s for i, s in enumerate(data["ref_score"]) if i not in best)
     report = json.loads((tmp_path / "top" / "filter.json").read_text())
     assert (report["n_kept"], report["n_dropped"], report["by"]) == (48, 48, "ref_score")
+    audit = inspect_scores(tmp_path / "top", k=1)  # the filtered folder can be audited too
+    assert audit["scores"]["ref_score"]["count"] == 48 and set(audit["scores"]) == {
+        "chatml",
+        "llama3",
+        "ref_score",
+    }
+    assert audit["scores"]["ref_score"]["mean"] == pytest.approx(np.mean(kept["ref_score"]), rel=1e-9)
 
 
 def test_filter_by_another_column_and_min_score(tmp_path):

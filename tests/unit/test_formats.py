@@ -174,6 +174,13 @@ def test_bad_rows_name_file_line_id_and_field(tmp_path):
     assert skipped["messages"][2:] == [None, None] and len(skipped) == 4
 
 
+def test_integer_labels_become_booleans():
+    from poft.formats import normalize_conversations
+
+    rows = [{"messages": CONVERSATIONS[0], "label": v} for v in (1, -1, 0)]
+    assert normalize_conversations(Dataset.from_list(rows))["label"] == [True, False, False]
+
+
 def test_bad_alpaca_row_and_bad_label(tmp_path):
     with pytest.raises(RowError, match=r"line 1 \(id=.*\): output is None"):
         load_sft_dataset(write_jsonl(tmp_path / "a.jsonl", [{"instruction": "x", "output": None}]))
