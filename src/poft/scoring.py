@@ -35,7 +35,7 @@ import torch
 from datasets import Dataset, concatenate_datasets, load_from_disk
 
 from .chat import ChatFormat, ChatTemplateError, RowError, validate_messages
-from .data import load_sft_dataset, row_fingerprint
+from .data import FINGERPRINT_COLUMN, load_sft_dataset, row_fingerprint
 from .formats import normalize_conversations
 from .loss import NORMALIZATIONS, normalize_scores
 from .shards import (
@@ -596,7 +596,7 @@ def _finalize(
     dataset = checked.dataset if len(good) == len(checked.dataset) else checked.dataset.select(good)
     if "id" not in dataset.column_names:  # normalize_conversations adds one; a content hash otherwise
         columns["id"] = [f[:16] for f in checked.fingerprints]
-    columns["fingerprint"] = checked.fingerprints
+    columns[FINGERPRINT_COLUMN] = checked.fingerprints
     response_bytes = np.asarray(checked.response_bytes, dtype=np.int64)
     columns["response_bytes"] = response_bytes
     scores, per_model = [], []
