@@ -105,6 +105,16 @@ class PoFTConfig(SFTConfig):
             self.assistant_only_loss = False
 
 
+def _load_tokenizer(model_name_or_path: str):
+    """The target's tokenizer, with an error that names the model folder when it cannot be loaded."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model_name_or_path)
+    except Exception as e:  # transformers raises several types here; keep the cause, name the folder
+        raise ValueError(f"{model_name_or_path}: could not load the target's tokenizer: {e}") from e
+
+
 @dataclass
 class ScoreCollator:
     """Wraps TRL's collator and adds the per-sequence score columns as float32 tensors [number of sequences].
@@ -136,6 +146,8 @@ class PoFTTrainer(SFTTrainer):
             raise ValueError(
                 "packing_strategy='wrapped' cuts sequences apart; PoFT needs whole sequences ('bfd')"
             )
+        if isinstance(model, str) and kwargs.get("processing_class") is None:
+            kwargs["processing_class"] = _load_tokenizer(model)
         # TRL validates its own loss names ('nll', 'dft'); the PoFT choice lives on the trainer during init
         args.loss_type = "nll"
         try:
@@ -156,15 +168,17 @@ class PoFTTrainer(SFTTrainer):
             and formatting_func is None
         ):
             needs_scores = self.poft_loss_type != "sft"
+            tokenizer = getattr(processing_class, "tokenizer", processing_class)
             dataset = prepare_training_dataset(
                 dataset,
-                getattr(processing_class, "tokenizer", processing_class),
+                tokenizer,
                 max_length=args.max_length,
                 ref_score_column=args.ref_score_column if needs_scores else None,
                 direction_column=args.direction_column if self.poft_loss_type == "bi_poft" else None,
                 on_bad_row=args.on_bad_row,
                 dataset_name=dataset_name,
                 num_proc=args.dataset_num_proc,
+                model_name=getattr(tokenizer, "name_or_path", None) or "target model",
             )
         elif self.poft_loss_type != "sft":
             if not isinstance(dataset, Dataset) or not set(SCORE_COLUMNS) <= set(dataset.column_names):

@@ -92,3 +92,30 @@ def test_stale_scores_are_refused_naming_the_rows(tiny, tmp_path, edit):
     )
     with pytest.raises(ValueError, match=f"no longer match the conversation that was scored.*({expected})"):
         PoFTTrainer(model=tiny["model"], args=config(tmp_path), train_dataset=Dataset.from_list(rows))
+
+
+def test_model_folder_without_chat_template_names_the_model(tiny, tmp_path):
+    import shutil
+
+    from poft.chat import ChatTemplateError
+
+    broken = tmp_path / "no-template"
+    shutil.copytree(tiny["model"], broken)
+    (broken / "chat_template.jinja").unlink()
+    with pytest.raises(ChatTemplateError, match=f"{broken}: the tokenizer has no chat template"):
+        PoFTTrainer(
+            model=str(broken), args=config(tmp_path), train_dataset=Dataset.from_list(scored_rows(tiny))
+        )
+
+
+def test_model_folder_without_tokenizer_is_a_clear_error(tiny, tmp_path):
+    import shutil
+
+    broken = tmp_path / "no-tokenizer"
+    shutil.copytree(tiny["model"], broken)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        (broken / name).unlink()
+    with pytest.raises(ValueError, match=f"{broken}: could not load the target's tokenizer"):
+        PoFTTrainer(
+            model=str(broken), args=config(tmp_path), train_dataset=Dataset.from_list(scored_rows(tiny))
+        )
