@@ -592,46 +592,14 @@ def _finalize(
 ) -> None:  # fmt: skip
     """Merge every model's shards in original row order, add the score columns, save, write the manifest."""
     good = np.asarray(checked.good, dtype=np.int64)
-    columns: dict[str, object] = {}
     dataset = checked.dataset if len(good) == len(checked.dataset) else checked.dataset.select(good)
+    columns: dict[str, object] = {}
     if "id" not in dataset.column_names:  # normalize_conversations adds one; a content hash otherwise
         columns["id"] = [f[:16] for f in checked.fingerprints]
     columns[FINGERPRINT_COLUMN] = checked.fingerprints
-    response_bytes = np.asarray(checked.response_bytes, dtype=np.int64)
-    columns["response_bytes"] = response_bytes
-    scores, per_model = [], []
-    for model in aligned:
-        merged = {k: v[good] for k, v in merge_shards(output, model.alias, len(checked.dataset)).items()}
-        missing = good[merged["n_tokens"] < 0]
-        if len(missing):
-            raise RuntimeError(
-                f"{model.alias}: {len(missing)} rows have no score (rows {missing[:5].tolist()}...)"
-            )
-        for suffix, key in zip(SCORE_SUFFIXES, ("logp_sum", "n_tokens", "truncated"), strict=True):
-            columns[model.alias + suffix] = merged[key]
-        normalised = (
-            normalize_scores(
-                torch.from_numpy(merged["logp_sum"]),
-                torch.from_numpy(merged["n_tokens"]),
-                normalization=normalization,
-                response_bytes=torch.from_numpy(response_bytes),
-            )
-            .double()
-            .numpy()
-        )
-        normalised[merged["n_tokens"] == 0] = np.nan  # the whole response was truncated away
-        scores.append(normalised)
-        per_model.append(
-            {
-                **model.identity(),
-                "uses_generation_markers": model.chat.uses_generation_markers,
-                "end_of_turn": model.chat.end_of_turn,
-                "n_truncated": int(merged["truncated"].sum()),
-                "n_without_response_tokens": int((merged["n_tokens"] == 0).sum()),
-                "response_tokens": int(merged["n_tokens"].sum()),
-            }
-        )
-    columns["ref_score"] = np.mean(scores, axis=0)
+    columns["response_bytes"] = np.asarray(checked.response_bytes, dtype=np.int64)
+    per_model = [_merge_model(model, checked, output, columns, normalization) for model in aligned]
+    columns["ref_score"] = np.mean([m.pop("scores") for m in per_model], axis=0)
     replaced = [c for c in columns if c in dataset.column_names and c != "id"]
     if replaced:
         print(f"poft: replacing existing columns {replaced} with new scores")
@@ -666,8 +634,39 @@ def _finalize(
         "columns": scored.column_names,
     }
     write_json_atomic(output / "manifest.json", manifest)
+    rate = f", {tokens / seconds:,.0f} tok/s" if seconds > 0 else ""
     print(
         f"poft: scored {len(scored)} rows with {len(aligned)} models -> {output} "
-        f"({len(checked.bad)} bad rows skipped, {tokens} tokens this run"
-        + (f", {tokens / seconds:,.0f} tok/s)" if seconds > 0 else ")")
+        f"({len(checked.bad)} bad rows skipped, {tokens} tokens this run{rate})"
     )
+
+
+def _merge_model(
+    model: AlignedModel, checked: CheckedRows, output: Path, columns: dict, normalization: str
+) -> dict:
+    """Add one model's columns (from its shards, in row order); return its manifest entry + normalised scores."""
+    good = np.asarray(checked.good, dtype=np.int64)
+    merged = {k: v[good] for k, v in merge_shards(output, model.alias, len(checked.dataset)).items()}
+    missing = good[merged["n_tokens"] < 0]
+    if len(missing):
+        raise RuntimeError(
+            f"{model.alias}: {len(missing)} rows have no score (rows {missing[:5].tolist()}...)"
+        )
+    for suffix, key in zip(SCORE_SUFFIXES, ("logp_sum", "n_tokens", "truncated"), strict=True):
+        columns[model.alias + suffix] = merged[key]
+    scores = normalize_scores(
+        torch.from_numpy(merged["logp_sum"]),
+        torch.from_numpy(merged["n_tokens"]),
+        normalization=normalization,
+        response_bytes=torch.from_numpy(columns["response_bytes"]),
+    ).double().numpy()  # fmt: skip
+    scores[merged["n_tokens"] == 0] = np.nan  # the whole response was truncated away
+    return {
+        **model.identity(),
+        "uses_generation_markers": model.chat.uses_generation_markers,
+        "end_of_turn": model.chat.end_of_turn,
+        "n_truncated": int(merged["truncated"].sum()),
+        "n_without_response_tokens": int((merged["n_tokens"] == 0).sum()),
+        "response_tokens": int(merged["n_tokens"].sum()),
+        "scores": scores,
+    }
