@@ -119,7 +119,8 @@ def _raise_or_report(bad: list[dict], source: str, on_bad_row: str, total: int) 
         raise RowError(
             f"{source}: {len(bad)} bad rows: {named}{more}. Fix them, or pass --on-bad-row skip to leave them out"
         )
-    print(f"poft: skipped {len(bad)} of {total} rows of {source}: {named}{more}")
+    if os.environ.get("RANK", "0") == "0":  # every process reads the data; one says so
+        print(f"poft: skipped {len(bad)} of {total} rows of {source}: {named}{more}")
 
 
 def load_checked_rows(
