@@ -1,7 +1,7 @@
 """Train PoFT for MAX_STEPS, checkpointing every 2 steps; optionally SIGKILL itself right after a checkpoint.
 
-usage: python resume_train.py MODEL_DIR DATA_JSONL OUT_DIR MAX_STEPS [kill-after-save=N | resume]
-Writes OUT_DIR/final.pt (the final weights) when it gets to the end.
+usage: python resume_train.py MODEL_DIR DATA_JSONL OUT_DIR MAX_STEPS [kill-after-save=N | kill-rank1-at=N | resume]
+Writes OUT_DIR/final.pt (the final weights) when it gets to the end. Also runs under torchrun (gloo on CPU).
 """
 
 import os
@@ -15,6 +15,17 @@ from datasets import load_dataset  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
 from poft import PoFTConfig, PoFTTrainer  # noqa: E402
+
+
+class KillRankOne(TrainerCallback):
+    """SIGKILL rank 1 of a multi-process run when it reaches `step`; the other rank is left to hang or fail."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step and args.process_index == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 class KillAfterSave(TrainerCallback):
@@ -46,15 +57,22 @@ def main() -> None:
         gradient_checkpointing=False,
         report_to=[],
         seed=11,
+        use_cpu=True,  # under torchrun on CPU, a gloo process group is created only with use_cpu=True
     )
     trainer = PoFTTrainer(
         model=model_dir, args=args, train_dataset=load_dataset("json", data_files=data)["train"]
     )
     if mode.startswith("kill-after-save="):
         trainer.add_callback(KillAfterSave(int(mode.split("=")[1])))
+    if mode.startswith("kill-rank1-at="):
+        trainer.add_callback(KillRankOne(int(mode.split("=")[1])))
     trainer.train(resume_from_checkpoint=True if mode == "resume" else None)
-    state = {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}
-    torch.save(state, os.path.join(out, "final.pt"))
+    if trainer.accelerator.is_main_process:
+        state = {
+            k: v.detach().cpu()
+            for k, v in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()
+        }
+        torch.save(state, os.path.join(out, "final.pt"))
 
 
 if __name__ == "__main__":

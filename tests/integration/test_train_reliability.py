@@ -30,8 +30,11 @@ def tiny(tmp_path_factory):
     return {"model": str(root / "model"), "data": str(root / "train.jsonl"), "rows": rows}
 
 
-def train(tiny, out: Path, *mode: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(HERE / "resume_train.py"), tiny["model"], tiny["data"], str(out), "6", *mode]
+def train(tiny, out: Path, *mode: str, nproc: int = 1, steps: int = 6) -> subprocess.CompletedProcess:
+    launcher = [sys.executable]
+    if nproc > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    cmd = [*launcher, str(HERE / "resume_train.py"), tiny["model"], tiny["data"], str(out), str(steps), *mode]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
 
@@ -49,6 +52,28 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tiny, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     a = torch.load(tmp_path / "straight" / "final.pt")
     b = torch.load(tmp_path / "killed" / "final.pt")
+    for name in a:
+        assert torch.allclose(a[name], b[name], rtol=1e-5, atol=1e-7), name
+
+
+@pytest.mark.slow
+def test_one_dead_process_ends_the_job_and_resume_works(tiny, tmp_path):
+    """2 processes; rank 1 is SIGKILLed at step 3: torchrun stops the job with an error, no hang; the rerun
+    resumes from checkpoint-2 and ends with the weights of an uninterrupted 2-process run."""
+    import time
+
+    straight = train(tiny, tmp_path / "straight", nproc=2)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    start = time.monotonic()
+    crashed = train(tiny, tmp_path / "crashed", "kill-rank1-at=3", nproc=2)
+    assert crashed.returncode != 0 and time.monotonic() - start < 120
+    assert "SIGKILL" in crashed.stderr or "Signal 9" in crashed.stderr or "exitcode" in crashed.stderr
+    assert (tmp_path / "crashed" / "checkpoint-2").is_dir() and not (
+        tmp_path / "crashed" / "final.pt"
+    ).exists()
+    resumed = train(tiny, tmp_path / "crashed", "resume", nproc=2)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = torch.load(tmp_path / "straight" / "final.pt"), torch.load(tmp_path / "crashed" / "final.pt")
     for name in a:
         assert torch.allclose(a[name], b[name], rtol=1e-5, atol=1e-7), name
 
