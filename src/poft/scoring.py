@@ -37,6 +37,7 @@ from datasets import Dataset, concatenate_datasets, load_from_disk
 from .chat import ChatFormat, ChatTemplateError, RowError, validate_messages
 from .data import FINGERPRINT_COLUMN, load_sft_dataset, row_fingerprint
 from .formats import normalize_conversations
+from .logprobs import chunked_token_log_probs
 from .loss import NORMALIZATIONS, normalize_scores
 from .shards import (
     check_run_config,
@@ -221,16 +222,9 @@ def chunked_token_logprobs(
     """log p(label) for each of N hidden states [N, H], computing at most chunk_size x vocab logits at once.
 
     softcap: Gemma-2-style final logit soft-capping (logits = cap * tanh(logits / cap)), None for most models.
+    The work is done by `poft.logprobs.chunked_token_log_probs` (shared with the training-side tests).
     """
-    out = torch.empty(labels.shape[0], dtype=torch.float32, device=hidden.device)
-    for start in range(0, labels.shape[0], chunk_size):
-        logits = lm_head(hidden[start : start + chunk_size])
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
-        logits = logits.float()
-        target = logits.gather(-1, labels[start : start + chunk_size, None]).squeeze(-1)
-        out[start : start + chunk_size] = target - torch.logsumexp(logits, dim=-1)
-    return out
+    return chunked_token_log_probs(hidden, lm_head.weight, labels, lm_head.bias, softcap, chunk_size)
 
 
 def full_logits_logprob_sum(
