@@ -126,8 +126,13 @@ def test_eval_on_a_local_task_matches_independent_loglikelihoods(tiny_model, tmp
     assert "poft_tiny_mc" in printed and "acc_norm,none" in printed and "results.json" in printed
 
 
-def test_eval_unknown_task_is_a_clear_error(tiny_model, tmp_path, capsys):
+def test_default_tasks_exist_and_unknown_task_is_a_clear_error(tiny_model, tmp_path, capsys):
     pytest.importorskip("lm_eval", reason="lm-eval is the optional extra poft[eval]")
+    from lm_eval.tasks import TaskManager
+
+    from poft.evaluation import LEADERBOARD_V1
+
+    assert set(LEADERBOARD_V1) <= set(TaskManager().all_tasks)  # the paper's six are real lm-eval task names
     assert (
         main(["eval", "--model", str(tiny_model), "--tasks", "no_such_task", "--output", str(tmp_path)]) == 1
     )
