@@ -106,6 +106,7 @@ def independent_accuracy(model_dir, docs: list[dict]) -> tuple[float, float]:
 
 @pytest.mark.slow
 def test_eval_on_a_local_task_matches_independent_loglikelihoods(tiny_model, tmp_path, capsys):
+    pytest.importorskip("lm_eval", reason="lm-eval is the optional extra poft[eval]")
     rng = random.Random(2)
     docs = []
     for _ in range(10):
