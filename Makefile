@@ -10,7 +10,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-fast demo lint format clean
+.PHONY: install test test-fast demo tiny-example lint format clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
 
 demo: $(STAMP)
+	$(VENV)/bin/poft demo --output demo_output
+
+tiny-example: $(STAMP)
 	$(VENV)/bin/poft tiny-example --output runs/tiny
 	$(VENV)/bin/poft train --config examples/tiny_poft.yaml
 

@@ -152,7 +152,7 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
     demo.add_argument(
         "--noise-levels", type=float, nargs="+", help="shares of noisy rows (default 0 0.3 0.5)"
     )
-    demo.add_argument("--epochs", type=int, help="target training epochs (default 6, --full 8)")
+    demo.add_argument("--epochs", type=int, help="target training epochs (default 5, --full 8)")
     demo.add_argument(
         "--learning-rate", type=float, help="peak learning rate for every method (default 3e-3)"
     )

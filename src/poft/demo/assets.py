@@ -22,7 +22,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from ..tiny import build_model, build_tokenizer
 from .config import DemoConfig
-from .evaluate import evaluate
+from .evaluate import HeldOut, evaluate
 from .parallel import run_jobs
 from .tasks import Splits, corpus, make_splits
 from .train import Progress, steps_per_run, train
@@ -85,7 +85,11 @@ def _train_aligned(job: tuple, sink) -> tuple[str, dict]:
         work_dir=folder / "work" / alias, sink=sink,
     )  # fmt: skip
     model.save_pretrained(folder / f"aligned-{alias}")
-    return alias, {"family": family, "vocab": len(tok), **evaluate(model, tok, splits.test, seed=seed)}
+    return alias, {
+        "family": family,
+        "vocab": len(tok),
+        **evaluate(model, tok, HeldOut.build(tok, splits.test), seed=seed),
+    }
 
 
 def _report(result: tuple[str, dict], progress: Progress) -> None:

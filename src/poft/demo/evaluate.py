@@ -6,24 +6,47 @@
   noisy data does to a model even when its most likely answer is still right;
 - clean_nll: mean over prompts of the per-token negative log-likelihood of the clean reference answer
   (response tokens incl. end-of-turn, located by poft.chat exactly as in training), i.e. -r_theta.
-Generation is batched with left padding; everything runs under torch.no_grad in eval mode.
+Conversations are encoded once (`HeldOut`, `encode_all`) and reused every epoch: rendering chat templates
+row by row costs more than the forward passes of these tiny models. Generation is batched, left-padded.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..chat import ChatFormat
+from ..chat import ChatFormat, TokenizedChat
 from ..loss import normalize_scores, sequence_logprob_sums
 from .tasks import Example, is_correct
 
 
-def _prompt_ids(chat: ChatFormat, example: Example) -> list[int]:
-    tok = chat.tokenizer
-    text = tok.apply_chat_template(example.messages()[:1], add_generation_prompt=True, tokenize=False)
-    ids = tok(text, add_special_tokens=False).input_ids
-    return [tok.bos_token_id, *ids] if chat.prepend_bos else ids
+def encode_all(tokenizer: PreTrainedTokenizerBase, conversations: list[list[dict]]) -> list[TokenizedChat]:
+    """Token ids + response masks under the tokenizer's chat template, as the trainer builds them."""
+    chat = ChatFormat.from_tokenizer(tokenizer, "target")
+    return [chat.encode(messages) for messages in conversations]
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """Test prompts prepared for one tokenizer: generation prompts and the encoded clean conversations."""
+
+    examples: list[Example]
+    prompt_ids: list[list[int]]
+    clean: list[TokenizedChat]
+
+    @classmethod
+    def build(cls, tokenizer: PreTrainedTokenizerBase, examples: list[Example]) -> HeldOut:
+        chat = ChatFormat.from_tokenizer(tokenizer, "target")
+        prompts = []
+        for example in examples:
+            text = tokenizer.apply_chat_template(
+                example.messages()[:1], add_generation_prompt=True, tokenize=False
+            )
+            ids = tokenizer(text, add_special_tokens=False).input_ids
+            prompts.append([tokenizer.bos_token_id, *ids] if chat.prepend_bos else ids)
+        return cls(examples, prompts, encode_all(tokenizer, [e.messages() for e in examples]))
 
 
 def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,33 +60,29 @@ def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
 def generate_answers(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    examples: list[Example],
+    prompt_ids: list[list[int]],
     *,
     sample: bool = False,
     seed: int = 0,
     max_new_tokens: int = 16,
     batch_size: int = 256,
 ) -> list[str]:
-    """One answer per example (greedy, or a temperature-1 sample), special tokens removed."""
-    chat = ChatFormat.from_tokenizer(tokenizer, "target")
+    """One answer per prompt (greedy, or a temperature-1 sample), special tokens removed."""
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
+    options = (
+        {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0} if sample else {"do_sample": False}
+    )
     answers: list[str] = []
-    for start in range(0, len(examples), batch_size):
-        batch = examples[start : start + batch_size]
-        ids, mask = _left_pad([_prompt_ids(chat, e) for e in batch], tokenizer.pad_token_id)
-        kwargs = (
-            {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
-            if sample
-            else {"do_sample": False}
-        )
+    for start in range(0, len(prompt_ids), batch_size):
+        ids, mask = _left_pad(prompt_ids[start : start + batch_size], tokenizer.pad_token_id)
         out = model.generate(
             input_ids=ids,
             attention_mask=mask,
             max_new_tokens=max_new_tokens,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
-            **kwargs,
+            **options,
         )
         answers += tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
     torch.random.set_rng_state(generator_state)
@@ -73,51 +92,44 @@ def generate_answers(
 @torch.no_grad()
 def response_scores(
     model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    conversations: list[list[dict]],
+    encoded: list[TokenizedChat],
+    pad_id: int,
     normalization: str = "token",
     batch_size: int = 256,
 ) -> torch.Tensor:
     """r_theta per conversation, float32 [N]: by default the mean log-prob of the response tokens
     (+ end-of-turn), normalised exactly as the trainer does (`poft.loss.normalize_scores`)."""
-    chat = ChatFormat.from_tokenizer(tokenizer, "target")
     was_training = model.training
     model.eval()
     scores = []
-    for start in range(0, len(conversations), batch_size):
-        encoded = [chat.encode(m) for m in conversations[start : start + batch_size]]
-        width = max(len(c.input_ids) for c in encoded)
-        pad = tokenizer.pad_token_id
-        ids = torch.tensor([c.input_ids + [pad] * (width - len(c.input_ids)) for c in encoded])
-        attn = torch.tensor([[1] * len(c.input_ids) + [0] * (width - len(c.input_ids)) for c in encoded])
-        resp = torch.tensor([c.response_mask + [0] * (width - len(c.input_ids)) for c in encoded]).bool()
+    for start in range(0, len(encoded), batch_size):
+        batch = encoded[start : start + batch_size]
+        width = max(len(c.input_ids) for c in batch)
+        ids = torch.tensor([c.input_ids + [pad_id] * (width - len(c.input_ids)) for c in batch])
+        attn = torch.tensor([[1] * len(c.input_ids) + [0] * (width - len(c.input_ids)) for c in batch])
+        resp = torch.tensor([c.response_mask + [0] * (width - len(c.input_ids)) for c in batch]).bool()
         logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
         logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0]
-        target = resp[:, 1:]
-        sums, counts = sequence_logprob_sums(logp, target)
-        n_bytes = torch.tensor([c.response_bytes for c in encoded])
+        sums, counts = sequence_logprob_sums(logp, resp[:, 1:])
+        n_bytes = torch.tensor([c.response_bytes for c in batch])
         scores.append(normalize_scores(sums, counts, normalization=normalization, response_bytes=n_bytes))
     model.train(was_training)
     return torch.cat(scores)
 
 
-def clean_nll(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: list[Example]) -> float:
-    """Mean over examples of the per-token NLL of the clean answer (response tokens + end-of-turn)."""
-    return -response_scores(model, tokenizer, [e.messages() for e in examples]).mean().item()
-
-
 def evaluate(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: list[Example], seed: int = 0
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, held_out: HeldOut, seed: int = 0
 ) -> dict[str, float]:
-    """{"accuracy", "sampled_accuracy", "clean_nll"} on `examples`; the model is left in its prior mode."""
+    """{"accuracy", "sampled_accuracy", "clean_nll"} on the held-out prompts; restores the model's mode."""
     was_training = model.training
     model.eval()
-    greedy = generate_answers(model, tokenizer, examples)
-    sampled = generate_answers(model, tokenizer, examples, sample=True, seed=seed)
+    greedy = generate_answers(model, tokenizer, held_out.prompt_ids)
+    sampled = generate_answers(model, tokenizer, held_out.prompt_ids, sample=True, seed=seed)
+    examples = held_out.examples
     metrics = {
         "accuracy": sum(map(is_correct, examples, greedy)) / len(examples),
         "sampled_accuracy": sum(map(is_correct, examples, sampled)) / len(examples),
-        "clean_nll": clean_nll(model, tokenizer, examples),
+        "clean_nll": -response_scores(model, held_out.clean, tokenizer.pad_token_id).mean().item(),
     }
     model.train(was_training)
     return metrics

@@ -59,7 +59,8 @@ def plot_metrics(runs: list[dict], path: Path) -> None:
             ax.grid(alpha=0.3)
             if row == 0:
                 ax.set_title(f"noise {noise:g}")
-    axes[0][0].legend()
+    handles = {h.get_label(): h for ax in axes.flat for h in ax.get_lines()}
+    axes[0][0].legend([handles[m] for m in methods if m in handles], [m for m in methods if m in handles])
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -28,7 +28,7 @@ from ..scoring import score_dataset
 from ..tiny import build_model
 from .assets import Assets, asset_steps, build_assets
 from .config import DemoConfig
-from .evaluate import evaluate, response_scores
+from .evaluate import HeldOut, encode_all, evaluate, response_scores
 from .noise import make_noisy_rows
 from .parallel import run_jobs
 from .plots import write_plots
@@ -152,15 +152,17 @@ def train_target(job: TargetJob, sink) -> dict:
         num_layers=config.num_layers,
         seed=TARGET_INIT_SEED + job.seed,
     )
+    held_out = HeldOut.build(tokenizer, splits.test)
+    encoded = encode_all(tokenizer, list(data["messages"])) if job.method == "poft" else []
     runs, weights = [], []
 
     def on_epoch(epoch: int, trained) -> None:
-        metrics = evaluate(trained, tokenizer, splits.test, seed=job.seed)
+        metrics = evaluate(trained, tokenizer, held_out, seed=job.seed)
         runs.append(
             {"method": job.method, "noise": job.noise, "seed": job.seed, "epoch": epoch, "metrics": metrics}
         )
         if job.method == "poft":
-            tau = _weights(trained, tokenizer, data, config, keep_rows=job.seed == 0)
+            tau = _weights(trained, tokenizer.pad_token_id, data, encoded, config, keep_rows=job.seed == 0)
             weights.append({"noise": job.noise, "seed": job.seed, "epoch": epoch, **tau})
 
     work_dir = Path(config.output) / "work" / f"{job.method}-{job.noise}-{job.seed}"
@@ -180,10 +182,10 @@ def _report_run(result: dict, progress: Progress) -> None:
     )
 
 
-def _weights(model, tokenizer, data, config: DemoConfig, keep_rows: bool) -> dict:
+def _weights(model, pad_id: int, data, encoded: list, config: DemoConfig, keep_rows: bool) -> dict:
     """PoFT's per-row weight tau = beta * sigmoid(beta * (r_ref - r_theta) - gamma) under the current model:
     mean per row kind, and (seed 0 only, to keep details.json small) every row's weight."""
-    policy = response_scores(model, tokenizer, list(data["messages"]), config.normalization)
+    policy = response_scores(model, encoded, pad_id, config.normalization)
     ref = torch.tensor(list(data["ref_score"]), dtype=torch.float32)
     tau = poft_weight(policy, ref, beta=config.beta, gamma=config.gamma).tolist()
     kinds = list(data["noise_kind"])
