@@ -180,9 +180,13 @@ def run_filter(args: argparse.Namespace) -> int:
     if Path(args.output).resolve() == Path(args.dir).resolve():
         print("poft filter: error: --output must differ from the input", file=sys.stderr)
         return 1
-    dataset = load_sft_dataset(args.dir, args.split, format=args.format)
-    filter_dataset(dataset, args.output, by=args.by, keep_top=args.keep_top, min_score=args.min_score,
-                   source=args.dir)  # fmt: skip
+    try:
+        dataset = load_sft_dataset(args.dir, args.split, format=args.format)
+        filter_dataset(dataset, args.output, by=args.by, keep_top=args.keep_top, min_score=args.min_score,
+                       source=args.dir)  # fmt: skip
+    except ValueError as e:  # RowError included: a bad file, row or column, named
+        print(f"poft filter: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

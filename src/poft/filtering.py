@@ -47,6 +47,9 @@ def numeric_column(dataset: Dataset, column: str) -> np.ndarray:
         for name, feature in dataset.features.items()
         if getattr(feature, "dtype", "").startswith(("float", "int", "uint"))
     ]
+    if column not in dataset.column_names:
+        hint = " (run `poft score` first)" if column == "ref_score" else ""
+        raise ValueError(f"no column {column!r}{hint}; numeric columns: {numeric}")
     if column not in numeric:
         raise ValueError(f"--by {column!r} is not a numeric column; numeric columns: {numeric}")
     return np.array([np.nan if v is None else v for v in dataset[column]], dtype=np.float64)

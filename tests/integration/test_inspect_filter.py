@@ -127,7 +127,7 @@ def test_filter_keep_top_half_of_96_keeps_the_48_best_in_input_order(scored, tmp
     assert audit["scores"]["ref_score"]["mean"] == pytest.approx(np.mean(kept["ref_score"]), rel=1e-9)
 
 
-def test_filter_by_another_column_and_min_score(tmp_path):
+def test_filter_by_another_column_and_min_score(tmp_path, capsys):
     rows = [{"id": f"x{i}", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
              "ifd": [0.3, None, 0.9, 0.1, 0.9][i]} for i in range(5)]  # fmt: skip
     Dataset.from_list(rows).save_to_disk(str(tmp_path / "in"))
@@ -147,19 +147,20 @@ def test_filter_by_another_column_and_min_score(tmp_path):
         == 0
     )
     assert load_from_disk(str(tmp_path / "o"))["id"] == ["x0", "x2", "x4"]
-    with pytest.raises(ValueError, match="not a numeric column; numeric columns: \\['ifd'\\]"):
-        main(
-            [
-                "filter",
-                str(tmp_path / "in"),
-                "--by",
-                "id",
-                "--keep-top",
-                "0.5",
-                "--output",
-                str(tmp_path / "p"),
-            ]
-        )
+    args = [
+        "filter",
+        str(tmp_path / "in"),
+        "--by",
+        "id",
+        "--keep-top",
+        "0.5",
+        "--output",
+        str(tmp_path / "p"),
+    ]
+    assert main(args) == 1
+    assert "--by 'id' is not a numeric column; numeric columns: ['ifd']" in capsys.readouterr().err
+    assert main([*args[:3], "ref_score", *args[4:]]) == 1
+    assert "no column 'ref_score' (run `poft score` first)" in capsys.readouterr().err
 
 
 def test_select_rows_ties_nan_and_rounding():
