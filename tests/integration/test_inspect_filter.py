@@ -175,3 +175,22 @@ def test_select_rows_ties_nan_and_rounding():
         select_rows(scores, keep_top=0.5, min_score=1.0)
     with pytest.raises(ValueError, match="fraction"):
         select_rows(scores, keep_top=40)
+
+
+def test_inspect_counts_truncated_and_unscored_rows(scored, tmp_path):
+    """A short max_length truncates rows (some lose their whole response: NaN ref_score); inspect reports both."""
+    rows = scored["rows"][:12]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = score_dataset(
+        tmp_path / "d.jsonl", scored["models"], tmp_path / "s", max_length=28, progress=False
+    )
+    summary = inspect_scores(tmp_path / "s", k=2)
+    n_nan = int(np.isnan(np.array(data["ref_score"], dtype=float)).sum())
+    assert 0 < n_nan < len(rows)  # the test data really has both kinds of row
+    assert summary["ref_score_nan"] == n_nan and summary["scores"]["ref_score"]["count"] == len(rows) - n_nan
+    for alias in ("chatml", "llama3"):
+        assert summary["truncated"][alias] == sum(data[f"{alias}_truncated"]) > 0
+    assert len(summary["lowest_ids"]) == 2  # rows without a score are never listed
+    assert not set(summary["lowest_ids"]) & {
+        r for r, s in zip(data["id"], data["ref_score"], strict=True) if s != s
+    }
