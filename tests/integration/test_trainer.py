@@ -282,3 +282,17 @@ def test_cli_train_on_recipe(tiny, tmp_path):
     assert (out / "model.safetensors").exists() and (out / "chat_template.jinja").exists()
     assert "'poft/weight'" in done.stdout + done.stderr and "'poft/margin'" in done.stdout + done.stderr
     assert "loss_type=poft" in done.stdout
+
+
+def test_chat_template_path_is_honoured(tiny, tmp_path):
+    """TRL's `chat_template_path` (how the base-model recipes borrow an instruct template) reaches PoFT's encoding."""
+    from poft.tiny import ZEPHYR_TEMPLATE
+
+    template = tmp_path / "zephyr.jinja"
+    template.write_text(ZEPHYR_TEMPLATE)
+    args = cpu_config(tmp_path, chat_template_path=str(template), max_steps=1)
+    trainer = PoFTTrainer(model=tiny["model"], args=args, train_dataset=Dataset.from_list(tiny["rows"]))
+    text = trainer.processing_class.decode(trainer.train_dataset[0]["input_ids"])
+    assert "<|assistant|>" in text and "<|im_start|>" not in text
+    labels = [t for t in trainer.train_dataset[0]["labels"] if t != -100]
+    assert trainer.processing_class.decode(labels).endswith(trainer.processing_class.eos_token)
