@@ -67,7 +67,7 @@ def run_tiny_example(args: argparse.Namespace) -> int:
 def run_score(args: argparse.Namespace) -> int:
     """`poft score --dataset D --model M1 [--model M2 ...] --output DIR`: aligned-model scores + ref_score."""
     from .chat import ChatTemplateError, RowError
-    from .scoring import score_dataset
+    from .scoring import AlignedModelError, score_dataset
     from .shards import RunMismatchError
 
     try:
@@ -84,7 +84,8 @@ def run_score(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             rows_per_shard=args.rows_per_shard,
         )
-    except (RowError, ChatTemplateError, RunMismatchError) as e:
+    except (RowError, ChatTemplateError, RunMismatchError, AlignedModelError, OSError) as e:
+        # OSError: a full disk, an unwritable output folder, a missing input file: one line, no traceback
         print(f"poft score: error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -66,6 +66,11 @@ def load_raw_dataset(
             lines = check_json_file(path)
             where = (lambda i: f"line {lines[i]}") if lines is not None else None
         return load_dataset(builder, data_files=str(path), split="train"), where
+    if path.is_dir() and (path / "scoring_config.json").exists() and not (path / "manifest.json").exists():
+        raise ValueError(  # `poft score` writes manifest.json last, once the scored dataset is complete
+            f"{path}: `poft score` did not finish this folder (no manifest.json; killed or out of disk?). "
+            "Re-run the same `poft score` command: it resumes from the finished shards and completes it"
+        )
     if path.is_dir() and (
         (path / "dataset_info.json").exists()
         or (path / "dataset_dict.json").exists()

@@ -40,6 +40,8 @@ from .formats import normalize_conversations
 from .logprobs import chunked_token_log_probs
 from .loss import NORMALIZATIONS, normalize_scores
 from .shards import (
+    MANIFEST_FILE,
+    OutputWriteError,
     check_run_config,
     finished_rows,
     merge_shards,
@@ -277,6 +279,10 @@ def batch_logprob_sums(
 # ---------------------------------------------------------------------------------------------- models
 
 
+class AlignedModelError(ValueError):
+    """An aligned model's folder or Hub id cannot be used (no tokenizer, for example); names the model."""
+
+
 @dataclass
 class AlignedModel:
     """One aligned model as the scorer sees it: where it comes from and what its template does."""
@@ -336,7 +342,13 @@ def load_aligned_models(specs: Sequence[str]) -> list[AlignedModel]:
 
     models = []
     for alias, path in map(parse_model_spec, specs):
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except Exception as e:  # transformers raises OSError, ValueError, ...: keep the cause, name the model
+            cause = " ".join(str(e).split())  # transformers' messages span lines; the CLI prints one
+            raise AlignedModelError(
+                f"aligned model {alias} ({path}): could not load its tokenizer: {cause}"
+            ) from e
         chat = ChatFormat.from_tokenizer(tokenizer, alias)
         template = repr(
             (tokenizer.chat_template, chat.end_of_turn, chat.prepend_bos, chat.uses_generation_markers)
@@ -538,7 +550,10 @@ def score_dataset(
     rank, world, started_group = _distributed()
     device = _device()
     torch_dtype = _resolve_dtype(dtype, device)
-    output.mkdir(parents=True, exist_ok=True)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputWriteError(e.errno, f"cannot create the output folder {output}: {e.strerror or e}") from e
     checked = load_checked_rows(dataset, split, on_bad_row, output / f"input-clean.rank{rank}.jsonl")
     aligned = load_aligned_models(models)
     config = {
@@ -600,7 +615,15 @@ def _finalize(
         print(f"poft: replacing existing columns {replaced} with new scores")
         dataset = dataset.remove_columns(replaced)
     scored = concatenate_datasets([dataset, Dataset.from_dict(columns)], axis=1)
-    scored.save_to_disk(str(output))
+    # From here until the manifest is written again, readers refuse the folder as unfinished
+    (output / MANIFEST_FILE).unlink(missing_ok=True)
+    try:
+        scored.save_to_disk(str(output))
+    except OSError as e:
+        raise OutputWriteError(
+            e.errno, f"cannot write the scored dataset to {output}: {e.strerror or e}. Every shard is kept: "
+            "fix the cause and re-run the same command to finish (nothing is scored again)"
+        ) from e  # fmt: skip
     tokens = sum(s[m.alias]["tokens"] for s in stats for m in aligned)
     seconds = sum(max(s[m.alias]["seconds"] for s in stats) for m in aligned)
     manifest = {
@@ -628,7 +651,7 @@ def _finalize(
         },
         "columns": scored.column_names,
     }
-    write_json_atomic(output / "manifest.json", manifest)
+    write_json_atomic(output / MANIFEST_FILE, manifest)  # last: marks the folder complete
     rate = f", {tokens / seconds:,.0f} tok/s" if seconds > 0 else ""
     print(
         f"poft: scored {len(scored)} rows with {len(aligned)} models -> {output} "

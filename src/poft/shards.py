@@ -10,10 +10,15 @@ A run is identified by `scoring_config.json` (dataset fingerprint, models with r
 hashes, max length, dtype). A second run with the same output folder and a different identity is refused
 instead of mixing scores of two setups. Settings that do not change a score (batch size, normalisation,
 number of processes) may change between restarts.
+
+The scored dataset is complete only when `manifest.json` exists: finalising deletes it, writes the dataset,
+then writes it again atomically, so a kill or a full disk while the dataset is written leaves a folder that
+readers refuse (`data.load_raw_dataset`) and that a re-run finalises again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
@@ -23,22 +28,36 @@ import numpy as np
 
 SHARDS_DIR = "shards"
 CONFIG_FILE = "scoring_config.json"
+MANIFEST_FILE = "manifest.json"  # written last: its presence means the scored dataset is complete
 
 
 class RunMismatchError(ValueError):
     """The output folder holds work from a run with different data, models, templates or settings."""
 
 
+class OutputWriteError(OSError):
+    """The output folder could not be written (disk full, no permission, not a folder); earlier work is kept."""
+
+
 def write_json_atomic(path: Path, obj: object) -> None:
-    """Write JSON so that readers see the old file or the complete new one, never a partial one."""
+    """Write JSON so that readers see the old file or the complete new one, never a partial one.
+
+    A failed write (disk full, permission) removes its temporary file and raises OutputWriteError naming
+    the file; files written before it are untouched.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1, sort_keys=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):  # the temporary may not exist (or its folder cannot be made)
+            tmp.unlink(missing_ok=True)
+        raise OutputWriteError(e.errno, f"cannot write {path}: {e.strerror or e}") from e
 
 
 def write_shard(
@@ -64,7 +83,13 @@ def write_shard(
         "tokens": int(tokens),
         "seconds": float(seconds),
     }
-    write_json_atomic(path, record)
+    try:
+        write_json_atomic(path, record)
+    except OutputWriteError as e:
+        raise OutputWriteError(
+            e.errno, f"{e.strerror}. Shards written before it are kept: fix the cause and re-run the same "
+            "command to resume where it stopped"
+        ) from e  # fmt: skip
     return path
 
 
@@ -109,8 +134,10 @@ def merge_shards(output: Path, alias: str, n_rows: int) -> dict[str, np.ndarray]
 
 
 def remove_stale_temporaries(output: Path) -> None:
-    """Delete half-written shard files left by a killed run (before any process writes new shards)."""
+    """Delete half-written shard and manifest files left by a killed run (before any process writes)."""
     for path in (Path(output) / SHARDS_DIR).rglob(".tmp-*"):
+        path.unlink(missing_ok=True)
+    for path in Path(output).glob(f".tmp-*-{MANIFEST_FILE}"):
         path.unlink(missing_ok=True)
 
 
