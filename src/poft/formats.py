@@ -10,6 +10,7 @@ columns (or forced) and printed once:
     alpaca             `instruction`, optional `input`, `output`; the user turn is the instruction, then
                        a blank line and the input when the input is not empty
     prompt_completion  `prompt` + `completion`, each a string (user / assistant turn) or a list of messages
+                       (in CSV, a JSON list of {role, content}; any other text, JSON-looking or not, is text)
 
 Other columns are kept (scores computed elsewhere, a KTO-style boolean `label` for bi-PoFT). `id` is the
 row's `id` (or `prompt_id`) as a string, else a hash of the conversation, the same one `poft score` uses,
@@ -121,8 +122,22 @@ def _alpaca(row: dict) -> list[dict]:
     return [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
 
 
+def _message_list(text: str) -> list[dict] | None:
+    """The messages a CSV cell holds as JSON text, or None: a prompt or completion is often plain text that
+    merely looks like JSON ("[1, 3, 2] sort this", "{name}"), and that text is the turn, not an error."""
+    if not text.lstrip().startswith("["):
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    is_messages = isinstance(value, list) and value and all(isinstance(m, dict) for m in value)
+    return value if is_messages and all({"role", "content"} <= m.keys() for m in value) else None
+
+
 def _turns(value: object, field: str, role: str) -> list[dict]:
-    value = json_cell(value, field)
+    if isinstance(value, str):
+        value = _message_list(value) or value
     if isinstance(value, str):
         return [{"role": role, "content": value}]
     if isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
@@ -200,7 +215,8 @@ def normalize_conversations(
     has_label = "label" in dataset.column_names
     text_messages = getattr(dataset.features.get("messages"), "dtype", None) in ("string", "large_string")
     rewrite = fmt != "messages" or text_messages  # CSV keeps `messages` as JSON text
-    if not rewrite and not has_label and "id" in dataset.column_names:
+    text_id = getattr(dataset.features.get("id"), "dtype", None) in ("string", "large_string")
+    if not rewrite and not has_label and text_id:
         return dataset
     convert = _CONVERTERS[fmt] if rewrite else (lambda row: row["messages"])
     where = where or (lambda i: f"row {i}")
