@@ -341,3 +341,29 @@ def test_one_of_two_processes_killed_ends_the_job_and_a_rerun_completes(setup, t
     code, err = cli_in_process(score_args(setup, out), capsys)
     assert code == 0, err
     assert_equals_reference(setup, out)
+
+
+# ------------------------------------------------------------------------------------------ stale scores
+
+
+def test_poft_score_output_edited_afterwards_is_refused_by_the_trainer(setup):
+    """End to end: the fingerprints `poft score` wrote stop training on rows edited (or swapped) after scoring."""
+    from poft.data import prepare_training_dataset
+
+    scored = load_sft_dataset(str(setup["root"] / "reference"))
+    target = build_tokenizer("chatml", [" ".join(WORDS) * 3], vocab_size=300)
+    kwargs = {"max_length": 128, "ref_score_column": "ref_score", "direction_column": None}
+    assert len(prepare_training_dataset(scored, target, **kwargs)) == N_ROWS  # untouched: every row trains
+
+    def edit(row: dict, index: int) -> dict:
+        if index == 7:  # the answer was corrected after scoring
+            row["messages"] = [row["messages"][0], {"role": "assistant", "content": "a corrected answer"}]
+        return row
+
+    with pytest.raises(ValueError, match=r"1 of 400 rows no longer match .*row 7 \(id=r7\)"):
+        prepare_training_dataset(scored.map(edit, with_indices=True), target, **kwargs)
+    swapped = scored.map(lambda row, i: {"ref_score": scored[(i + 1) % N_ROWS]["ref_score"],
+                                         "fingerprint": scored[(i + 1) % N_ROWS]["fingerprint"]},
+                         with_indices=True)  # fmt: skip  # scores joined to the neighbouring rows
+    with pytest.raises(ValueError, match=r"400 of 400 rows no longer match .*row 0 \(id=r0\)"):
+        prepare_training_dataset(swapped, target, **kwargs)
