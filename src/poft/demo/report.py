@@ -50,6 +50,26 @@ def results_table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def reading(runs: list[dict]) -> list[str]:
+    """One line per noise level: last-epoch differences of PoFT / bi-PoFT from SFT (positive NLL = worse)."""
+    stats = aggregate(runs)
+    last = max(e for _, _, e in stats)
+    lines = []
+    for noise in sorted({n for n, _, _ in stats}):
+        if (noise, "sft", last) not in stats:
+            continue
+        sft = stats[noise, "sft", last]
+        for method in ("poft", "bi_poft"):
+            if (noise, method, last) in stats:
+                other = stats[noise, method, last]
+                deltas = [other[m][0] - sft[m][0] for m in METRIC_NAMES]
+                lines.append(
+                    f"- noise {noise:g}, {method} minus sft after epoch {last}: accuracy {deltas[0]:+.3f}, "
+                    f"sampled accuracy {deltas[1]:+.3f}, clean NLL {deltas[2]:+.3f} (seed means; NLL: negative = better)"
+                )
+    return lines
+
+
 def _kind_means(details: dict) -> list[str]:
     lines = [
         "| noise | row kind | rows | mean r_ref | mean PoFT weight, last epoch |",
@@ -90,6 +110,8 @@ def write_report(out: Path, results: dict, details: dict, plots: list[Path]) -> 
         f"{config['seeds']} seed(s); wall time {details['wall_seconds']:.0f} s.",
         "",
         table,
+        "",
+        *reading(results["runs"]),
         "",
         "## Aligned models (held-out, the same test prompts)",
         "",
