@@ -619,6 +619,7 @@ def _finalize(
     (output / MANIFEST_FILE).unlink(missing_ok=True)
     try:
         scored.save_to_disk(str(output))
+        _sync_to_disk(output)
     except OSError as e:
         raise OutputWriteError(
             e.errno, f"cannot write the scored dataset to {output}: {e.strerror or e}. Every shard is kept: "
@@ -657,6 +658,20 @@ def _finalize(
         f"poft: scored {len(scored)} rows with {len(aligned)} models -> {output} "
         f"({len(checked.bad)} bad rows skipped, {tokens} tokens this run{rate})"
     )
+
+
+def _sync_to_disk(folder: Path) -> None:
+    """fsync the dataset files and the folder before the manifest vouches for them: a kill cannot lose data
+    the kernel already has, but a power cut can lose what it has not yet written out."""
+    for path in folder.iterdir():
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _merge_model(
