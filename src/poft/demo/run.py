@@ -14,6 +14,7 @@ bi-PoFT at noise 0 is skipped: every row is desirable there, so it is PoFT exact
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +111,7 @@ def run_demo(config: DemoConfig) -> dict:
     runs = [run for result in finished for run in result["runs"]]
     weights = [w for result in finished for w in result["weights"]]
     progress.close()
+    shutil.rmtree(out / "work", ignore_errors=True)  # the trainers' empty output folders
 
     print("[4/4] results, plots, report")
     results = {"runs": runs}
