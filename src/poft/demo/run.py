@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from datasets import load_from_disk
+from datasets import Dataset, load_from_disk
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
@@ -52,9 +52,7 @@ def plan_runs(config: DemoConfig) -> list[tuple[int, float, str]]:
 
 
 def score_rows(rows: list[dict], assets: Assets, folder: Path, normalization: str):
-    """Step 4 of the issue: the aligned models score the training rows via `poft score`'s code path."""
-    from datasets import Dataset
-
+    """The aligned models score the training rows through `poft score`'s code path (score_dataset)."""
     models = [f"{alias}={path}" for alias, path in assets.aligned.items()]
     with tqdm.external_write_mode():  # score_dataset prints a summary line; keep the progress bar intact
         return score_dataset(

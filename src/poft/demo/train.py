@@ -8,7 +8,6 @@ schedule across epochs; a callback evaluates at each epoch end.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,7 +25,6 @@ class Progress:
 
     def __init__(self, total_steps: int, disable: bool = False):
         self.bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, disable=disable)
-        self.start = time.time()
 
     def describe(self, text: str) -> None:
         self.bar.set_description(text)
