@@ -104,7 +104,7 @@ def plot_weights(weights: list[dict], path: Path) -> None:
             if (kinds == kind).any():
                 ax.hist(tau[kinds == kind], bins=np.linspace(0, tau.max() * 1.02, 40), alpha=0.55,
                         color=KIND_COLORS[kind], label=kind)  # fmt: skip
-        ax.set_title(f"PoFT weight tau after epoch {last['epoch']}, noise {noise:g}")
+        ax.set_title(f"PoFT weight tau after epoch {last['epoch']}, noise {noise:g}, seed 0")
         ax.set_xlabel("tau = beta * sigmoid(beta (r_ref - r_theta) - gamma)")
         ax.legend()
         ax = axes[1][col]
