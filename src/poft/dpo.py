@@ -20,7 +20,7 @@ from datasets import Dataset
 from trl import DPOConfig
 
 from .chat import RowError
-from .formats import json_cell
+from .formats import message_list_from_text
 
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
 
@@ -39,7 +39,8 @@ class PoFTDPOConfig(DPOConfig):
 
 
 def _as_messages(value: object, field_name: str, role: str) -> list[dict]:
-    value = json_cell(value, field_name)
+    if isinstance(value, str):  # a CSV cell may hold the messages as JSON; other text is the turn itself
+        value = message_list_from_text(value) or value
     if isinstance(value, str):
         return [{"role": role, "content": value}]
     if isinstance(value, list) and value and all(isinstance(m, dict) for m in value):

@@ -122,7 +122,7 @@ def _alpaca(row: dict) -> list[dict]:
     return [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
 
 
-def _message_list(text: str) -> list[dict] | None:
+def message_list_from_text(text: str) -> list[dict] | None:
     """The messages a CSV cell holds as JSON text, or None: a prompt or completion is often plain text that
     merely looks like JSON ("[1, 3, 2] sort this", "{name}"), and that text is the turn, not an error."""
     if not text.lstrip().startswith("["):
@@ -137,7 +137,7 @@ def _message_list(text: str) -> list[dict] | None:
 
 def _turns(value: object, field: str, role: str) -> list[dict]:
     if isinstance(value, str):
-        value = _message_list(value) or value
+        value = message_list_from_text(value) or value
     if isinstance(value, str):
         return [{"role": role, "content": value}]
     if isinstance(value, list) and value and all(isinstance(m, dict) for m in value):

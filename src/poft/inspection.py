@@ -28,6 +28,10 @@ def read_scored(folder: str | Path) -> tuple[Dataset, dict]:
     """The scored dataset and its `poft score` manifest (for a `poft filter` folder, the one it was cut from;
     {} when there is none: aliases then come from the columns and scores are taken as token-normalised)."""
     folder = Path(folder)
+    if (folder / "scoring_config.json").exists() and not (folder / "manifest.json").exists():
+        raise ValueError(
+            f"{folder}: `poft score` did not finish this folder (no manifest.json); re-run the same command"
+        )
     manifest = {}
     if (folder / "manifest.json").exists():
         manifest = json.loads((folder / "manifest.json").read_text())

@@ -194,3 +194,11 @@ def test_inspect_counts_truncated_and_unscored_rows(scored, tmp_path):
     assert not set(summary["lowest_ids"]) & {
         r for r, s in zip(data["id"], data["ref_score"], strict=True) if s != s
     }
+
+
+def test_inspect_refuses_a_folder_poft_score_did_not_finish(tmp_path):
+    from poft.inspection import read_scored
+
+    (tmp_path / "scoring_config.json").write_text("{}")
+    with pytest.raises(ValueError, match="did not finish"):
+        read_scored(tmp_path)

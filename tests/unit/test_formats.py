@@ -257,3 +257,12 @@ def test_dataset_repository_folder_with_config_and_split(tmp_path):
     assert load_sft_dataset(str(repo), "train", "sharegpt")["messages"] == CONVERSATIONS
     assert load_sft_dataset(str(repo), "test", "sharegpt")["messages"] == CONVERSATIONS[:1]
     assert load_sft_dataset(str(repo), "train", "alpaca")["messages"] == CONVERSATIONS[:1]
+
+
+def test_preference_text_that_looks_like_json_is_text():
+    row = {"prompt": "sort [3, 1, 2]", "chosen": "[1, 2, 3]", "rejected": "{3, 2, 1}"}
+    assert normalize_preference_row(row) == {
+        "prompt": [{"role": "user", "content": "sort [3, 1, 2]"}],
+        "chosen": [{"role": "assistant", "content": "[1, 2, 3]"}],
+        "rejected": [{"role": "assistant", "content": "{3, 2, 1}"}],
+    }
