@@ -10,9 +10,10 @@ lengths, forward + backward of one micro-batch:
   (c) official  the official code's formulation: full [B, T, V] logits, CE with reduction="none", per-example
                 mean over response tokens, -log(sigmoid(.)) (re-implemented here, no code copied)
 Time: the three run interleaved in this process (rounds of a, b, c), median per variant.
-Peak memory: each variant runs in a fresh subprocess; free heap is returned to the OS (malloc_trim), then a
-thread samples the resident set size every millisecond during two steps: the figure is the peak growth
-over the RSS just before the steps, i.e. the step's own working memory (activations, logits, gradients).
+Peak memory: each variant runs in 3 fresh subprocesses (median reported); free heap is returned to the OS (malloc_trim), the
+kernel's peak-RSS counter is reset (`echo 5 > /proc/self/clear_refs`), two steps run, and the figure is
+the peak RSS (VmHWM) minus the RSS just before the steps: the step's own working memory (activations,
+logits, gradients), exact rather than sampled.
 The last line printed is one JSON object with the figures and the ratios.
 """
 
@@ -23,10 +24,10 @@ import ctypes
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
-import threading
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -124,38 +125,32 @@ def make_step(variant: str, model, tokenizer, dataset, seq_len: int):
     return step, n_tokens
 
 
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def status_mb(field: str) -> float:
+    """VmRSS / VmHWM of this process from /proc/self/status, in MB."""
+    with open("/proc/self/status") as f:
+        match = re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.MULTILINE)
+    return int(match.group(1)) / 1024.0
 
 
 def measure_memory(variant: str, config_name: str, batch: int, seq_len: int) -> float:
-    """Run in a fresh process: peak RSS growth (MB) during two steps of `variant`, sampled every ms."""
+    """Run in a fresh process: peak RSS growth (MB) during two steps of `variant` (Linux peak-RSS counter)."""
     model, tokenizer, dataset = build(config_name, batch, seq_len)
     step, _ = make_step(variant, model, tokenizer, dataset, seq_len)
     ctypes.CDLL("libc.so.6").malloc_trim(0)
-    before = rss_mb()
-    peak, done = [before], threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], rss_mb())
-            time.sleep(0.001)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    before = status_mb("VmRSS")
     step()
     step()
-    done.set()
-    sampler.join()
-    return max(peak[0], rss_mb()) - before
+    return status_mb("VmHWM") - before
 
 
-def memory_in_subprocess(variant: str, config_name: str, batch: int, seq_len: int) -> float:
+def memory_in_subprocess(variant: str, config_name: str, batch: int, seq_len: int, repeats: int = 3) -> float:
+    """Median over `repeats` fresh processes (the peak RSS of one process varies by a few % run to run)."""
     cmd = [sys.executable, __file__, "--memory-of", variant, "--config", config_name]
     cmd += ["--batch", str(batch), "--seq-len", str(seq_len)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return float(done.stdout.strip().splitlines()[-1])
+    runs = [subprocess.run(cmd, capture_output=True, text=True, check=True) for _ in range(repeats)]
+    return statistics.median(float(done.stdout.strip().splitlines()[-1]) for done in runs)
 
 
 def time_variants(config_name: str, batch: int, seq_len: int, rounds: int) -> dict[str, dict[str, float]]:
