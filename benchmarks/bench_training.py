@@ -187,7 +187,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     seq_len = args.seq_len or (192 if args.quick else 512)
-    rounds = args.rounds or (4 if args.quick else 15)
+    rounds = args.rounds or (10 if args.quick else 20)
     if args.memory_of:
         print(measure_memory(args.memory_of, args.config, args.batch, seq_len))
         return
