@@ -19,3 +19,13 @@ def tokenizers():
     from poft.tiny import build_tokenizer
 
     return {family: build_tokenizer(family) for family in ("chatml", "llama3", "zephyr")}
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (as the scoring subprocesses use with OMP_NUM_THREADS=1): the same
+    kernels, so bit-identical scores, and tiny matmuls on a shared 2-core machine run faster uncontended."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-import torch
 from datasets import Dataset
 
 from poft.cli import main
@@ -35,13 +34,7 @@ N_ROWS = 400
 ALIASES = ("chatml", "llama3")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One thread, as the subprocesses use (OMP_NUM_THREADS=1): same kernels, bit-identical scores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

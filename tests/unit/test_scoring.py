@@ -31,13 +31,7 @@ FAMILIES = ("chatml", "llama3", "zephyr")
 WORDS = "the quick brown fox jumps over a lazy dog add reverse sort paris answer hello 12 30 42 ! ?".split()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls on a shared 2-core machine run ~10x faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_rows(n: int, seed: int = 0) -> list[dict]:
