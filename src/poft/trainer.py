@@ -226,9 +226,8 @@ class PoFTTrainer(SFTTrainer):
         inputs["use_cache"] = False
         # TRL's fused head: per-token log-probs [B, T-1] of the labels, computed in chunks without the logits
         outputs = model(**inputs, fused_lm_head=True)
-        if (
-            "attention_mask" not in inputs and "position_ids" in inputs
-        ):  # padding-free: one row, many sequences
+        padding_free = "attention_mask" not in inputs and "position_ids" in inputs  # one row, many sequences
+        if padding_free:
             sums, counts = packed_sequence_logprob_sums(
                 outputs.log_probs[0], outputs.label_mask[0], inputs["position_ids"][0], len(ref_scores)
             )
