@@ -52,6 +52,7 @@ def run_train(argv: list[str]) -> int:
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     trainer.save_model(config.output_dir)
     trainer.accelerator.print(f"poft: model saved to {config.output_dir}")
+    trainer.end()  # destroy the process group: a gloo rank exiting with it alive can abort at teardown
     return 0
 
 
@@ -228,6 +229,7 @@ def run_dpo(argv: list[str]) -> int:
     trainer.save_model(config.output_dir)
     trainer.save_state()  # trainer_state.json: the logged DPO losses and reward margins, for comparisons
     trainer.accelerator.print(f"poft: model saved to {config.output_dir}")
+    trainer.end()
     return 0
 
 

@@ -50,6 +50,8 @@ def main() -> None:
         }
         torch.save({"state": state, "log": trainer.state.log_history}, os.path.join(out, "weights.pt"))
 
+    trainer.end()  # destroy the process group before exit (a live gloo group can abort at teardown)
+
 
 if __name__ == "__main__":
     main()

@@ -74,6 +74,8 @@ def main() -> None:
         }
         torch.save(state, os.path.join(out, "final.pt"))
 
+    trainer.end()  # destroy the process group before exit (a live gloo group can abort at teardown)
+
 
 if __name__ == "__main__":
     main()
