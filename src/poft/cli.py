@@ -5,7 +5,22 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+
+
+@dataclass
+class DatasetFormatArguments:
+    """`poft train` only: how the training file's rows are read (see poft.formats)."""
+
+    dataset_format: str | None = field(
+        default=None,
+        metadata={
+            "help": "Force the dataset format instead of detecting it from the columns: "
+            "messages, sharegpt, alpaca or prompt_completion.",
+            "choices": ["messages", "sharegpt", "alpaca", "prompt_completion"],
+        },
+    )
 
 
 def run_train(argv: list[str]) -> int:
@@ -15,8 +30,8 @@ def run_train(argv: list[str]) -> int:
     from .data import load_sft_dataset
     from .trainer import PoFTConfig, PoFTTrainer
 
-    parser = TrlParser((ScriptArguments, PoFTConfig, ModelConfig), prog="poft train")
-    script_args, config, model_args = parser.parse_args_and_config(args=argv)
+    parser = TrlParser((ScriptArguments, PoFTConfig, ModelConfig, DatasetFormatArguments), prog="poft train")
+    script_args, config, model_args, format_args = parser.parse_args_and_config(args=argv)
     if not model_args.model_name_or_path:
         parser.error("--model_name_or_path is required (a local folder or a Hub id)")
     if not script_args.dataset_name:
@@ -31,12 +46,18 @@ def run_train(argv: list[str]) -> int:
         **(config.model_init_kwargs or {}),
     }
     train = load_sft_dataset(
-        script_args.dataset_name, script_args.dataset_train_split, script_args.dataset_config
+        script_args.dataset_name,
+        script_args.dataset_train_split,
+        script_args.dataset_config,
+        format=format_args.dataset_format,
     )
     evaluation = None
     if config.eval_strategy != "no":
         evaluation = load_sft_dataset(
-            script_args.dataset_name, script_args.dataset_test_split, script_args.dataset_config
+            script_args.dataset_name,
+            script_args.dataset_test_split,
+            script_args.dataset_config,
+            format=format_args.dataset_format,
         )
     trainer = PoFTTrainer(
         model=model_args.model_name_or_path,
@@ -67,9 +88,7 @@ def run_tiny_example(args: argparse.Namespace) -> int:
 
 def run_score(args: argparse.Namespace) -> int:
     """`poft score --dataset D --model M1 [--model M2 ...] --output DIR`: aligned-model scores + ref_score."""
-    from .chat import ChatTemplateError, RowError
-    from .scoring import AlignedModelError, score_dataset
-    from .shards import RunMismatchError
+    from .scoring import score_dataset
 
     try:
         score_dataset(
@@ -82,10 +101,11 @@ def run_score(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             normalization=args.normalization,
             on_bad_row=args.on_bad_row,
+            format=args.format,
             progress=not args.no_progress,
             rows_per_shard=args.rows_per_shard,
         )
-    except (RowError, ChatTemplateError, RunMismatchError, AlignedModelError, OSError) as e:
+    except (ValueError, OSError) as e:  # RowError, ChatTemplateError, RunMismatchError, AlignedModelError
         # OSError: a full disk, an unwritable output folder, a missing input file: one line, no traceback
         print(f"poft score: error: {e}", file=sys.stderr)
         return 1
@@ -112,6 +132,12 @@ def add_score_parser(sub: argparse._SubParsersAction) -> None:
     score.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     score.add_argument("--normalization", default="token", choices=["token", "byte", "none"])
     score.add_argument("--on-bad-row", default="error", choices=["error", "skip"])
+    score.add_argument(
+        "--format",
+        default=None,
+        choices=["messages", "sharegpt", "alpaca", "prompt_completion"],
+        help="force the input format instead of detecting it from the columns",
+    )
     score.add_argument("--rows-per-shard", type=int, default=2048, help="rows per resumable shard file")
     score.add_argument("--no-progress", action="store_true", help="no progress bar")
     score.set_defaults(func=run_score)

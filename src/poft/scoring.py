@@ -127,7 +127,12 @@ def _raise_or_report(bad: list[dict], source: str, on_bad_row: str, total: int) 
 
 
 def load_checked_rows(
-    dataset: str | Path | Dataset, split: str, on_bad_row: str, clean_copy: Path | None, write: bool = True
+    dataset: str | Path | Dataset,
+    split: str,
+    on_bad_row: str,
+    clean_copy: Path | None,
+    write: bool = True,
+    format: str | None = None,
 ) -> CheckedRows:
     """Load the dataset (any format `formats.py` reads, normalised to `messages` + `id`) and validate rows.
 
@@ -137,11 +142,11 @@ def load_checked_rows(
     loaded from a cleaned copy (`clean_copy`, written when `write`).
     """
     if isinstance(dataset, Dataset):
-        normalised = normalize_conversations(dataset, source="dataset", on_bad_row=on_bad_row)
+        normalised = normalize_conversations(dataset, format, source="dataset", on_bad_row=on_bad_row)
         return _check_dataset(normalised, "dataset", on_bad_row, [], lambda i: f"row {i}")
     path = Path(dataset)
     if not (path.is_file() and _is_json_lines(path)):
-        loaded = load_sft_dataset(str(dataset), split, on_bad_row=on_bad_row)
+        loaded = load_sft_dataset(str(dataset), split, format=format, on_bad_row=on_bad_row)
         return _check_dataset(loaded, str(dataset), on_bad_row, [], lambda i: f"row {i}")
     parsed, bad = _read_json_lines(path)
     messages_format = any(isinstance(row, dict) and "messages" in row for _, row in parsed)
@@ -165,7 +170,7 @@ def load_checked_rows(
             tmp.write_text(text, encoding="utf-8")
             os.replace(tmp, clean_copy)
         data_file = clean_copy
-    loaded = load_sft_dataset(str(data_file), on_bad_row=on_bad_row)
+    loaded = load_sft_dataset(str(data_file), format=format, on_bad_row=on_bad_row)
     return _check_dataset(loaded, str(path), on_bad_row, bad, lambda i: f"line {lines[i]}")
 
 
@@ -519,6 +524,7 @@ def score_dataset(
     progress: bool = True,
     rows_per_shard: int = 2048,
     flush_seconds: float = 60.0,
+    format: str | None = None,
 ) -> Dataset:
     """Score every row with every aligned model; write `output` (save_to_disk folder + manifest.json).
 
@@ -532,6 +538,7 @@ def score_dataset(
         normalization: how `ref_score` normalises each model's sum: "token" (paper), "byte" or "none".
         on_bad_row: "error" stops naming the first bad rows; "skip" leaves them out and records them.
         rows_per_shard, flush_seconds: how much finished work a kill can lose at most.
+        format: force the input format (messages, sharegpt, alpaca, prompt_completion); None = detect.
 
     Returns the scored dataset (on every process when launched with torchrun / accelerate launch).
     """
@@ -554,7 +561,9 @@ def score_dataset(
         output.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OutputWriteError(e.errno, f"cannot create the output folder {output}: {e.strerror or e}") from e
-    checked = load_checked_rows(dataset, split, on_bad_row, output / f"input-clean.rank{rank}.jsonl")
+    checked = load_checked_rows(
+        dataset, split, on_bad_row, output / f"input-clean.rank{rank}.jsonl", format=format
+    )
     aligned = load_aligned_models(models)
     config = {
         "dataset_fingerprint": _sha("\n".join(checked.fingerprints) + f"\n{len(checked.dataset)}"),

@@ -151,3 +151,24 @@ def test_sigkill_mid_run_then_resume_loses_and_doubles_nothing(tmp_path):
     assert resumed["id"] == fresh["id"] == [f"r{i}" for i in range(240)]
     assert resumed["zephyr_n_tokens"] == fresh["zephyr_n_tokens"]
     assert resumed["zephyr_logp_sum"] == pytest.approx(fresh["zephyr_logp_sum"], rel=1e-6)
+
+
+def test_forced_format_is_used_and_a_mismatch_is_one_line(setup, tmp_path):
+    """`--format` forces the reader; forcing a format the file is not in exits 1 naming the missing columns."""
+    data = tmp_path / "sharegpt.jsonl"
+    rows = [
+        {
+            "id": f"s{i}",
+            "conversations": [{"from": "human", "value": f"add {i}"}, {"from": "gpt", "value": str(i)}],
+        }
+        for i in range(4)
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    done = run(score_cmd(str(data), setup["models"][:1], tmp_path / "ok", "--format", "sharegpt"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "ShareGPT" in done.stdout + done.stderr and "forced" in done.stdout + done.stderr
+    assert load_from_disk(str(tmp_path / "ok"))["messages"][1][1] == {"role": "assistant", "content": "1"}
+    done = run(score_cmd(str(data), setup["models"][:1], tmp_path / "bad", "--format", "alpaca"))
+    assert done.returncode == 1
+    assert "format 'alpaca' needs columns ['instruction', 'output']" in done.stderr
+    assert "Traceback" not in done.stderr

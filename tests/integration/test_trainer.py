@@ -296,3 +296,23 @@ def test_chat_template_path_is_honoured(tiny, tmp_path):
     assert "<|assistant|>" in text and "<|im_start|>" not in text
     labels = [t for t in trainer.train_dataset[0]["labels"] if t != -100]
     assert trainer.processing_class.decode(labels).endswith(trainer.processing_class.eos_token)
+
+
+def test_cli_train_dataset_format_is_forced(tiny, tmp_path):
+    """`poft train --dataset_format` reaches the reader: forcing the wrong format names the missing columns."""
+    from poft.cli import main
+
+    with pytest.raises(ValueError, match="format 'sharegpt' needs columns"):
+        main(
+            ["train", "--model_name_or_path", tiny["model"], "--dataset_name", tiny["data"]]
+            + [
+                "--output_dir",
+                str(tmp_path),
+                "--dataset_format",
+                "sharegpt",
+                "--report_to",
+                "none",
+                "--bf16",
+                "false",
+            ]
+        )
