@@ -12,6 +12,7 @@ import torch  # noqa: E402
 from datasets import load_dataset  # noqa: E402
 
 from poft import PoFTConfig, PoFTTrainer  # noqa: E402
+from poft.cli import leave_distributed_run  # noqa: E402
 
 
 def main() -> None:
@@ -55,3 +56,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    leave_distributed_run(0)

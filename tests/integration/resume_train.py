@@ -15,6 +15,7 @@ from datasets import load_dataset  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
 from poft import PoFTConfig, PoFTTrainer  # noqa: E402
+from poft.cli import leave_distributed_run  # noqa: E402
 
 
 class KillRankOne(TrainerCallback):
@@ -79,3 +80,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    leave_distributed_run(0)
