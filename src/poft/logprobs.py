@@ -18,6 +18,14 @@ from torch.utils.checkpoint import checkpoint
 IGNORE_INDEX = -100
 
 
+def _logits(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, softcap: float | None
+) -> torch.Tensor:
+    """float32 logits of the LM head, with Gemma-2-style soft-capping when `softcap` is set."""
+    logits = torch.nn.functional.linear(hidden, weight, bias).float()
+    return torch.tanh(logits / softcap) * softcap if softcap else logits
+
+
 def _head_log_probs(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -26,9 +34,7 @@ def _head_log_probs(
     softcap: float | None,
 ) -> torch.Tensor:
     """log softmax(hidden @ weight.T + bias)[label], float32; labels must be valid (>= 0)."""
-    logits = torch.nn.functional.linear(hidden, weight, bias).float()
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
+    logits = _logits(hidden, weight, bias, softcap)
     return logits.gather(-1, labels[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
@@ -43,10 +49,7 @@ def token_log_probs_reference(
 
     Positions whose label is -100 get 0.
     """
-    logits = torch.nn.functional.linear(hidden, weight, bias).float()
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
-    log_probs = torch.log_softmax(logits, dim=-1)
+    log_probs = torch.log_softmax(_logits(hidden, weight, bias, softcap), dim=-1)
     valid = labels != IGNORE_INDEX
     picked = log_probs.gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1)
     return torch.where(valid, picked, torch.zeros((), device=picked.device))

@@ -3,6 +3,7 @@
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_chat import masked_segments  # same folder: pytest puts it on sys.path
 
 from poft.chat import KNOWN_ROLES, ChatFormat, RowError
 
@@ -79,15 +80,6 @@ def test_mask_is_exact_or_the_row_is_refused(tokenizers, family, messages):
     # every response token has a label: at least one token to train on, never an empty mask
     assert sum(encoded.response_mask[1:]) > 0
     if family != "zephyr":  # byte-level BPE decodes any text exactly
-        segments = []
-        run = []
-        for token, bit in zip(encoded.input_ids, encoded.response_mask, strict=True):
-            if bit:
-                run.append(token)
-            elif run:
-                segments.append(tokenizer.decode(run))
-                run = []
-        if run:
-            segments.append(tokenizer.decode(run))
+        segments = masked_segments(tokenizer, encoded)
         for segment, (start, end) in zip(segments, spans, strict=True):
             assert segment.endswith(rendered[start:end])
