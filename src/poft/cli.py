@@ -28,7 +28,7 @@ def run_train(argv: list[str]) -> int:
     """`poft train --config recipe.yaml [--key value ...]`: TRL's parser conventions, PoFTTrainer underneath."""
     from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
-    from .data import load_sft_dataset
+    from .readers import load_sft_dataset
     from .trainer import PoFTConfig, PoFTTrainer
 
     parser = TrlParser((ScriptArguments, PoFTConfig, ModelConfig, DatasetFormatArguments), prog="poft train")
@@ -203,8 +203,8 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 def run_filter(args: argparse.Namespace) -> int:
     """`poft filter DIR (--keep-top F | --min-score X) [--by COLUMN] --output OUT`."""
-    from .data import load_sft_dataset
     from .filtering import filter_dataset
+    from .readers import load_sft_dataset
 
     if Path(args.output).resolve() == Path(args.dir).resolve():
         print("poft filter: error: --output must differ from the input", file=sys.stderr)
@@ -223,8 +223,8 @@ def run_dpo(argv: list[str]) -> int:
     """`poft dpo --config recipe.yaml [--key value ...]`: TRL's DPOTrainer from a PoFT checkpoint."""
     from trl import DPOTrainer, ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
-    from .data import load_raw_dataset
     from .dpo import PoFTDPOConfig, normalize_preferences
+    from .readers import load_raw_dataset
 
     parser = TrlParser((ScriptArguments, PoFTDPOConfig, ModelConfig), prog="poft dpo")
     script_args, config, model_args = parser.parse_args_and_config(args=argv)

@@ -12,6 +12,9 @@ and `token_log_probs_reference` is the plain formula the tests compare both agai
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 from torch.utils.checkpoint import checkpoint
 
@@ -93,3 +96,72 @@ def chunked_token_log_probs(
         anchor = flat_hidden.sum() + weight.sum() + (bias.sum() if bias is not None else 0.0)
         out = out + anchor * 0.0
     return out.reshape(labels.shape)
+
+
+def softcap(model: torch.nn.Module) -> float | None:
+    """Gemma-2-style final logit soft-capping of a model (logits = cap * tanh(logits / cap)); None for most."""
+    return getattr(model.config, "final_logit_softcapping", None)
+
+
+def token_budget_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
+    """Group positions into batches, longest first, so that (batch size x longest length) <= batch_tokens.
+
+    Sorting by length keeps padding small; longest first makes an out-of-memory show in the first batch.
+    A sequence longer than the budget gets a batch of its own. Ties keep the input order (deterministic).
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= batch_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+def full_logits_logprob_sum(
+    model: torch.nn.Module, input_ids: Sequence[int], response_mask: Sequence[int]
+) -> float:
+    """Plain reference: one example, full logits, log_softmax, sum over response labels (tests, benchmark)."""
+    ids = torch.tensor([list(input_ids)], device=model.device)
+    with torch.inference_mode():
+        logits = model(input_ids=ids).logits[0, :-1].float()
+    log_probs = torch.log_softmax(logits, dim=-1).gather(-1, ids[0, 1:, None]).squeeze(-1)
+    mask = torch.tensor(list(response_mask)[1:], dtype=torch.bool, device=logits.device)
+    return float(log_probs[mask].double().sum())
+
+
+def batch_logprob_sums(
+    model: torch.nn.Module,
+    sequences: Sequence[tuple[np.ndarray, np.ndarray]],
+    *,
+    pad_id: int,
+    chunk_size: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sum of response-token log-probs and their count for each (input_ids, response_mask) sequence.
+
+    Right padding and no attention mask: in a causal model a token only attends to earlier positions, so
+    padding placed after a sequence cannot change it, and its positions stay 0..len-1 (tested against an
+    unpadded reference). This keeps attention on the plain causal fast path. The decoder runs once on
+    the batch, the LM head only on positions whose next token is a response token.
+    """
+    device = model.device
+    longest = max(len(ids) for ids, _ in sequences)
+    input_ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
+    response = torch.zeros((len(sequences), longest), dtype=torch.bool)
+    for b, (ids, mask) in enumerate(sequences):
+        input_ids[b, : len(ids)] = torch.from_numpy(ids.astype(np.int64))
+        response[b, : len(ids)] = torch.from_numpy(mask.astype(bool))
+    input_ids, response = input_ids.to(device), response.to(device)
+    hidden = model.get_decoder()(input_ids=input_ids, use_cache=False)
+    hidden = hidden.last_hidden_state[:, :-1]
+    scored = response[:, 1:]
+    rows = torch.arange(len(sequences), device=device)[:, None].expand_as(scored)[scored]
+    head = model.get_output_embeddings()
+    log_probs = chunked_token_log_probs(
+        hidden[scored], head.weight, input_ids[:, 1:][scored], head.bias, softcap(model), chunk_size
+    )
+    sums = torch.zeros(len(sequences), dtype=torch.float64, device=device).index_add_(
+        0, rows, log_probs.double()
+    )
+    return sums.cpu().numpy(), scored.sum(-1).cpu().numpy()

@@ -35,10 +35,10 @@ import torch
 from datasets import Dataset, concatenate_datasets, load_from_disk
 
 from .chat import ChatFormat, ChatTemplateError, RowError, validate_messages
-from .data import FINGERPRINT_COLUMN, load_sft_dataset, row_fingerprint
 from .formats import normalize_conversations
-from .logprobs import chunked_token_log_probs
+from .logprobs import batch_logprob_sums, chunked_token_log_probs, softcap, token_budget_batches
 from .loss import NORMALIZATIONS, normalize_scores
+from .readers import load_sft_dataset
 from .shards import (
     MANIFEST_FILE,
     OutputWriteError,
@@ -49,6 +49,7 @@ from .shards import (
     write_json_atomic,
     write_shard,
 )
+from .training_data import FINGERPRINT_COLUMN, row_fingerprint
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SCORE_SUFFIXES = ("_logp_sum", "_n_tokens", "_truncated")
@@ -197,90 +198,6 @@ def _check_dataset(dataset: Dataset, source: str, on_bad_row: str, bad: list[dic
     return CheckedRows(dataset, source, good, fingerprints, bad + bad_here, response_bytes, n_input)
 
 
-# -------------------------------------------------------------------------------------------- batching
-
-
-def token_budget_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
-    """Group positions into batches, longest first, so that (batch size x longest length) <= batch_tokens.
-
-    Sorting by length keeps padding small; longest first makes an out-of-memory show in the first batch.
-    A sequence longer than the budget gets a batch of its own. Ties keep the input order (deterministic).
-    """
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    batches: list[list[int]] = []
-    for i in order:
-        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= batch_tokens:
-            batches[-1].append(i)
-        else:
-            batches.append([i])
-    return batches
-
-
-# -------------------------------------------------------------------------------------------- log-probs
-
-
-def chunked_token_logprobs(
-    hidden: torch.Tensor,
-    lm_head: torch.nn.Module,
-    labels: torch.Tensor,
-    chunk_size: int,
-    softcap: float | None = None,
-) -> torch.Tensor:
-    """log p(label) for each of N hidden states [N, H], computing at most chunk_size x vocab logits at once.
-
-    softcap: Gemma-2-style final logit soft-capping (logits = cap * tanh(logits / cap)), None for most models.
-    The work is done by `poft.logprobs.chunked_token_log_probs` (shared with the training-side tests).
-    """
-    return chunked_token_log_probs(hidden, lm_head.weight, labels, lm_head.bias, softcap, chunk_size)
-
-
-def full_logits_logprob_sum(
-    model: torch.nn.Module, input_ids: Sequence[int], response_mask: Sequence[int]
-) -> float:
-    """Plain reference: one example, full logits, log_softmax, sum over response labels (tests, benchmark)."""
-    ids = torch.tensor([list(input_ids)], device=model.device)
-    with torch.inference_mode():
-        logits = model(input_ids=ids).logits[0, :-1].float()
-    log_probs = torch.log_softmax(logits, dim=-1).gather(-1, ids[0, 1:, None]).squeeze(-1)
-    mask = torch.tensor(list(response_mask)[1:], dtype=torch.bool, device=logits.device)
-    return float(log_probs[mask].double().sum())
-
-
-def batch_logprob_sums(
-    model: torch.nn.Module,
-    sequences: Sequence[tuple[np.ndarray, np.ndarray]],
-    *,
-    pad_id: int,
-    chunk_size: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Sum of response-token log-probs and their count for each (input_ids, response_mask) sequence.
-
-    Right padding and no attention mask: in a causal model a token only attends to earlier positions, so
-    padding placed after a sequence cannot change it, and its positions stay 0..len-1 (tested against an
-    unpadded reference). This keeps attention on the plain causal fast path. The decoder runs once on
-    the batch, the LM head only on positions whose next token is a response token.
-    """
-    device = model.device
-    longest = max(len(ids) for ids, _ in sequences)
-    input_ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
-    response = torch.zeros((len(sequences), longest), dtype=torch.bool)
-    for b, (ids, mask) in enumerate(sequences):
-        input_ids[b, : len(ids)] = torch.from_numpy(ids.astype(np.int64))
-        response[b, : len(ids)] = torch.from_numpy(mask.astype(bool))
-    input_ids, response = input_ids.to(device), response.to(device)
-    hidden = model.get_decoder()(input_ids=input_ids, use_cache=False)
-    hidden = hidden.last_hidden_state[:, :-1]
-    scored = response[:, 1:]
-    rows = torch.arange(len(sequences), device=device)[:, None].expand_as(scored)[scored]
-    log_probs = chunked_token_logprobs(
-        hidden[scored], model.get_output_embeddings(), input_ids[:, 1:][scored], chunk_size, _softcap(model)
-    )
-    sums = torch.zeros(len(sequences), dtype=torch.float64, device=device).index_add_(
-        0, rows, log_probs.double()
-    )
-    return sums.cpu().numpy(), scored.sum(-1).cpu().numpy()
-
-
 # ---------------------------------------------------------------------------------------------- models
 
 
@@ -371,10 +288,6 @@ def _load_weights(model: AlignedModel, dtype: torch.dtype, device: torch.device)
     return network
 
 
-def _softcap(network: torch.nn.Module) -> float | None:
-    return getattr(network.config, "final_logit_softcapping", None)
-
-
 def _check_chunked_head(network: torch.nn.Module, alias: str) -> None:
     """The chunked path (decoder -> output embeddings) must give the model's own logits: some models scale
     or soft-cap logits after the head, which this scorer does not reproduce; refuse those loudly."""
@@ -383,7 +296,8 @@ def _check_chunked_head(network: torch.nn.Module, alias: str) -> None:
         full = network(input_ids=ids).logits.float()
         hidden = network.get_decoder()(input_ids=ids).last_hidden_state[0]
         labels = torch.arange(hidden.shape[0], device=network.device) % network.config.vocab_size
-        ours = chunked_token_logprobs(hidden, network.get_output_embeddings(), labels, 4, _softcap(network))
+        head = network.get_output_embeddings()
+        ours = chunked_token_log_probs(hidden, head.weight, labels, head.bias, softcap(network), 4)
         full = torch.log_softmax(full[0], dim=-1).gather(-1, labels[:, None]).squeeze(-1)
     if not torch.allclose(full, ours, rtol=1e-2, atol=5e-2):  # loose for bf16; a missed scale is far off
         raise ValueError(

@@ -21,13 +21,6 @@ import torch
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
-from .data import (
-    SCORE_COLUMNS,
-    pack_with_scores,
-    prepare_training_dataset,
-    scores_per_sequence,
-    spread_scores_over_tokens,
-)
 from .loss import (
     NORMALIZATIONS,
     normalize_scores,
@@ -35,6 +28,13 @@ from .loss import (
     poft_loss,
     poft_weight,
     sequence_logprob_sums,
+)
+from .training_data import (
+    SCORE_COLUMNS,
+    pack_with_scores,
+    prepare_training_dataset,
+    scores_per_sequence,
+    spread_scores_over_tokens,
 )
 
 LOSS_TYPES = ("poft", "bi_poft", "sft")

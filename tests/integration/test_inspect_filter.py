@@ -11,9 +11,9 @@ import pytest
 from datasets import Dataset, load_from_disk
 
 from poft.cli import main
-from poft.data import load_sft_dataset
 from poft.filtering import select_rows
 from poft.inspection import inspect_scores
+from poft.readers import load_sft_dataset
 from poft.scoring import score_dataset
 from poft.tiny import build_model, build_tokenizer
 

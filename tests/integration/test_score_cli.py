@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 from datasets import load_from_disk
 
-from poft.data import load_sft_dataset, prepare_training_dataset
+from poft.readers import load_sft_dataset
 from poft.scoring import score_dataset
 from poft.shards import shard_files
 from poft.tiny import build_model, build_tokenizer
+from poft.training_data import prepare_training_dataset
 
 WORDS = "the quick brown fox jumps over a lazy dog add reverse sort paris answer hello 12 30 42".split()
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}

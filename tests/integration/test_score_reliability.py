@@ -23,7 +23,7 @@ import pytest
 from datasets import Dataset
 
 from poft.cli import main
-from poft.data import load_sft_dataset
+from poft.readers import load_sft_dataset
 from poft.scoring import score_dataset
 from poft.shards import SHARDS_DIR, shard_files
 from poft.tiny import build_model, build_tokenizer
@@ -345,7 +345,7 @@ def test_one_of_two_processes_killed_ends_the_job_and_a_rerun_completes(setup, t
 
 def test_poft_score_output_edited_afterwards_is_refused_by_the_trainer(setup):
     """End to end: the fingerprints `poft score` wrote stop training on rows edited (or swapped) after scoring."""
-    from poft.data import prepare_training_dataset
+    from poft.training_data import prepare_training_dataset
 
     scored = load_sft_dataset(str(setup["root"] / "reference"))
     target = build_tokenizer("chatml", [" ".join(WORDS) * 3], vocab_size=300)

@@ -12,9 +12,9 @@ import torch
 from datasets import Dataset
 
 from poft import PoFTConfig, PoFTTrainer
-from poft.data import row_fingerprint
 from poft.example import make_rows
 from poft.tiny import build_model, build_tokenizer
+from poft.training_data import row_fingerprint
 
 HERE = Path(__file__).parent
 

@@ -8,10 +8,10 @@ import pytest
 from datasets import Dataset
 
 from poft.chat import RowError
-from poft.data import load_sft_dataset
 from poft.dpo import normalize_preference_row
 from poft.evaluation import LEADERBOARD_V1, parse_tasks
 from poft.formats import conversation_id, detect_format
+from poft.readers import load_sft_dataset
 
 CONVERSATIONS = [
     [{"role": "user", "content": "add 2 and 3"}, {"role": "assistant", "content": "5"}],

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from poft.chat import KNOWN_ROLES, RowError, validate_messages
-from poft.data import load_sft_dataset
 from poft.formats import SHAREGPT_ROLES, conversation_id
+from poft.readers import load_sft_dataset
 from poft.scoring import load_checked_rows
 
 TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)

@@ -17,12 +17,11 @@ from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from poft.chat import ChatFormat, ChatTemplateError, RowError
+from poft.logprobs import chunked_token_log_probs, token_budget_batches
 from poft.scoring import (
-    chunked_token_logprobs,
     parse_model_spec,
     row_fingerprint,
     score_dataset,
-    token_budget_batches,
 )
 from poft.shards import RunMismatchError, shard_files
 from poft.tiny import build_model, build_tokenizer
@@ -291,7 +290,7 @@ def test_chunked_log_probs_equal_full_log_softmax(chunk_size, softcap):
         if softcap:
             logits = softcap * torch.tanh(logits / softcap)
         expected = torch.log_softmax(logits.double(), -1).gather(-1, labels[:, None]).squeeze(-1)
-        ours = chunked_token_logprobs(hidden, head, labels, chunk_size, softcap)
+        ours = chunked_token_log_probs(hidden, head.weight, labels, None, softcap, chunk_size)
     assert torch.allclose(ours.double(), expected, rtol=1e-5, atol=1e-5)
     assert math.isclose(float(ours.sum()), float(expected.sum()), rel_tol=1e-5)
 
