@@ -1,9 +1,25 @@
-"""poft: Preference-Oriented Supervised Fine-Tuning (arXiv 2412.12865) on top of TRL."""
+"""poft: Preference-Oriented Supervised Fine-Tuning (arXiv 2412.12865) on top of TRL.
 
-from .chat import ChatFormat, ChatTemplateError, RowError
-from .loss import normalize_scores, poft_loss, poft_weight, sequence_logprob_sums
-from .trainer import PoFTConfig, PoFTTrainer
+The public names load on first use (module-level `__getattr__`): `import poft` and `poft --help` do not
+import torch or TRL.
+"""
 
+import importlib
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+_HOMES = {
+    "ChatFormat": ".chat",
+    "ChatTemplateError": ".chat",
+    "PoFTConfig": ".trainer",
+    "PoFTTrainer": ".trainer",
+    "RowError": ".readers",
+    "normalize_scores": ".loss",
+    "poft_loss": ".loss",
+    "poft_weight": ".loss",
+    "sequence_logprob_sums": ".loss",
+}
 __all__ = [
     "ChatFormat",
     "ChatTemplateError",
@@ -15,4 +31,21 @@ __all__ = [
     "poft_weight",
     "sequence_logprob_sums",
 ]
-__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from .chat import ChatFormat, ChatTemplateError
+    from .loss import normalize_scores, poft_loss, poft_weight, sequence_logprob_sums
+    from .readers import RowError
+    from .trainer import PoFTConfig, PoFTTrainer
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'poft' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES[name], __name__), name)
+    globals()[name] = value  # the next access does not come back here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOMES])

@@ -1,72 +1,69 @@
-"""`poft <subcommand>`: one small function per subcommand; the work is done by the library modules."""
+"""`poft <command>`: a table of subcommands, each parsed by TRL's parser from its option dataclasses.
 
-from __future__ import annotations
+Every subcommand takes `--config options.yaml` plus `--key value` overrides (either `--max-length` or
+`--max_length`); the options and their help live in `poft.configs` (train and dpo: TRL's config classes).
+The library modules do the work, imported when a command runs, so `poft --help` and `poft <command> --help`
+stay fast (`poft train --help` and `poft dpo --help` need TRL's training configs: a few seconds).
+"""
 
 import argparse
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
+
+from . import __version__
+from .configs import (
+    DatasetFormatArguments,
+    DemoArguments,
+    EvalConfig,
+    FilterConfig,
+    InspectConfig,
+    ScoreConfig,
+    TinyExampleConfig,
+)
 
 
-@dataclass
-class DatasetFormatArguments:
-    """`poft train` only: how the training file's rows are read (see poft.formats)."""
-
-    dataset_format: str | None = field(
-        default=None,
-        metadata={
-            "help": "Force the dataset format instead of detecting it from the columns: "
-            "messages, sharegpt, alpaca or prompt_completion.",
-            "choices": ["messages", "sharegpt", "alpaca", "prompt_completion"],
-        },
-    )
+class UsageError(Exception):
+    """Options that parse but cannot be run together: the command exits 2 with argparse's message."""
 
 
-def run_train(argv: list[str]) -> int:
-    """`poft train --config recipe.yaml [--key value ...]`: TRL's parser conventions, PoFTTrainer underneath."""
-    from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
-
-    from .readers import load_sft_dataset
-    from .trainer import PoFTConfig, PoFTTrainer
-
-    parser = TrlParser((ScriptArguments, PoFTConfig, ModelConfig, DatasetFormatArguments), prog="poft train")
-    script_args, config, model_args, format_args = parser.parse_args_and_config(args=argv)
-    if not model_args.model_name_or_path:
-        parser.error("--model_name_or_path is required (a local folder or a Hub id)")
-    if not script_args.dataset_name:
-        parser.error(
-            "--dataset_name is required (a JSON/JSONL/Parquet/CSV file, a save_to_disk folder or a Hub id)"
-        )
-    config.model_init_kwargs = {
+def model_init_kwargs(config, model_args) -> dict:
+    """How train and dpo load the model from a path: ModelConfig's settings, then the config's own kwargs."""
+    return {
         "revision": model_args.model_revision,
-        "trust_remote_code": config.trust_remote_code,
+        "trust_remote_code": config.trust_remote_code,  # a field of SFTConfig / DPOConfig in TRL 1.x
         "attn_implementation": model_args.attn_implementation,
         "dtype": model_args.dtype,
         **(config.model_init_kwargs or {}),
     }
-    train = load_sft_dataset(
-        script_args.dataset_name,
-        script_args.dataset_train_split,
-        script_args.dataset_config,
-        format=format_args.dataset_format,
-    )
-    evaluation = None
-    if config.eval_strategy != "no":
-        evaluation = load_sft_dataset(
-            script_args.dataset_name,
-            script_args.dataset_test_split,
-            script_args.dataset_config,
-            format=format_args.dataset_format,
+
+
+def run_train(script_args, config, model_args, format_args: DatasetFormatArguments) -> int:
+    """`poft train --config recipe.yaml [--key value ...]`: PoFTTrainer on the rows of `--dataset_name`."""
+    from trl import get_peft_config
+
+    from .readers import load_sft_dataset
+    from .trainer import PoFTTrainer
+
+    if not model_args.model_name_or_path:
+        raise UsageError("--model_name_or_path is required (a local folder or a Hub id)")
+    if not script_args.dataset_name:
+        raise UsageError(
+            "--dataset_name is required (a JSON/JSONL/Parquet/CSV file, a save_to_disk folder or a Hub id)"
         )
-    trainer = PoFTTrainer(
-        model=model_args.model_name_or_path,
-        args=config,
-        train_dataset=train,
-        eval_dataset=evaluation,
-        peft_config=get_peft_config(model_args),
-    )
+    config.model_init_kwargs = model_init_kwargs(config, model_args)
+
+    def rows(split: str):
+        return load_sft_dataset(
+            script_args.dataset_name, split, script_args.dataset_config, format=format_args.dataset_format
+        )
+
+    train = rows(script_args.dataset_train_split)
+    evaluation = rows(script_args.dataset_test_split) if config.eval_strategy != "no" else None
+    trainer = PoFTTrainer(model=model_args.model_name_or_path, args=config, train_dataset=train,
+                          eval_dataset=evaluation, peft_config=get_peft_config(model_args))  # fmt: skip
     trainer.accelerator.print(
         f"poft: loss_type={config.loss_type} beta={config.beta} gamma={config.gamma} "
         f"normalization={config.score_normalization}, {len(trainer.train_dataset)} training rows"
@@ -78,170 +75,20 @@ def run_train(argv: list[str]) -> int:
     return 0
 
 
-def run_tiny_example(args: argparse.Namespace) -> int:
-    """`poft tiny-example --output DIR`: a tiny model and a small scored dataset for trying `poft train`."""
-    from .example import write_tiny_example
-
-    paths = write_tiny_example(args.output, n_rows=args.rows, seed=args.seed)
-    print(f"poft: wrote {paths['model']} and {paths['data']}")
-    return 0
-
-
-def run_score(args: argparse.Namespace) -> int:
-    """`poft score --dataset D --model M1 [--model M2 ...] --output DIR`: aligned-model scores + ref_score."""
-    from .scoring import score_dataset
-
-    try:
-        score_dataset(
-            args.dataset,
-            args.model,
-            args.output,
-            split=args.split,
-            max_length=args.max_length,
-            batch_tokens=args.batch_tokens,
-            dtype=args.dtype,
-            normalization=args.normalization,
-            on_bad_row=args.on_bad_row,
-            format=args.format,
-            progress=not args.no_progress,
-            rows_per_shard=args.rows_per_shard,
-        )
-    except (ValueError, OSError) as e:  # RowError, ChatTemplateError, RunMismatchError, AlignedModelError
-        # OSError: a full disk, an unwritable output folder, a missing input file: one line, no traceback
-        print(f"poft score: error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def add_score_parser(sub: argparse._SubParsersAction) -> None:
-    score = sub.add_parser(
-        "score",
-        help="score every example with every aligned model (resumable; torchrun/accelerate launch to scale out)",
-    )
-    score.add_argument(
-        "--dataset", required=True, help="JSON/JSONL/Parquet/CSV file, save_to_disk folder or Hub id"
-    )
-    score.add_argument("--split", default="train", help="split of a Hub dataset or DatasetDict folder")
-    score.add_argument(
-        "--model", action="append", required=True, help="aligned model PATH_OR_HUB_ID or ALIAS=PATH (repeat)"
-    )
-    score.add_argument(
-        "--output", required=True, help="output folder (save_to_disk + manifest.json); resumes"
-    )
-    score.add_argument("--max-length", type=int, default=None, help="truncate longer conversations (counted)")
-    score.add_argument("--batch-tokens", type=int, default=16384, help="padded tokens per batch")
-    score.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    score.add_argument("--normalization", default="token", choices=["token", "byte", "none"])
-    score.add_argument("--on-bad-row", default="error", choices=["error", "skip"])
-    score.add_argument(
-        "--format",
-        default=None,
-        choices=["messages", "sharegpt", "alpaca", "prompt_completion"],
-        help="force the input format instead of detecting it from the columns",
-    )
-    score.add_argument("--rows-per-shard", type=int, default=2048, help="rows per resumable shard file")
-    score.add_argument("--no-progress", action="store_true", help="no progress bar")
-    score.set_defaults(func=run_score)
-
-
-def run_demo(args: argparse.Namespace) -> int:
-    """`poft demo`: the offline noise experiment (SFT vs PoFT vs bi-PoFT on tiny models), with a report."""
-    import dataclasses
-
-    from .demo import FULL, MINI, DemoConfig
-    from .demo import run_demo as demo
-
-    preset = FULL if args.full else MINI if args.mini else {}
-    overrides = {
-        "seeds": args.seeds,
-        "noise_levels": tuple(args.noise_levels) if args.noise_levels else None,
-        "epochs": args.epochs,
-        "learning_rate": args.learning_rate,
-    }
-    config = DemoConfig(output=args.output, rebuild=args.rebuild, **preset)
-    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
-    demo(config)
-    return 0
-
-
-def add_demo_parser(sub: argparse._SubParsersAction) -> None:
-    demo = sub.add_parser(
-        "demo",
-        help="offline end-to-end experiment: SFT vs PoFT vs bi-PoFT on noisy synthetic data, with a report",
-    )
-    demo.add_argument(
-        "--output", default="demo_output", help="folder for results, plots, report and cached models"
-    )
-    size = demo.add_mutually_exclusive_group()
-    size.add_argument(
-        "--full", action="store_true", help="the larger run for RESULTS.md (3 seeds, more data)"
-    )
-    size.add_argument("--mini", action="store_true", help="a seconds-long smoke run (tests)")
-    demo.add_argument("--seeds", type=int, help="number of training seeds (default 1, --full 3)")
-    demo.add_argument(
-        "--noise-levels", type=float, nargs="+", help="shares of noisy rows (default 0 0.3 0.5)"
-    )
-    demo.add_argument("--epochs", type=int, help="target training epochs (default 5, --full 8)")
-    demo.add_argument(
-        "--learning-rate", type=float, help="peak learning rate for every method (default 3e-3)"
-    )
-    demo.add_argument("--rebuild", action="store_true", help="rebuild the cached aligned models and scores")
-    demo.set_defaults(func=run_demo)
-
-
-def run_inspect(args: argparse.Namespace) -> int:
-    """`poft inspect DIR [--output OUT]`: score statistics, correlations, histograms, lowest/highest rows."""
-    from .inspection import inspect_scores, summary_table
-
-    summary = inspect_scores(args.dir, args.output, k=args.k)
-    print(summary_table(summary))
-    print("\n" + summary["extremes_text"])
-    print(f"\npoft: wrote {len(summary['figures'])} figures, summary.json and extremes.txt to "
-          f"{args.output or Path(args.dir) / 'inspect'}")  # fmt: skip
-    return 0
-
-
-def run_filter(args: argparse.Namespace) -> int:
-    """`poft filter DIR (--keep-top F | --min-score X) [--by COLUMN] --output OUT`."""
-    from .filtering import filter_dataset
-    from .readers import load_sft_dataset
-
-    if Path(args.output).resolve() == Path(args.dir).resolve():
-        print("poft filter: error: --output must differ from the input", file=sys.stderr)
-        return 1
-    try:
-        dataset = load_sft_dataset(args.dir, args.split, format=args.format)
-        filter_dataset(dataset, args.output, by=args.by, keep_top=args.keep_top, min_score=args.min_score,
-                       source=args.dir)  # fmt: skip
-    except ValueError as e:  # RowError included: a bad file, row or column, named
-        print(f"poft filter: error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def run_dpo(argv: list[str]) -> int:
+def run_dpo(script_args, config, model_args) -> int:
     """`poft dpo --config recipe.yaml [--key value ...]`: TRL's DPOTrainer from a PoFT checkpoint."""
-    from trl import DPOTrainer, ModelConfig, ScriptArguments, TrlParser, get_peft_config
+    from trl import DPOTrainer, get_peft_config
 
-    from .dpo import PoFTDPOConfig, normalize_preferences
-    from .readers import load_raw_dataset
+    from .dpo import load_preferences
 
-    parser = TrlParser((ScriptArguments, PoFTDPOConfig, ModelConfig), prog="poft dpo")
-    script_args, config, model_args = parser.parse_args_and_config(args=argv)
     if not model_args.model_name_or_path or not script_args.dataset_name:
-        parser.error(
+        raise UsageError(
             "--model_name_or_path (the PoFT checkpoint) and --dataset_name (preference pairs) are required"
         )
-    config.model_init_kwargs = {
-        "revision": model_args.model_revision,
-        "attn_implementation": model_args.attn_implementation,
-        "dtype": model_args.dtype,
-        **(config.model_init_kwargs or {}),
-    }
+    config.model_init_kwargs = model_init_kwargs(config, model_args)
 
     def pairs(split: str):
-        raw, _ = load_raw_dataset(script_args.dataset_name, split, script_args.dataset_config)
-        return normalize_preferences(raw, f"{script_args.dataset_name} [{split}]")
+        return load_preferences(script_args.dataset_name, split, script_args.dataset_config)
 
     train = pairs(script_args.dataset_train_split)
     evaluation = pairs(script_args.dataset_test_split) if config.eval_strategy != "no" else None
@@ -260,18 +107,65 @@ def run_dpo(argv: list[str]) -> int:
     return 0
 
 
-def run_eval(args: argparse.Namespace) -> int:
+def run_score(config: ScoreConfig) -> int:
+    """`poft score --dataset D --model M1 [--model M2 ...] --output DIR`: aligned-model scores + ref_score."""
+    from .scoring import score_dataset
+
+    try:
+        score_dataset(config.dataset, config.model, config.output, split=config.split,
+                      max_length=config.max_length, batch_tokens=config.batch_tokens, dtype=config.dtype,
+                      normalization=config.normalization, on_bad_row=config.on_bad_row, format=config.format,
+                      progress=config.progress, rows_per_shard=config.rows_per_shard,
+                      flush_seconds=config.flush_seconds)  # fmt: skip
+    except (ValueError, OSError) as e:  # RowError, ChatTemplateError, RunMismatchError, AlignedModelError
+        # OSError: a full disk, an unwritable output folder, a missing input file: one line, no traceback
+        print(f"poft score: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_inspect(config: InspectConfig) -> int:
+    """`poft inspect DIR [--output OUT]`: score statistics, correlations, histograms, lowest/highest rows."""
+    from .inspection import inspect_scores, summary_table
+
+    summary = inspect_scores(config.dir, config.output, k=config.k)
+    print(summary_table(summary))
+    print("\n" + summary["extremes_text"])
+    print(f"\npoft: wrote {len(summary['figures'])} figures, summary.json and extremes.txt to "
+          f"{config.output or Path(config.dir) / 'inspect'}")  # fmt: skip
+    return 0
+
+
+def run_filter(config: FilterConfig) -> int:
+    """`poft filter DIR (--keep-top F | --min-score X) [--by COLUMN] --output OUT`."""
+    from .filtering import filter_dataset
+    from .readers import load_sft_dataset
+
+    if Path(config.output).resolve() == Path(config.dir).resolve():
+        print("poft filter: error: --output must differ from the input", file=sys.stderr)
+        return 1
+    try:
+        dataset = load_sft_dataset(config.dir, config.split, format=config.format)
+        filter_dataset(dataset, config.output, by=config.by, keep_top=config.keep_top,
+                       min_score=config.min_score, source=config.dir)  # fmt: skip
+    except ValueError as e:  # RowError included: a bad file, row or column, named
+        print(f"poft filter: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_eval(config: EvalConfig) -> int:
     """`poft eval --model DIR [--tasks ...]`: lm-evaluation-harness; results.json and a printed table."""
     from .evaluation import evaluate_model, parse_tasks, results_table
 
-    tasks = parse_tasks(args.tasks, args.num_fewshot)
-    batch_size = int(args.batch_size) if args.batch_size.isdigit() else args.batch_size
-    limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
-    output = args.output or str(Path(args.model) / "eval")
+    batch_size = int(config.batch_size) if config.batch_size.isdigit() else config.batch_size
+    limit = int(config.limit) if config.limit is not None and config.limit >= 1 else config.limit
+    output = config.output or str(Path(config.model) / "eval")
     try:
-        report = evaluate_model(args.model, tasks, output, include_path=args.include_path,
-                                batch_size=batch_size, device=args.device, dtype=args.dtype,
-                                limit=limit, apply_chat_template=args.apply_chat_template)  # fmt: skip
+        tasks = parse_tasks(config.tasks, config.num_fewshot)
+        report = evaluate_model(config.model, tasks, output, include_path=config.include_path,
+                                batch_size=batch_size, device=config.device, dtype=config.dtype,
+                                limit=limit, apply_chat_template=config.apply_chat_template)  # fmt: skip
     except (ImportError, ValueError) as e:
         print(f"poft eval: error: {e}", file=sys.stderr)
         return 1
@@ -280,75 +174,119 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_pipeline_parsers(sub: argparse._SubParsersAction) -> None:
-    """inspect, filter, dpo, eval: the paper's pipeline after `poft score` (score -> filter -> train -> dpo -> eval)."""
-    inspect = sub.add_parser("inspect", help="audit a `poft score` folder: statistics, figures, extreme rows")
-    inspect.add_argument("dir", help="folder written by `poft score`")
-    inspect.add_argument(
-        "--output", default=None, help="where to write figures and summary (default DIR/inspect)"
-    )
-    inspect.add_argument("-k", type=int, default=5, help="how many lowest and highest rows to print")
-    inspect.set_defaults(func=run_inspect)
+def run_demo(args: DemoArguments) -> int:
+    """`poft demo`: the offline noise experiment (SFT vs PoFT vs bi-PoFT on tiny models), with a report."""
+    import dataclasses
 
-    keep = sub.add_parser("filter", help="keep the best rows by ref_score (or any numeric column)")
-    keep.add_argument("dir", help="a `poft score` folder (or any dataset with a numeric score column)")
-    rule = keep.add_mutually_exclusive_group(required=True)
-    rule.add_argument("--keep-top", type=float, help="fraction of scored rows to keep, e.g. 0.4")
-    rule.add_argument("--min-score", type=float, help="keep rows whose score is >= this")
-    keep.add_argument("--by", default="ref_score", help="numeric column to rank by (IFD, Deita, ...)")
-    keep.add_argument(
-        "--output", required=True, help="output folder (save_to_disk), readable by `poft train`"
-    )
-    keep.add_argument("--split", default="train", help="split of a Hub dataset or DatasetDict folder")
-    keep.add_argument(
-        "--format", default=None, help="force the input format (messages, sharegpt, alpaca, ...)"
-    )
-    keep.set_defaults(func=run_filter)
+    from .demo import FULL, MINI, DemoConfig
+    from .demo import run_demo as demo
 
-    dpo = sub.add_parser(
-        "dpo", add_help=False, help="DPO from a PoFT checkpoint (`poft dpo --help` for all options)"
-    )
-    dpo.set_defaults(func=None, argv_func=run_dpo)
-
-    evaluate = sub.add_parser(
-        "eval", help="lm-evaluation-harness benchmarks (default: Open LLM Leaderboard v1)"
-    )
-    evaluate.add_argument("--model", required=True, help="model folder or Hub id")
-    evaluate.add_argument("--tasks", nargs="*", default=None,
-                          help="task or task:shots, space/comma separated (default: the leaderboard v1 six)")  # fmt: skip
-    evaluate.add_argument("--num-fewshot", type=int, default=None, help="shots for tasks given without ':N'")
-    evaluate.add_argument("--include-path", default=None, help="folder of local lm-eval task YAML files")
-    evaluate.add_argument("--output", default=None, help="folder for results.json (default MODEL/eval)")
-    evaluate.add_argument("--batch-size", default="8", help="lm-eval batch size (or 'auto')")
-    evaluate.add_argument("--device", default=None, help="cuda, cuda:0, cpu (default: cuda if available)")
-    evaluate.add_argument("--dtype", default="auto", help="model dtype: auto, bfloat16, float32")
-    evaluate.add_argument("--limit", type=float, default=None, help="at most this many examples per task")
-    evaluate.add_argument(
-        "--apply-chat-template", action="store_true", help="wrap prompts in the chat template"
-    )
-    evaluate.set_defaults(func=run_eval)
+    preset = FULL if args.full else MINI if args.mini else {}
+    noise_levels = tuple(args.noise_levels) if args.noise_levels else None
+    overrides = {"seeds": args.seeds, "noise_levels": noise_levels, "epochs": args.epochs,
+                 "learning_rate": args.learning_rate}  # fmt: skip
+    config = DemoConfig(output=args.output, rebuild=args.rebuild, **preset)
+    demo(dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None}))
+    return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="poft", description="Preference-Oriented Supervised Fine-Tuning.")
-    sub = parser.add_subparsers(dest="command", metavar="<command>")
+def run_tiny_example(config: TinyExampleConfig) -> int:
+    """`poft tiny-example --output DIR`: a tiny model and a small scored dataset for trying `poft train`."""
+    from .example import write_tiny_example
 
-    train = sub.add_parser(
-        "train", add_help=False, help="train with PoFT / bi-PoFT / SFT (`poft train --help` for all options)"
-    )
-    train.set_defaults(func=None, argv_func=run_train)
+    paths = write_tiny_example(config.output, n_rows=config.rows, seed=config.seed)
+    print(f"poft: wrote {paths['model']} and {paths['data']}")
+    return 0
 
-    add_score_parser(sub)
-    add_pipeline_parsers(sub)
 
-    tiny = sub.add_parser("tiny-example", help="write a tiny model and a small scored dataset (offline)")
-    tiny.add_argument("--output", required=True, help="folder to write model/ and train.jsonl into")
-    tiny.add_argument("--rows", type=int, default=256, help="number of training rows")
-    tiny.add_argument("--seed", type=int, default=0, help="random seed")
-    tiny.set_defaults(func=run_tiny_example)
+def train_options() -> tuple[type, ...]:
+    from trl import ModelConfig, ScriptArguments
 
-    add_demo_parser(sub)
+    from .trainer import PoFTConfig
+
+    return ScriptArguments, PoFTConfig, ModelConfig, DatasetFormatArguments
+
+
+def dpo_options() -> tuple[type, ...]:
+    from trl import ModelConfig, ScriptArguments
+
+    from .dpo import PoFTDPOConfig
+
+    return ScriptArguments, PoFTDPOConfig, ModelConfig
+
+
+class Command(NamedTuple):
+    help: str
+    options: Callable[[], tuple[type, ...]]  # the option dataclasses, in the order `run` takes them
+    run: Callable[..., int]
+    positional: str | None = None  # an option that may also be given as a bare word: `poft inspect DIR`
+
+
+# In the paper's order: train (or score -> inspect -> filter -> train) -> dpo -> eval.
+COMMANDS = {
+    "train": Command("train with PoFT / bi-PoFT / SFT (TRL's SFTConfig options plus PoFT's)",
+                     train_options, run_train),
+    "score": Command("score every example with every aligned model (resumable; torchrun to scale out)",
+                     lambda: (ScoreConfig,), run_score),
+    "inspect": Command("audit a `poft score` folder: statistics, figures, extreme rows",
+                       lambda: (InspectConfig,), run_inspect, positional="dir"),
+    "filter": Command("keep the best rows by ref_score (or any numeric column)",
+                      lambda: (FilterConfig,), run_filter, positional="dir"),
+    "dpo": Command("DPO from a PoFT checkpoint (TRL's DPOConfig options)", dpo_options, run_dpo),
+    "eval": Command("lm-evaluation-harness benchmarks (default: Open LLM Leaderboard v1)",
+                    lambda: (EvalConfig,), run_eval),
+    "tiny-example": Command("write a tiny model and a small scored dataset (offline)",
+                            lambda: (TinyExampleConfig,), run_tiny_example),
+    "demo": Command("offline end-to-end experiment: SFT vs PoFT vs bi-PoFT on noisy data, with a report",
+                    lambda: (DemoArguments,), run_demo),
+}  # fmt: skip
+
+
+def command_parser(name: str) -> argparse.ArgumentParser:
+    """TRL's parser over the command's option dataclasses, plus `--config` (and the bare-word positional)."""
+    from trl import TrlParser
+
+    command = COMMANDS[name]
+    parser = TrlParser(command.options(), prog=f"poft {name}", description=command.help)
+    # TrlParser reads --config itself before argparse sees the arguments: this entry is for --help only
+    parser.add_argument("--config", default=argparse.SUPPRESS, metavar="YAML",
+                        help="Options from a YAML file (keys are the option names); the command line overrides it.")  # fmt: skip
+    if command.positional:
+        parser.add_argument(command.positional, nargs="?", default=argparse.SUPPRESS,
+                            metavar=command.positional.upper(), help=f"Same as --{command.positional}.")  # fmt: skip
     return parser
+
+
+def top_parser() -> argparse.ArgumentParser:
+    """`poft --help` (the table's one-line helps) and `poft --version`; the command's parser does the rest."""
+    top = argparse.ArgumentParser(prog="poft", description="Preference-Oriented Supervised Fine-Tuning.",
+                                  epilog="`poft <command> --help` lists a command's options.")  # fmt: skip
+    top.add_argument("--version", action="version", version=f"poft {__version__}")
+    sub = top.add_subparsers(dest="command", metavar="<command>", required=True)
+    for name, command in COMMANDS.items():
+        sub.add_parser(name, help=command.help, add_help=False)
+    return top
+
+
+class Parsed(NamedTuple):
+    name: str
+    parser: argparse.ArgumentParser
+    options: tuple  # one instance per dataclass of the command's `options()`
+
+
+def parse_command(argv: list[str]) -> Parsed:
+    """`["score", "--config", "s.yaml", "--max_length", "512"]` -> the options `run_score` would get.
+
+    Exits like argparse: 0 after --help or --version, 2 on an unknown command or a usage error (a config
+    dataclass refusing a combination of options included).
+    """
+    name = top_parser().parse_args(argv[:1]).command
+    parser = command_parser(name)
+    try:
+        options = parser.parse_args_and_config(args=argv[1:])
+    except (ValueError, OSError) as e:  # an unreadable --config, unknown keys in it, a refused combination
+        parser.error(str(e))
+    return Parsed(name, parser, options)
 
 
 def leave_distributed_run(code: int) -> int:
@@ -367,18 +305,16 @@ def leave_distributed_run(code: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    if args.command is None:
-        parser.print_help()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:
+        top_parser().print_help()
         return 2
-    argv_func: Callable[[list[str]], int] | None = getattr(args, "argv_func", None)
-    if argv_func is not None:
-        return leave_distributed_run(argv_func(argv[1:]))
-    if rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    return leave_distributed_run(args.func(args))
+    parsed = parse_command(argv)
+    try:
+        code = COMMANDS[parsed.name].run(*parsed.options)
+    except UsageError as e:
+        parsed.parser.error(str(e))
+    return leave_distributed_run(code)
 
 
 if __name__ == "__main__":
