@@ -28,39 +28,12 @@ from dataclasses import dataclass
 from transformers import PreTrainedTokenizerBase
 from transformers.utils.chat_template_utils import render_jinja_template
 
-KNOWN_ROLES = frozenset({"system", "user", "assistant", "tool"})
 _SENTINEL = "POFTSENTINEL7361"
 _GENERATION_RE = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 
 class ChatTemplateError(ValueError):
     """The tokenizer's chat template cannot be used to locate response tokens."""
-
-
-class RowError(ValueError):
-    """One conversation is malformed (the message says which field and why)."""
-
-
-def validate_messages(messages: object) -> list[dict]:
-    """Check a conversation's shape; return it as a list of {role, content} dicts or raise RowError."""
-    if not isinstance(messages, list) or not messages:
-        raise RowError("`messages` must be a non-empty list of {role, content} objects")
-    n_assistant = 0
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise RowError(f"messages[{i}] is a {type(message).__name__}, not an object")
-        role, content = message.get("role"), message.get("content")
-        if role not in KNOWN_ROLES:
-            raise RowError(f"messages[{i}].role is {role!r}; expected one of {sorted(KNOWN_ROLES)}")
-        if not isinstance(content, str):
-            raise RowError(f"messages[{i}].content is {type(content).__name__}, not a string")
-        if role == "assistant":
-            if not content.strip():
-                raise RowError(f"messages[{i}].content (assistant) is empty")
-            n_assistant += 1
-    if n_assistant == 0:
-        raise RowError("no assistant turn")
-    return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
 @dataclass(frozen=True)
@@ -120,8 +93,7 @@ class ChatFormat:
         return rendered, spans
 
     def encode(self, messages: list[dict], max_length: int | None = None) -> TokenizedChat:
-        """Encode one conversation (validated first; RowError for bad rows, ChatTemplateError for templates)."""
-        messages = validate_messages(messages)
+        """Encode one conversation, as `readers.validate_messages` returns it (ChatTemplateError for templates)."""
         rendered, spans = self.render(messages)
         enc = self.tokenizer(rendered, add_special_tokens=False, return_offsets_mapping=True)
         ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
@@ -134,8 +106,7 @@ class ChatFormat:
         truncated = max_length is not None and len(ids) > max_length
         if truncated:
             ids, mask = ids[:max_length], mask[:max_length]
-        response_bytes = sum(len(m["content"].encode("utf-8")) for m in messages if m["role"] == "assistant")
-        return TokenizedChat(ids, mask, truncated, response_bytes)
+        return TokenizedChat(ids, mask, truncated, response_bytes(messages))
 
     def _marker_spans(self, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
         try:
@@ -153,6 +124,11 @@ class ChatFormat:
                 end += len(self.end_of_turn)
             spans.append((start, end))
         return text, spans
+
+
+def response_bytes(messages: list[dict]) -> int:
+    """UTF-8 bytes of all assistant contents: the tokenizer-independent denominator of normalization='byte'."""
+    return sum(len(m["content"].encode("utf-8")) for m in messages if m["role"] == "assistant")
 
 
 def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict], name: str) -> str:

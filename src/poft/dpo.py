@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 from datasets import Dataset
 from trl import DPOConfig
 
-from .chat import RowError
-from .formats import message_list_from_text
+from .readers import RowError, message_list_from_text, read_rows, row_id
 
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
 
@@ -74,26 +73,35 @@ def normalize_preference_row(row: dict) -> dict:
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
-def normalize_preferences(dataset: Dataset, source: str = "dataset") -> Dataset:
-    """Check and normalise every row (errors name source, row, id and field); keep only the DPO columns."""
-    missing = [c for c in ("chosen", "rejected") if c not in dataset.column_names]
+def load_preferences(source: str | Dataset, split: str = "train", config: str | None = None) -> Dataset:
+    """Read preference pairs through `readers.read_rows` and normalise them (`normalize_preference_row`).
+
+    Errors name source, line/row, id and field; a line that is not a JSON object stops the read.
+    """
+    raw = read_rows(source, split, config)
+    if raw.bad:
+        b = raw.bad[0]
+        raise RowError(f"{raw.source}: {b['row']}: {b['problem']} ({len(raw.bad)} such lines)")
+    missing = [c for c in ("chosen", "rejected") if c not in raw.columns]
     if missing:
         raise ValueError(
-            f"{source}: preference data needs `chosen` and `rejected` (and usually `prompt`); "
-            f"missing {missing} (columns: {dataset.column_names})"
+            f"{raw.source}: preference data needs `chosen` and `rejected` (and usually `prompt`); "
+            f"missing {missing} (columns: {raw.columns})"
         )
-    id_column = next((c for c in ("id", "prompt_id") if c in dataset.column_names), None)
-
-    def normalise(row: dict, index: int) -> dict:
+    pairs = []
+    for i, row in enumerate(raw.iter_rows([*PREFERENCE_COLUMNS, "id", "prompt_id"])):
         try:
-            return normalize_preference_row(row)
+            pairs.append(normalize_preference_row(row))
         except RowError as e:
-            name = row.get(id_column) if id_column else None
-            raise RowError(f"{source}: row {index} (id={name}): {e}") from e
-
-    columns = [c for c in PREFERENCE_COLUMNS if c in dataset.column_names]
-    normalised = dataset.select_columns(columns).map(
-        normalise, with_indices=True, desc="Reading preference pairs"
+            raise RowError(f"{raw.source}: {raw.where(i)} (id={row_id(row)}): {e}") from e
+    if not pairs:
+        raise ValueError(f"{raw.source}: no rows")
+    print(
+        f"poft: {raw.source} [{split}]: {len(pairs)} preference pairs (conversational prompt/chosen/rejected)"
     )
-    print(f"poft: {source}: {len(normalised)} preference pairs (conversational prompt/chosen/rejected)")
-    return normalised
+    return Dataset.from_list(pairs)
+
+
+def normalize_preferences(dataset: Dataset, source: str = "dataset") -> Dataset:
+    """`load_preferences` for a Dataset already in memory."""
+    return load_preferences(dataset)

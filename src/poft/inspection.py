@@ -19,25 +19,25 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from datasets import Dataset, load_from_disk
+from datasets import Dataset
+
+from .readers import read_sft
 
 QUANTILES = (0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0)
 
 
 def read_scored(folder: str | Path) -> tuple[Dataset, dict]:
-    """The scored dataset and its `poft score` manifest (for a `poft filter` folder, the one it was cut from;
-    {} when there is none: aliases then come from the columns and scores are taken as token-normalised)."""
+    """The scored dataset (through `readers.read_sft`, which refuses an unfinished `poft score` folder) and
+    its `poft score` manifest (for a `poft filter` folder, the one it was cut from; {} when there is none:
+    aliases then come from the columns and scores are taken as token-normalised)."""
     folder = Path(folder)
-    if (folder / "scoring_config.json").exists() and not (folder / "manifest.json").exists():
-        raise ValueError(
-            f"{folder}: `poft score` did not finish this folder (no manifest.json); re-run the same command"
-        )
+    dataset = read_sft(str(folder), on_bad_row="skip").dataset
     manifest = {}
     if (folder / "manifest.json").exists():
         manifest = json.loads((folder / "manifest.json").read_text())
     elif (folder / "filter.json").exists():
         manifest = json.loads((folder / "filter.json").read_text()).get("score_manifest", {})
-    return load_from_disk(str(folder)), manifest
+    return dataset, manifest
 
 
 def aligned_aliases(dataset: Dataset, manifest: dict) -> list[str]:

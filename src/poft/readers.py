@@ -1,71 +1,545 @@
-"""The one reader: file / folder / Hub id -> rows of `messages` + `id` (+ `label`). (Being rewritten.)"""
+"""The one reader: a file, a folder or a Hub id -> rows of `messages` + `id` + `fingerprint` (+ `label`).
+
+`poft score`, `poft train`, `poft filter`, `poft inspect` and `poft dpo` all read data here, so the
+conversations scored by one are exactly the conversations trained on by another. Route, top to bottom:
+
+    read_rows      source -> raw rows. JSON / JSON-lines files are parsed here, each line exactly once, by
+                   `json` (never by `datasets`, whose JSON builder guesses one type per field and then
+                   decodes JSON-looking strings such as "5" into numbers); lines are split on "\\n" only
+                   (a raw U+2028 or U+0085 inside a string is text, not a line break). Parquet / CSV files,
+                   `save_to_disk` folders, dataset folders and Hub ids are read by `datasets` (Arrow keeps
+                   one type per column, so nothing is guessed).
+    detect_format  the format, from the column names alone (or forced), printed once:
+                     messages           `messages` of {role, content} (UltraChat, TRL); content may also be
+                                        OpenAI-style parts [{"type": "text", "text": ...}] (text parts joined)
+                     sharegpt           `conversations` of {from, value}; from in human/user, gpt/assistant,
+                                        system (ShareGPT dumps, OpenHermes-2.5)
+                     alpaca             `instruction`, optional `input`, `output`: user = instruction, then a
+                                        blank line and the input when it is not empty
+                     prompt_completion  `prompt` + `completion`, each a string (a user / assistant turn) or a
+                                        list of messages (in CSV: a JSON list of {role, content}; any other
+                                        text, JSON-looking or not, is text)
+    sft_messages   one row -> a validated conversation, or RowError naming the field (`validate_messages`
+                   is the only place a conversation is checked);
+    read_sft       every row: conversation, `id` (the row's `id` or `prompt_id` as text, else the first 16
+                   hex digits of its fingerprint), `fingerprint` (`fingerprint()`: a hash of roles and
+                   contents; a stored one, written by `poft score`, is kept so the trainer can tell a row
+                   edited after scoring), `label` (`parse_label`); `on_bad_row` applied once: "error" stops
+                   naming source, line/row, id and field, "skip" drops and records the rows.
+
+Other columns are kept with their values and types (scores from IFD / Deita / Instag, `ref_score`...).
+No reader ever changes a value's type; the only conversions are the documented ones above.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-from collections.abc import Callable
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset, load_from_disk
 
-from .formats import check_json_file, normalize_conversations
-
+FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion")
+ON_BAD_ROW = ("error", "skip")
+KNOWN_ROLES = frozenset({"system", "user", "assistant", "tool"})
+SHAREGPT_ROLES = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+}
+SOURCE_COLUMNS = {
+    "messages": ("messages",),
+    "sharegpt": ("conversations",),
+    "alpaca": ("instruction", "input", "output"),
+    "prompt_completion": ("prompt", "completion"),
+}
+FINGERPRINT_COLUMN = "fingerprint"
+_DESCRIPTIONS = {
+    "messages": "`messages` of {role, content}",
+    "sharegpt": "ShareGPT `conversations` of {from, value}",
+    "alpaca": "Alpaca `instruction`/`input`/`output`",
+    "prompt_completion": "`prompt`/`completion`",
+}
 _FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
-def load_sft_dataset(
-    name_or_path: str,
-    split: str = "train",
-    config: str | None = None,
-    *,
-    format: str | None = None,
-    on_bad_row: str = "error",
-) -> Dataset:
-    """Load SFT data and normalise it to `messages` + `id` (+ `label`), whatever format it is in.
+class RowError(ValueError):
+    """A row (or line) that cannot be read; the message names the field and why (and source, line, id)."""
 
-    Sources: a local JSON/JSONL/Parquet/CSV file, a `save_to_disk` folder, or a Hub dataset id or a
-    dataset repository folder (with split and config). The format (messages, ShareGPT, Alpaca, prompt/completion) is detected from the columns
-    or forced with `format`; see `formats.py`. JSON files are parsed line by line first, so a malformed
-    or cut line is an error naming the file and line rather than a silently short dataset.
+
+# ------------------------------------------------------------------------------------------- one row
+
+
+def fingerprint(messages: list[dict]) -> str:
+    """Stable hash of a conversation's roles and contents (32 hex digits); other message keys are ignored.
+
+    `poft score` stores it per row; training refuses a row whose text no longer has it, so scores can never
+    be joined to an edited, re-ordered or different conversation.
     """
-    raw, where = load_raw_dataset(name_or_path, split, config)
-    return normalize_conversations(raw, format, source=name_or_path, where=where, on_bad_row=on_bad_row)
+    canonical = json.dumps(
+        [[m["role"], m["content"]] for m in messages], ensure_ascii=False, separators=(",", ":")
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
 
 
-def load_raw_dataset(
-    name_or_path: str, split: str, config: str | None
-) -> tuple[Dataset, Callable[[int], str] | None]:
-    """The rows as stored, and how to name row i in errors (a line number for JSON-lines files)."""
-    path = Path(name_or_path)
+def _content_text(content: object, where: str) -> str:
+    """Message content as text: a string, or OpenAI-style content parts whose text parts are joined."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and content and all(isinstance(p, dict) for p in content):
+        texts = []
+        for j, part in enumerate(content):
+            if part.get("type") != "text":
+                raise RowError(
+                    f"{where}.content[{j}] is a {part.get('type')!r} part; only text parts can be read"
+                )
+            if not isinstance(part.get("text"), str):
+                raise RowError(
+                    f"{where}.content[{j}].text is {type(part.get('text')).__name__}, not a string"
+                )
+            texts.append(part["text"])
+        return "".join(texts)  # chat templates render consecutive text parts without a separator
+    raise RowError(f"{where}.content is {type(content).__name__}, not a string (or a list of text parts)")
+
+
+def validate_messages(messages: object) -> list[dict]:
+    """A conversation as a list of {role, content} strings, or RowError naming the field.
+
+    Known roles only, every content text (content parts joined), every assistant turn non-empty, at least
+    one assistant turn. Other message keys are dropped.
+    """
+    if not isinstance(messages, list) or not messages:
+        raise RowError("`messages` must be a non-empty list of {role, content} objects")
+    out = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise RowError(f"messages[{i}] is a {type(message).__name__}, not an object")
+        role = message.get("role")
+        if role not in KNOWN_ROLES:
+            raise RowError(f"messages[{i}].role is {role!r}; expected one of {sorted(KNOWN_ROLES)}")
+        content = _content_text(message.get("content"), f"messages[{i}]")
+        if role == "assistant" and not content.strip():
+            raise RowError(f"messages[{i}].content (assistant) is empty")
+        out.append({"role": role, "content": content})
+    if not any(m["role"] == "assistant" for m in out):
+        raise RowError("no assistant turn")
+    return out
+
+
+def message_list_from_text(text: str) -> list[dict] | None:
+    """The messages a CSV cell holds as JSON text, or None: a prompt or completion is often plain text that
+    merely looks like JSON ("[1, 3, 2] sort this", "{name}"), and that text is the turn, not an error."""
+    if not text.lstrip().startswith("["):
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    is_messages = isinstance(value, list) and value and all(isinstance(m, dict) for m in value)
+    return value if is_messages and all({"role", "content"} <= m.keys() for m in value) else None
+
+
+def _json_list_cell(value: object, field_name: str) -> object:
+    """A list column stored as JSON text (CSV cells) -> the list; anything else is returned as is."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as e:
+            raise RowError(f"{field_name} is text that is not valid JSON ({e.msg})") from e
+    return value
+
+
+def _turns(value: object, field_name: str, role: str) -> list[dict]:
+    """A prompt or completion: text is one turn of `role`, a list is messages (content checked later)."""
+    if isinstance(value, str):
+        value = message_list_from_text(value) or value
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    if isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
+        return list(value)
+    raise RowError(
+        f"{field_name} is {type(value).__name__}; expected a string or a list of {{role, content}}"
+    )
+
+
+def sft_messages(row: dict, fmt: str) -> list[dict]:
+    """One row in format `fmt` -> its validated conversation (RowError names the field)."""
+    if fmt in ("messages", "sharegpt") and row.get(SOURCE_COLUMNS[fmt][0]) is None:
+        raise RowError(f"no `{SOURCE_COLUMNS[fmt][0]}`")
+    if fmt == "messages":
+        return validate_messages(_json_list_cell(row.get("messages"), "messages"))
+    if fmt == "sharegpt":
+        turns = _json_list_cell(row.get("conversations"), "conversations")
+        if not isinstance(turns, list) or not turns:
+            raise RowError("conversations must be a non-empty list of {from, value} objects")
+        messages = []
+        for i, turn in enumerate(turns):
+            if not isinstance(turn, dict):
+                raise RowError(f"conversations[{i}] is a {type(turn).__name__}, not an object")
+            speaker, value = turn.get("from"), turn.get("value")
+            if speaker not in SHAREGPT_ROLES:
+                raise RowError(
+                    f"conversations[{i}].from is {speaker!r}; expected one of {sorted(SHAREGPT_ROLES)}"
+                )
+            if not isinstance(value, str):
+                raise RowError(f"conversations[{i}].value is {type(value).__name__}, not a string")
+            messages.append({"role": SHAREGPT_ROLES[speaker], "content": value})
+        return validate_messages(messages)
+    if fmt == "alpaca":
+        instruction, extra, output = row.get("instruction"), row.get("input"), row.get("output")
+        for name, value in (("instruction", instruction), ("output", output)):
+            if not isinstance(value, str) or not value.strip():
+                raise RowError(f"{name} is {value!r}; expected a non-empty string")
+        if extra is not None and not isinstance(extra, str):
+            raise RowError(f"input is {type(extra).__name__}, not a string")
+        user = f"{instruction}\n\n{extra}" if extra and extra.strip() else instruction
+        return validate_messages(
+            [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+        )
+    prompt = _turns(row.get("prompt"), "prompt", "user")
+    return validate_messages(prompt + _turns(row.get("completion"), "completion", "assistant"))
+
+
+def parse_label(value: object, field_name: str = "label") -> bool | None:
+    """A KTO-style label: true = desirable. Accepts booleans, "true"/"false", 1 / 0 / -1; None stays None."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    if isinstance(value, (int, float)) and value in (1, 0, -1):
+        return value == 1
+    raise RowError(f"{field_name} is {value!r}; expected true/false (KTO style: true = desirable) or +1/-1")
+
+
+def row_id(row: dict) -> str | None:
+    """The row's own id (`id`, else `prompt_id`) as text, or None."""
+    for key in ("id", "prompt_id"):
+        if row.get(key) is not None:
+            return str(row[key])
+    return None
+
+
+def detect_format(columns: list[str]) -> str:
+    """The SFT format a dataset is in, from its column names alone (rows are never guessed from)."""
+    names = set(columns)
+    if "messages" in names:
+        return "messages"
+    if "conversations" in names:
+        return "sharegpt"
+    if {"instruction", "output"} <= names:
+        return "alpaca"
+    if {"prompt", "completion"} <= names:
+        return "prompt_completion"
+    if {"chosen", "rejected"} <= names:
+        raise ValueError(
+            f"columns {sorted(names)} are preference pairs (chosen/rejected): use `poft dpo`, not SFT readers"
+        )
+    raise ValueError(
+        f"cannot tell the data format from the columns {sorted(names)}; expected `messages`, `conversations` "
+        "(ShareGPT), `instruction`+`output` (Alpaca) or `prompt`+`completion`"
+    )
+
+
+# ------------------------------------------------------------------------------------------ raw rows
+
+
+@dataclass
+class RawRows:
+    """Rows as stored: parsed JSON values (`rows`) or an Arrow-backed dataset (`table`), never both.
+
+    `lines[i]` is the file line of row i for JSON-lines files; `bad` lists lines that are not rows at all
+    (malformed JSON, a JSON value that is not an object), as {"row", "id", "problem"}.
+    """
+
+    source: str
+    columns: list[str]
+    rows: list[dict] | None = None
+    table: Dataset | None = None
+    lines: list[int] | None = None
+    bad: list[dict] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.rows) if self.rows is not None else len(self.table)
+
+    def where(self, i: int) -> str:
+        return f"line {self.lines[i]}" if self.lines is not None else f"row {i}"
+
+    def iter_rows(self, columns: list[str]) -> Iterator[dict]:
+        """Each row as a dict of `columns` (a missing key is None), in order."""
+        if self.rows is not None:
+            for row in self.rows:
+                yield {c: row.get(c) for c in columns}
+            return
+        present = [c for c in columns if c in self.table.column_names]
+        n = len(self.table)
+        if not present:
+            yield from ({c: None for c in columns} for _ in range(n))
+            return
+        for batch in self.table.select_columns(present).iter(batch_size=1024):
+            for k in range(len(batch[present[0]])):
+                yield {c: batch[c][k] if c in batch else None for c in columns}
+
+    def assemble(self, kept: list[int], replaced: list[str], new: dict[str, list]) -> Dataset:
+        """The kept rows with the `new` columns (one value per kept row) in place of the `replaced` ones.
+
+        Column order is kept: the first replaced column's place takes the first new column, a new column
+        with the name of an existing one takes its place, the other new columns come last.
+        """
+        order: list[str] = []
+        for column in self.columns:
+            if column in new:
+                order.append(column)
+            elif column in replaced:
+                order.extend(c for c in new if c not in self.columns and c not in order)
+            else:
+                order.append(column)
+        order.extend(c for c in new if c not in order)
+        if self.rows is not None:
+            columns = {c: new[c] if c in new else [self.rows[i].get(c) for i in kept] for c in order}
+            return _dataset_from_columns(columns, self.source, [self.where(i) for i in kept])
+        others = [c for c in self.table.column_names if c not in replaced and c not in new]
+        added = Dataset.from_dict(new)
+        if not others:
+            return added.select_columns(order)
+        table = self.table.select_columns(others)
+        table = table if len(kept) == len(table) else table.select(kept)
+        return concatenate_datasets([table, added], axis=1).select_columns(order)
+
+
+def _dataset_from_columns(columns: dict[str, list], source: str, where: list[str]) -> Dataset:
+    """Arrow columns from Python values; a column whose rows hold different types is named, not guessed."""
+    try:
+        return Dataset.from_dict(columns)
+    except Exception as e:  # pyarrow raises ArrowInvalid / ArrowTypeError without naming the column
+        import pyarrow as pa
+
+        for name, values in columns.items():
+            try:
+                pa.array(values)
+            except Exception:
+                kinds = [type(v).__name__ for v in values]
+                first = next(k for k in kinds if k != "NoneType")
+                odd = next(i for i, k in enumerate(kinds) if k not in (first, "NoneType"))
+                raise ValueError(
+                    f"{source}: column {name!r} holds a {first} in some rows and a {kinds[odd]} in others "
+                    f"(first at {where[odd]}); a column needs one type"
+                ) from e
+        raise
+
+
+def _read_json_file(path: Path) -> RawRows:
+    """Parse a JSON array file or a JSON-lines file, each line exactly once."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ValueError(f"{path}: line {line}: not valid UTF-8 text ({e.reason})") from e
+    text = text.removeprefix("\ufeff")
+    if text.lstrip().startswith("["):
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: line {e.lineno}, column {e.colno}: malformed JSON ({e.msg})") from e
+        rows, bad = [], []
+        for i, value in enumerate(values):
+            if isinstance(value, dict):
+                rows.append(value)
+            else:
+                bad.append(
+                    {
+                        "row": f"row {i}",
+                        "id": None,
+                        "problem": f"a JSON {type(value).__name__}, not an object",
+                    }
+                )
+        if bad:  # rows of an array are named by position: leaving one out would shift the names
+            raise ValueError(
+                f"{path}: a JSON array file must hold objects, one per row ({bad[0]['row']} is not)"
+            )
+        return RawRows(str(path), _union_columns(rows), rows=rows)
+    rows, lines, bad = [], [], []
+    pieces = text.split("\n")  # not splitlines(): U+2028, U+0085, \x1c... inside a string are text
+    for line_no, line in enumerate(pieces, start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as e:
+            cut = line_no == len(pieces) and not text.endswith("\n")
+            problem = (
+                "the file ends in the middle of this line (cut download?)"
+                if cut
+                else f"malformed JSON ({e.msg})"
+            )
+            bad.append({"row": f"line {line_no}", "id": None, "problem": problem})
+            continue
+        if not isinstance(value, dict):
+            bad.append(
+                {
+                    "row": f"line {line_no}",
+                    "id": None,
+                    "problem": f"a JSON {type(value).__name__}, not an object",
+                }
+            )
+            continue
+        rows.append(value)
+        lines.append(line_no)
+    return RawRows(str(path), _union_columns(rows), rows=rows, lines=lines, bad=bad)
+
+
+def _union_columns(rows: list[dict]) -> list[str]:
+    columns: dict[str, None] = {}
+    for row in rows:
+        columns.update(dict.fromkeys(row))
+    return list(columns)
+
+
+def _check_score_folder(path: Path) -> None:
+    if (path / "scoring_config.json").exists() and not (path / "manifest.json").exists():
+        raise ValueError(  # `poft score` writes manifest.json last, once the scored dataset is complete
+            f"{path}: `poft score` did not finish this folder (no manifest.json; killed or out of disk?). "
+            "Re-run the same `poft score` command: it resumes from the finished shards and completes it"
+        )
+
+
+def read_rows(source: str | Path | Dataset, split: str = "train", config: str | None = None) -> RawRows:
+    """Rows as stored in a file, a `save_to_disk` folder, a dataset folder, a Hub dataset or a Dataset."""
+    if isinstance(source, Dataset):
+        return RawRows("dataset", list(source.column_names), table=source)
+    name = str(source)
+    path = Path(name)
     if path.is_file():
         builder = _FILE_BUILDERS.get(path.suffix.lower())
         if builder is None:
             raise ValueError(
                 f"{path}: unsupported file type {path.suffix!r}; use one of {sorted(_FILE_BUILDERS)}"
             )
-        where = None
         if builder == "json":
-            lines = check_json_file(path)
-            where = (lambda i: f"line {lines[i]}") if lines is not None else None
-        return load_dataset(builder, data_files=str(path), split="train"), where
-    if path.is_dir() and (path / "scoring_config.json").exists() and not (path / "manifest.json").exists():
-        raise ValueError(  # `poft score` writes manifest.json last, once the scored dataset is complete
-            f"{path}: `poft score` did not finish this folder (no manifest.json; killed or out of disk?). "
-            "Re-run the same `poft score` command: it resumes from the finished shards and completes it"
+            return _read_json_file(path)
+        table = load_dataset(builder, data_files=str(path), split="train")
+        return RawRows(name, list(table.column_names), table=table)
+    if path.is_dir():
+        _check_score_folder(path)
+        if any((path / f).exists() for f in ("dataset_info.json", "dataset_dict.json", "state.json")):
+            loaded = load_from_disk(str(path))
+            if isinstance(loaded, DatasetDict):
+                if split not in loaded:
+                    raise ValueError(f"{path}: no split {split!r}; it has {sorted(loaded)}")
+                loaded = loaded[split]
+        else:  # a dataset repository on disk (a Hub clone: data files, README `configs:`)
+            loaded = load_dataset(str(path), name=config, split=split)
+        return RawRows(name, list(loaded.column_names), table=loaded)
+    if path.suffix.lower() in _FILE_BUILDERS or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise FileNotFoundError(f"{name}: no such file or folder")
+    table = load_dataset(name, name=config, split=split)
+    return RawRows(name, list(table.column_names), table=table)
+
+
+# ------------------------------------------------------------------------------------------ SFT rows
+
+
+@dataclass
+class SFTRows:
+    """What `read_sft` read: the conversations, and the rows it left out (on_bad_row="skip")."""
+
+    dataset: Dataset  # messages, id, fingerprint (+ label), other columns; in input order
+    source: str
+    format: str
+    bad: list[dict]  # {"row": "line 12" / "row 3", "id", "problem"} per row left out
+    n_rows_in: int  # rows (and non-empty lines) in the input, bad ones included
+
+
+def read_sft(
+    source: str | Path | Dataset,
+    split: str = "train",
+    config: str | None = None,
+    *,
+    format: str | None = None,
+    on_bad_row: str = "error",
+    name: str | None = None,
+) -> SFTRows:
+    """Read SFT data in any supported format; every row validated once, bad rows handled once.
+
+    `name` names a Dataset source in messages (default "dataset"). Raises RowError (on_bad_row="error")
+    naming source, line/row, id and field for the first bad rows; ValueError for file-level problems.
+    """
+    if format is not None and format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    if on_bad_row not in ON_BAD_ROW:
+        raise ValueError(f"on_bad_row must be one of {ON_BAD_ROW}, got {on_bad_row!r}")
+    raw = read_rows(source, split, config)
+    source_name = name or raw.source
+    if len(raw) == 0 and not raw.bad:
+        raise ValueError(f"{source_name}: no rows")
+    fmt = format or detect_format(raw.columns or ["messages"])
+    required = [c for c in SOURCE_COLUMNS[fmt] if c != "input"]
+    missing = [c for c in required if c not in raw.columns]
+    if missing and len(raw):
+        raise ValueError(f"{source_name}: format {fmt!r} needs columns {missing} (columns: {raw.columns})")
+    if not isinstance(source, Dataset) or fmt != "messages":
+        _say(
+            f"poft: {source_name}: {_DESCRIPTIONS[fmt]} ({'forced' if format else 'detected'}), {len(raw)} rows"
         )
-    if path.is_dir() and (
-        (path / "dataset_info.json").exists()
-        or (path / "dataset_dict.json").exists()
-        or (path / "state.json").exists()
-    ):
-        loaded = load_from_disk(str(path))
-        if isinstance(loaded, DatasetDict):
-            if split not in loaded:
-                raise ValueError(f"{path}: no split {split!r}; it has {sorted(loaded)}")
-            return loaded[split], None
-        return loaded, None
-    if path.is_dir():  # a dataset repository on disk (a Hub clone: data files, README `configs:`)
-        return load_dataset(str(path), name=config, split=split), None
-    if path.exists() or os.sep in name_or_path and not name_or_path.count("/") == 1:
-        raise ValueError(f"{name_or_path}: not a data file, a `save_to_disk` folder or a dataset folder")
-    return load_dataset(name_or_path, name=config, split=split), None
+    has_label = "label" in raw.columns
+    stored = FINGERPRINT_COLUMN in raw.columns
+    wanted = [*SOURCE_COLUMNS[fmt], "id", "prompt_id", "label", FINGERPRINT_COLUMN]
+    kept: list[int] = []
+    new: dict[str, list] = {"messages": [], "id": [], FINGERPRINT_COLUMN: []}
+    if has_label:
+        new["label"] = []
+    bad = list(raw.bad)
+    for i, row in enumerate(raw.iter_rows(wanted)):
+        try:
+            messages = sft_messages(row, fmt)
+            label = parse_label(row["label"]) if has_label else None
+        except RowError as e:
+            bad.append({"row": raw.where(i), "id": row_id(row), "problem": str(e)})
+            continue
+        kept.append(i)
+        digest = row[FINGERPRINT_COLUMN] if stored and row[FINGERPRINT_COLUMN] else fingerprint(messages)
+        new["messages"].append(messages)
+        new["id"].append(row_id(row) or fingerprint(messages)[:16])
+        new[FINGERPRINT_COLUMN].append(digest)
+        if has_label:
+            new["label"].append(label)
+    n_rows_in = len(raw) + len(raw.bad)
+    if bad:
+        bad.sort(key=lambda b: (b["row"].split()[0], int(b["row"].split()[1])))
+        _report_bad(bad, source_name, fmt, on_bad_row, n_rows_in)
+    if not kept:
+        raise ValueError(f"{source_name}: none of its {n_rows_in} rows can be read as {fmt}")
+    return SFTRows(raw.assemble(kept, list(SOURCE_COLUMNS[fmt]), new), source_name, fmt, bad, n_rows_in)
+
+
+def load_sft_dataset(
+    source: str | Path | Dataset,
+    split: str = "train",
+    config: str | None = None,
+    *,
+    format: str | None = None,
+    on_bad_row: str = "error",
+) -> Dataset:
+    """`read_sft(...).dataset`: the rows as `messages` + `id` + `fingerprint` (+ `label`) + other columns."""
+    return read_sft(source, split, config, format=format, on_bad_row=on_bad_row).dataset
+
+
+def _report_bad(bad: list[dict], source: str, fmt: str, on_bad_row: str, total: int) -> None:
+    named = "; ".join(f"{b['row']} (id={b['id']}): {b['problem']}" for b in bad[:5])
+    more = f"; ... {len(bad) - 5} more" if len(bad) > 5 else ""
+    if on_bad_row == "error":
+        raise RowError(
+            f"{source}: {len(bad)} of {total} rows cannot be read as {fmt}: {named}{more}. Fix them, or pass "
+            "--on-bad-row skip to leave them out"
+        )
+    _say(f"poft: {source}: skipped {len(bad)} of {total} rows that cannot be read as {fmt}: {named}{more}")
+
+
+def _say(text: str) -> None:
+    if os.environ.get("RANK", "0") == "0":  # every process of a multi-process run reads the data; one says so
+        print(text)

@@ -13,7 +13,8 @@ number of processes) may change between restarts.
 
 The scored dataset is complete only when `manifest.json` exists: finalising deletes it, writes the dataset,
 then writes it again atomically, so a kill or a full disk while the dataset is written leaves a folder that
-readers refuse (`data.load_raw_dataset`) and that a re-run finalises again.
+readers refuse (`readers.read_rows`) and that a re-run finalises again. `finalize` does that: every model's
+shards merged in row order, `ref_score` = mean of the models' normalised scores, save, fsync, manifest last.
 """
 
 from __future__ import annotations
@@ -25,10 +26,16 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import torch
+from datasets import Dataset, concatenate_datasets
+
+from .loss import normalize_scores
+from .readers import FINGERPRINT_COLUMN
 
 SHARDS_DIR = "shards"
 CONFIG_FILE = "scoring_config.json"
 MANIFEST_FILE = "manifest.json"  # written last: its presence means the scored dataset is complete
+SCORE_SUFFIXES = ("_logp_sum", "_n_tokens", "_truncated")
 
 
 class RunMismatchError(ValueError):
@@ -155,3 +162,116 @@ def check_run_config(output: Path, config: dict, *, write: bool) -> None:
             )
     elif write:
         write_json_atomic(path, config)
+
+
+def finalize(
+    output: Path,
+    dataset: Dataset,
+    *,
+    fingerprints: list[str],
+    response_bytes: list[int],
+    models: list[dict],
+    run: dict,
+    stats: list[dict],
+    normalization: str,
+) -> Dataset:
+    """Merge every model's shards in row order, add the score columns, save, fsync, write the manifest last.
+
+    `models`: one manifest entry per aligned model (alias, identity, template facts); `run`: what the
+    manifest records of the run besides the models (source, row counts, bad rows, settings, processes);
+    `stats`: per process, per alias {"rows", "tokens", "seconds"} of this run.
+    """
+    columns: dict[str, object] = {
+        FINGERPRINT_COLUMN: fingerprints,
+        "response_bytes": np.asarray(response_bytes, dtype=np.int64),
+    }
+    per_model = [_merge_model(output, entry, len(dataset), columns, normalization) for entry in models]
+    columns["ref_score"] = np.mean([m.pop("scores") for m in per_model], axis=0)
+    replaced = [c for c in columns if c in dataset.column_names]
+    if set(replaced) - {FINGERPRINT_COLUMN}:  # the reader always gives a fingerprint; scores are news
+        print(f"poft: replacing existing columns {replaced} with new scores")
+    dataset = dataset.remove_columns(replaced)
+    scored = concatenate_datasets([dataset, Dataset.from_dict(columns)], axis=1)
+    # From here until the manifest is written again, readers refuse the folder as unfinished
+    (output / MANIFEST_FILE).unlink(missing_ok=True)
+    try:
+        scored.save_to_disk(str(output))
+        _sync_to_disk(output)
+    except OSError as e:
+        raise OutputWriteError(
+            e.errno,
+            f"cannot write the scored dataset to {output}: {e.strerror or e}. Every shard is kept: "
+            "fix the cause and re-run the same command to finish (nothing is scored again)",
+        ) from e
+    aliases = [m["alias"] for m in models]
+    tokens = sum(s[a]["tokens"] for s in stats for a in aliases)
+    seconds = sum(max(s[a]["seconds"] for s in stats) for a in aliases)
+    manifest = {
+        "dataset": {**run["dataset"], "n_rows_out": len(scored)},
+        "models": per_model,
+        "normalization": normalization,
+        **run["settings"],
+        "counts": {
+            "dropped": len(run["bad_rows"]),
+            "truncated": {m["alias"]: m["n_truncated"] for m in per_model},
+            "ref_score_nan": int(np.isnan(columns["ref_score"]).sum()),
+        },
+        "bad_rows": run["bad_rows"],
+        "throughput": {
+            "processes": len(stats),
+            "tokens_this_run": tokens,
+            "scoring_seconds_this_run": round(seconds, 3),  # tokenise + forward, slowest process
+            "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
+        },
+        "columns": scored.column_names,
+    }
+    write_json_atomic(output / MANIFEST_FILE, manifest)  # last: marks the folder complete
+    rate = f", {tokens / seconds:,.0f} tok/s" if seconds > 0 else ""
+    print(
+        f"poft: scored {len(scored)} rows with {len(models)} models -> {output} "
+        f"({len(run['bad_rows'])} bad rows skipped, {tokens} tokens this run{rate})"
+    )
+    return scored
+
+
+def _merge_model(output: Path, entry: dict, n_rows: int, columns: dict, normalization: str) -> dict:
+    """Add one model's columns (from its shards, in row order); return its manifest entry + normalised scores."""
+    alias = entry["alias"]
+    merged = merge_shards(output, alias, n_rows)
+    missing = np.flatnonzero(merged["n_tokens"] < 0)
+    if len(missing):
+        raise RuntimeError(f"{alias}: {len(missing)} rows have no score (rows {missing[:5].tolist()}...)")
+    for suffix, key in zip(SCORE_SUFFIXES, ("logp_sum", "n_tokens", "truncated"), strict=True):
+        columns[alias + suffix] = merged[key]
+    scores = (
+        normalize_scores(
+            torch.from_numpy(merged["logp_sum"]),
+            torch.from_numpy(merged["n_tokens"]),
+            normalization=normalization,
+            response_bytes=torch.from_numpy(columns["response_bytes"]),
+        )
+        .double()
+        .numpy()
+    )
+    scores[merged["n_tokens"] == 0] = np.nan  # the whole response was truncated away
+    return {
+        **entry,
+        "n_truncated": int(merged["truncated"].sum()),
+        "n_without_response_tokens": int((merged["n_tokens"] == 0).sum()),
+        "response_tokens": int(merged["n_tokens"].sum()),
+        "scores": scores,
+    }
+
+
+def _sync_to_disk(folder: Path) -> None:
+    """fsync the dataset files and the folder before the manifest vouches for them: a kill cannot lose data
+    the kernel already has, but a power cut can lose what it has not yet written out."""
+    for path in folder.iterdir():
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -12,42 +12,16 @@ stops naming the rows). Columns produced for the trainer:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections import Counter
-from collections.abc import Sequence
 
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
-from .chat import ChatFormat, RowError
+from .chat import ChatFormat
+from .readers import FINGERPRINT_COLUMN, RowError, fingerprint, parse_label, read_sft
 
-FINGERPRINT_COLUMN = "fingerprint"
 SCORE_COLUMNS = ("poft_ref_score", "poft_direction", "poft_response_bytes")
-
-
-def _direction(value: object) -> int:
-    """+1 / -1 from a KTO-style label (True = desirable); None counts as +1."""
-    if value is None:
-        return 1
-    if isinstance(value, bool):
-        return 1 if value else -1
-    if isinstance(value, (int, float)) and value in (1, -1, 0):
-        return 1 if value == 1 else -1
-    raise RowError(f"label is {value!r}; expected true/false (or +1/-1)")
-
-
-def row_fingerprint(messages: Sequence[dict]) -> str:
-    """Stable hash of a conversation's roles and contents (32 hex chars); other message keys are ignored.
-
-    `poft score` stores it per row; the trainer recomputes it from the text it trains on, so scores can
-    never be joined to an edited, re-ordered or different conversation.
-    """
-    canonical = json.dumps(
-        [[m["role"], m["content"]] for m in messages], ensure_ascii=False, separators=(",", ":")
-    )
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
 
 
 def _encode_row(
@@ -61,14 +35,16 @@ def _encode_row(
 ) -> dict:
     out = {"input_ids": [], "labels": [], "poft_problem": "", "poft_truncated": False, "poft_stale": False}
     out.update(poft_ref_score=float("nan"), poft_direction=1, poft_response_bytes=0)
-    try:
-        encoded = chat.encode(row.get("messages"), max_length)
-        if direction_column is not None:
-            out["poft_direction"] = _direction(row.get(direction_column))
-    except RowError as e:
-        out["poft_problem"] = f"bad conversation ({e})"
-        return out
-    out["poft_stale"] = check_fingerprint and row.get(FINGERPRINT_COLUMN) != row_fingerprint(row["messages"])
+    if direction_column is not None:
+        try:
+            out["poft_direction"] = (
+                -1 if parse_label(row.get(direction_column), direction_column) is False else 1
+            )
+        except RowError as e:
+            out["poft_problem"] = f"bad label ({e})"
+            return out
+    encoded = chat.encode(row["messages"], max_length)
+    out["poft_stale"] = check_fingerprint and row[FINGERPRINT_COLUMN] != fingerprint(row["messages"])
     out["input_ids"] = encoded.input_ids
     out["labels"] = [t if m else -100 for t, m in zip(encoded.input_ids, encoded.response_mask, strict=True)]
     out["poft_truncated"] = encoded.truncated
@@ -98,15 +74,11 @@ def prepare_training_dataset(
     num_proc: int | None = None,
     model_name: str = "target model",
 ) -> Dataset:
-    """Tokenise conversations under the target's template, attach scores, drop (or refuse) bad rows.
+    """Read the rows (`readers.read_sft`: any SFT format, each conversation validated, bad ones dropped or
+    refused), tokenise them under the target's template, attach scores, drop (or refuse) untrainable rows.
 
     ref_score_column=None means scores are not needed (SFT). direction_column=None means all rows +1.
     """
-    if "messages" not in dataset.column_names:
-        raise ValueError(
-            f"{dataset_name} dataset: no `messages` column (columns: {dataset.column_names}); "
-            "PoFT trains on conversations of {role, content} messages"
-        )
     if ref_score_column is not None and ref_score_column not in dataset.column_names:
         raise ValueError(
             f"{dataset_name} dataset: no {ref_score_column!r} column with reference scores "
@@ -117,6 +89,7 @@ def prepare_training_dataset(
             f"poft: {dataset_name} dataset has no {direction_column!r} column: every row counts as desirable"
         )
         direction_column = None
+    dataset = read_sft(dataset, on_bad_row=on_bad_row, name=f"{dataset_name} dataset").dataset
     chat = ChatFormat.from_tokenizer(tokenizer, model_name)
     encoded = dataset.map(
         _encode_row,
@@ -126,7 +99,7 @@ def prepare_training_dataset(
             "max_length": max_length,
             "ref_score_column": ref_score_column,
             "direction_column": direction_column,
-            "check_fingerprint": ref_score_column is not None and FINGERPRINT_COLUMN in dataset.column_names,
+            "check_fingerprint": ref_score_column is not None,
         },
         num_proc=num_proc,
         desc=f"Encoding {dataset_name} conversations under the target's chat template",
@@ -136,7 +109,7 @@ def prepare_training_dataset(
     bad = [i for i, p in enumerate(problems) if p]
     if bad and on_bad_row == "error":
         ids = dataset[bad[:5]]
-        named = [f"row {i} (id={_row_id(ids, k)}): {problems[i]}" for k, i in enumerate(bad[:5])]
+        named = [f"row {i} (id={ids['id'][k]}): {problems[i]}" for k, i in enumerate(bad[:5])]
         raise ValueError(
             f"{dataset_name} dataset: {len(bad)} of {len(problems)} rows cannot be trained on: "
             + "; ".join(named)
@@ -160,7 +133,7 @@ def _refuse_stale_scores(encoded: Dataset, dataset: Dataset, dataset_name: str) 
     if not stale:
         return
     rows = dataset[stale[:5]]
-    named = ", ".join(f"row {i} (id={_row_id(rows, k)})" for k, i in enumerate(stale[:5]))
+    named = ", ".join(f"row {i} (id={rows['id'][k]})" for k, i in enumerate(stale[:5]))
     raise ValueError(
         f"{dataset_name} dataset: {len(stale)} of {len(encoded)} rows no longer match the conversation that was "
         f"scored (their `{FINGERPRINT_COLUMN}` differs from the text's): {named}{', ...' if len(stale) > 5 else ''}. "
@@ -206,10 +179,3 @@ def scores_per_sequence(example: dict, key: str) -> list[float]:
     lengths = example.get("seq_lengths", [len(values)])
     starts = [sum(lengths[:i]) for i in range(len(lengths))]
     return [values[start] for start in starts]
-
-
-def _row_id(rows: dict, k: int) -> object:
-    for key in ("id", "prompt_id"):
-        if key in rows:
-            return rows[key][k]
-    return None

@@ -2,7 +2,8 @@
 
 import pytest
 
-from poft.chat import ChatFormat, ChatTemplateError, RowError
+from poft.chat import ChatFormat, ChatTemplateError
+from poft.readers import RowError, validate_messages
 from poft.tiny import CHATML_TEMPLATE, build_tokenizer
 
 EOT = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>", "zephyr": "</s>"}
@@ -112,9 +113,9 @@ def test_truncation_keeps_the_start_and_flags(tokenizers):
         ([{"role": "user", "content": "hi"}, "assistant: x"], "not an object"),
     ],
 )
-def test_bad_rows_raise_row_error(tokenizers, messages, match):
+def test_bad_rows_raise_row_error(messages, match):
     with pytest.raises(RowError, match=match):
-        ChatFormat.from_tokenizer(tokenizers["chatml"]).encode(messages)
+        validate_messages(messages)
 
 
 def test_templates_it_cannot_handle_name_the_model():

@@ -5,7 +5,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_chat import masked_segments  # same folder: pytest puts it on sys.path
 
-from poft.chat import KNOWN_ROLES, ChatFormat, RowError
+from poft.chat import ChatFormat
+from poft.readers import KNOWN_ROLES, RowError, validate_messages
 
 TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=60)
 LONG_TEXT = st.text(st.characters(min_codepoint=32, max_codepoint=0x2FFF), min_size=500, max_size=1500)
@@ -58,9 +59,9 @@ def test_mask_is_exact_or_the_row_is_refused(tokenizers, family, messages):
     chat = ChatFormat.from_tokenizer(tokenizer, family)
     if not is_valid(messages):
         with pytest.raises(RowError):
-            chat.encode(messages)
+            validate_messages(messages)
         return
-    encoded = chat.encode(messages)
+    encoded = chat.encode(validate_messages(messages))
     rendered, spans = chat.render(messages)
     ids = tokenizer(rendered, add_special_tokens=False, return_offsets_mapping=True)
     offsets = list(ids["offset_mapping"])

@@ -16,13 +16,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from poft.chat import ChatFormat, ChatTemplateError, RowError
+from poft.aligned import parse_model_spec
+from poft.chat import ChatFormat, ChatTemplateError
 from poft.logprobs import chunked_token_log_probs, token_budget_batches
-from poft.scoring import (
-    parse_model_spec,
-    row_fingerprint,
-    score_dataset,
-)
+from poft.readers import RowError
+from poft.readers import fingerprint as row_fingerprint
+from poft.scoring import score_dataset
 from poft.shards import RunMismatchError, shard_files
 from poft.tiny import build_model, build_tokenizer
 
@@ -218,7 +217,7 @@ def test_bad_rows_stop_the_run_naming_file_line_id_and_problem(aligned, tmp_path
     with pytest.raises(RowError) as err:
         score_dataset(str(data), [aligned["chatml"]], tmp_path / "out", progress=False)
     message = str(err.value)
-    assert str(data) in message and "6 bad rows" in message
+    assert str(data) in message and "6 of 8 rows cannot be read" in message
     assert "line 2 (id=None): malformed JSON" in message and "line 3 (id=u1): no assistant turn" in message
 
 

@@ -7,11 +7,9 @@ import pandas as pd
 import pytest
 from datasets import Dataset
 
-from poft.chat import RowError
 from poft.dpo import normalize_preference_row
 from poft.evaluation import LEADERBOARD_V1, parse_tasks
-from poft.formats import conversation_id, detect_format
-from poft.readers import load_sft_dataset
+from poft.readers import RowError, detect_format, fingerprint, load_sft_dataset, read_sft
 
 CONVERSATIONS = [
     [{"role": "user", "content": "add 2 and 3"}, {"role": "assistant", "content": "5"}],
@@ -67,7 +65,7 @@ def test_sharegpt_jsonl_reads_like_messages_and_says_so(tmp_path, capsys):
     assert "ShareGPT `conversations` of {from, value} (detected), 2 rows" in capsys.readouterr().out
     assert data["messages"] == CONVERSATIONS
     assert "conversations" not in data.column_names
-    assert data["id"] == [conversation_id(c) for c in CONVERSATIONS]
+    assert data["id"] == [fingerprint(c)[:16] for c in CONVERSATIONS]
 
 
 def test_id_label_and_other_columns_are_carried_through(tmp_path):
@@ -83,9 +81,7 @@ def test_alpaca_joins_instruction_and_input():
         {"instruction": "Add the numbers.", "input": "2 3", "output": "5"},
         {"instruction": "Say hi.", "input": "", "output": "hi"},
     ]
-    from poft.formats import normalize_conversations
-
-    data = normalize_conversations(Dataset.from_list(rows))
+    data = load_sft_dataset(Dataset.from_list(rows))
     assert data["messages"] == [
         [{"role": "user", "content": "Add the numbers.\n\n2 3"}, {"role": "assistant", "content": "5"}],
         [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "hi"}],
@@ -120,7 +116,7 @@ def test_every_file_type_gives_the_same_rows(tmp_path):
     for source in (jsonl, str(array), str(parquet), str(csv), str(folder)):
         data = load_sft_dataset(source)
         assert data["messages"] == CONVERSATIONS, source
-        assert data["id"] == [conversation_id(c) for c in CONVERSATIONS], source
+        assert data["id"] == [fingerprint(c)[:16] for c in CONVERSATIONS], source
 
 
 def test_format_can_be_forced(tmp_path, capsys):
@@ -138,7 +134,9 @@ def test_file_cut_mid_line_is_an_error(tmp_path):
     path = tmp_path / "cut.jsonl"
     text = "".join(json.dumps({"messages": c}) + "\n" for c in CONVERSATIONS)
     path.write_text(text[:-15])  # a download cut inside the last row
-    with pytest.raises(ValueError, match=r"cut\.jsonl: line 2: the file ends in the middle of this line"):
+    with pytest.raises(
+        RowError, match=r"cut\.jsonl: .*line 2 \(id=None\): the file ends in the middle of this line"
+    ):
         load_sft_dataset(str(path))
 
 
@@ -150,7 +148,7 @@ def test_malformed_middle_line_and_json_array_name_the_line(tmp_path):
         + json.dumps({"messages": CONVERSATIONS[1]})
         + "\n"
     )
-    with pytest.raises(ValueError, match=r"bad\.jsonl: line 2: malformed JSON"):
+    with pytest.raises(RowError, match=r"bad\.jsonl: 1 of 3 rows .*line 2 \(id=None\): malformed JSON"):
         load_sft_dataset(str(path))
     array = tmp_path / "bad.json"
     array.write_text('[\n {"messages": []},\n {"messages": [}\n]')
@@ -167,18 +165,17 @@ def test_bad_rows_name_file_line_id_and_field(tmp_path):
     with pytest.raises(RowError) as error:
         load_sft_dataset(path)
     message = str(error.value)
-    assert "sg.jsonl: 2 rows cannot be read as sharegpt" in message
+    assert "sg.jsonl: 2 of 4 rows cannot be read as sharegpt" in message
     assert "line 3 (id=u7): conversations[1].from is 'bot'" in message
     assert "line 4 (id=u8): conversations[0].value is NoneType, not a string" in message
-    skipped = load_sft_dataset(path, on_bad_row="skip")  # kept as messages=None: scorer/trainer drop them
-    assert skipped["messages"][2:] == [None, None] and len(skipped) == 4
+    skipped = read_sft(path, on_bad_row="skip")  # left out, and recorded for the scorer's manifest
+    assert skipped.dataset["messages"] == CONVERSATIONS and skipped.n_rows_in == 4
+    assert [(b["row"], b["id"]) for b in skipped.bad] == [("line 3", "u7"), ("line 4", "u8")]
 
 
 def test_integer_labels_become_booleans():
-    from poft.formats import normalize_conversations
-
     rows = [{"messages": CONVERSATIONS[0], "label": v} for v in (1, -1, 0)]
-    assert normalize_conversations(Dataset.from_list(rows))["label"] == [True, False, False]
+    assert load_sft_dataset(Dataset.from_list(rows))["label"] == [True, False, False]
 
 
 def test_bad_alpaca_row_and_bad_label(tmp_path):
@@ -189,13 +186,12 @@ def test_bad_alpaca_row_and_bad_label(tmp_path):
         load_sft_dataset(write_jsonl(tmp_path / "l.jsonl", rows))
 
 
-def test_messages_rows_with_ids_pass_through_untouched():
-    dataset = Dataset.from_list(
-        [{"messages": c, "id": f"x{i}", "ref_score": -1.0} for i, c in enumerate(CONVERSATIONS)]
-    )
-    from poft.formats import normalize_conversations
-
-    assert normalize_conversations(dataset) is dataset
+def test_messages_rows_with_ids_pass_through_untouched(capsys):
+    rows = [{"messages": c, "id": f"x{i}", "ref_score": -1.0} for i, c in enumerate(CONVERSATIONS)]
+    data = load_sft_dataset(Dataset.from_list(rows))
+    assert data.column_names == ["messages", "id", "ref_score", "fingerprint"]  # order kept, one column added
+    assert data.to_list() == [dict(r, fingerprint=fingerprint(r["messages"])) for r in rows]
+    assert capsys.readouterr().out == ""  # nothing converted, nothing dropped: nothing to say
 
 
 @pytest.mark.parametrize(
@@ -266,3 +262,78 @@ def test_preference_text_that_looks_like_json_is_text():
         "chosen": [{"role": "assistant", "content": "[1, 2, 3]"}],
         "rejected": [{"role": "assistant", "content": "{3, 2, 1}"}],
     }
+
+
+def numbers_rows(n: int = 64) -> list[dict]:
+    """Arithmetic answers that look like JSON numbers ("5"): a reader that re-types values turns them into 5."""
+    return [
+        {
+            "messages": [
+                {"role": "user", "content": f"add {i} and 3"},
+                {"role": "assistant", "content": str(i + 3)},
+            ]
+        }
+        for i in range(n)
+    ]
+
+
+def test_openai_content_parts_are_text_and_no_other_row_changes(tmp_path, capsys):
+    """Regression: one row with OpenAI-style content parts used to make `datasets` decode the whole field as
+    JSON, so 29 of 64 valid rows (answers like "5") became numbers and were dropped with only a count."""
+    rows = numbers_rows()
+    rows[10]["messages"][0]["content"] = [
+        {"type": "text", "text": "add 10 "},
+        {"type": "text", "text": "and 3"},
+    ]
+    data = read_sft(write_jsonl(tmp_path / "parts.jsonl", rows))
+    assert data.bad == [] and len(data.dataset) == 64
+    answers = [m[1]["content"] for m in data.dataset["messages"]]
+    assert answers == [str(i + 3) for i in range(64)]  # text stays text
+    assert data.dataset["messages"][10][0] == {"role": "user", "content": "add 10 and 3"}
+    assert "skipped" not in capsys.readouterr().out
+
+
+def test_non_text_content_part_is_a_named_error(tmp_path):
+    rows = numbers_rows(3)
+    rows[1]["id"] = "img"
+    rows[1]["messages"][0]["content"] = [{"type": "image_url", "image_url": {"url": "x.png"}}]
+    with pytest.raises(
+        RowError, match=r"line 2 \(id=img\): messages\[0\]\.content\[0\] is a 'image_url' part"
+    ):
+        load_sft_dataset(write_jsonl(tmp_path / "img.jsonl", rows))
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\u0085", "\x1c", "\r"])
+def test_unicode_line_separators_inside_strings_are_text(tmp_path, separator):
+    """Regression: a raw U+2028 / U+0085 inside a JSON string (what json.dumps(ensure_ascii=False) writes) was
+    refused as malformed JSON, because str.splitlines() splits on it."""
+    rows = numbers_rows(3)
+    rows[1]["messages"][1]["content"] = f"4{separator}five"
+    path = tmp_path / "sep.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    data = load_sft_dataset(str(path))
+    assert data["messages"][1][1]["content"] == f"4{separator}five" and len(data) == 3
+
+
+def test_a_column_with_two_types_is_named_with_its_line(tmp_path):
+    rows = [dict(r, quality=0.5) for r in numbers_rows(4)]
+    rows[2]["quality"] = "high"
+    with pytest.raises(ValueError, match=r"column 'quality' holds a float in some rows and a str .*line 3"):
+        load_sft_dataset(write_jsonl(tmp_path / "q.jsonl", rows))
+
+
+def test_file_level_problems_are_one_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.jsonl: no such file"):
+        load_sft_dataset(str(tmp_path / "nope.jsonl"))
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(ValueError, match="empty.jsonl: no rows"):
+        load_sft_dataset(str(tmp_path / "empty.jsonl"))
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"messages": []}\n{"x": "caf\xe9"}\n')
+    with pytest.raises(ValueError, match=r"latin1.jsonl: line 2: not valid UTF-8"):
+        load_sft_dataset(str(tmp_path / "latin1.jsonl"))
+
+
+def test_a_stored_fingerprint_is_kept_for_the_trainer_to_check(tmp_path):
+    rows = [dict(r, fingerprint="0" * 32) for r in numbers_rows(2)]
+    data = load_sft_dataset(Dataset.from_list(rows))
+    assert data["fingerprint"] == ["0" * 32] * 2  # poft score's record of what was scored is not overwritten
