@@ -5,8 +5,8 @@
 
 Same Llama-architecture configs (a small one and one with a 128k vocabulary), same batch, same sequence
 lengths, forward + backward of one micro-batch:
-  (a) sft       PoFTTrainer(loss_type="sft"): TRL's own loss through its fused LM head
-  (b) poft      PoFTTrainer(loss_type="poft"): the same fused head, per-sequence reduction, Bradley-Terry loss
+  (a) sft       PoFTTrainer(objective="sft"): TRL's own loss through its fused LM head
+  (b) poft      PoFTTrainer(objective="poft"): the same fused head, per-sequence reduction, Bradley-Terry loss
   (c) official  the official code's formulation: full [B, T, V] logits, CE with reduction="none", per-example
                 mean over response tokens, -log(sigmoid(.)) (re-implemented here, no code copied)
 Time: the three run interleaved in this process (rounds of a, b, c), median per variant.
@@ -80,7 +80,7 @@ def make_step(variant: str, model, tokenizer, dataset, seq_len: int):
     """A closure running forward + backward of one batch for `variant`, and the batch's token count."""
     args = PoFTConfig(
         output_dir="/tmp/poft-bench",
-        loss_type="sft" if variant == "sft" else "poft",
+        objective="sft" if variant == "sft" else "poft",
         per_device_train_batch_size=len(dataset),
         max_length=seq_len,
         bf16=False,

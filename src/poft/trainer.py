@@ -2,8 +2,10 @@
 
 What changes relative to SFTTrainer, and nothing else (LoRA, DeepSpeed/FSDP, gradient checkpointing and
 every other TRL option work as in SFT):
+- `objective` chooses PoFT, bi-PoFT or plain SFT; TRL's own `loss_type` keeps TRL's meaning ('nll' | 'dft'),
+  so `objective='sft', loss_type='dft'` is TRL's DFT, a baseline on the same tokens;
 - conversations are encoded by poft.chat under the target's own template: labels cover the response
-  tokens only (assistant contents + end-of-turn), for every loss type, so SFT and PoFT see the same tokens;
+  tokens only (assistant contents + end-of-turn), for every objective, so SFT and PoFT see the same tokens;
 - the reference score (and bi-PoFT direction) columns survive TRL's preparation and collation;
 - compute_loss turns TRL's fused per-token log-probs (no [tokens x vocab] logits kept) into per-example
   scores r_theta and applies `poft_loss`, averaged over the examples of the whole optimizer step
@@ -37,20 +39,30 @@ from .training_data import (
     spread_scores_over_tokens,
 )
 
-LOSS_TYPES = ("poft", "bi_poft", "sft")
+OBJECTIVES = ("poft", "bi_poft", "sft")
+TRL_LOSS_TYPES = ("nll", "dft", "chunked_nll")  # SFTConfig.loss_type ('chunked_nll': TRL's deprecated 'nll')
 
 
 @dataclass
 class PoFTConfig(SFTConfig):
     """SFTConfig plus the PoFT objective. Every SFTConfig / TrainingArguments field keeps its meaning."""
 
-    loss_type: str = field(
+    objective: str = field(
         default="poft",
         metadata={
             "help": "'poft': -logsigmoid(beta*(r_theta - r_ref) + gamma); 'bi_poft': the margin is multiplied by "
-            "each row's direction (+1 desirable, -1 undesirable, from `direction_column`); 'sft': exactly TRL's "
-            "token-level cross-entropy on the same response tokens (the baseline users run today).",
-            "choices": list(LOSS_TYPES),
+            "each row's direction (+1 desirable, -1 undesirable, from `direction_column`); 'sft': TRL's own "
+            "token loss (`loss_type`: 'nll' cross-entropy, or 'dft') on the same response tokens, the baseline.",
+            "choices": list(OBJECTIVES),
+        },
+    )
+    loss_type: str = field(
+        default="nll",
+        metadata={
+            "help": "TRL's token loss, used with objective='sft': 'nll' (cross-entropy) or 'dft' (Dynamic "
+            "Fine-Tuning: each token's NLL times its detached probability). PoFT replaces the loss, so "
+            "objective='poft'/'bi_poft' need 'nll'. Deprecated: 'poft', 'bi_poft', 'sft' here mean `objective`.",
+            "choices": [*TRL_LOSS_TYPES, *OBJECTIVES],
         },
     )
     beta: float = field(default=1.0, metadata={"help": "Scale of the score margin (paper: 1.0)."})
@@ -82,10 +94,21 @@ class PoFTConfig(SFTConfig):
         },
     )
 
+    @property
+    def uses_scores(self) -> bool:
+        """Whether training reads reference scores: PoFT and bi-PoFT do, 'sft' trains on the tokens alone."""
+        return self.objective != "sft"
+
     def __post_init__(self):
+        self._read_deprecated_loss_type()
         super().__post_init__()
-        if self.loss_type not in LOSS_TYPES:
-            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.uses_scores and self.loss_type == "dft":
+            raise ValueError(
+                f"loss_type='dft' is a token loss and objective={self.objective!r} replaces the loss: use "
+                "objective='sft' with loss_type='dft' for TRL's DFT baseline, or loss_type='nll' with PoFT"
+            )
         if self.score_normalization not in NORMALIZATIONS:
             raise ValueError(
                 f"score_normalization must be one of {NORMALIZATIONS}, got {self.score_normalization!r}"
@@ -103,6 +126,24 @@ class PoFTConfig(SFTConfig):
                 stacklevel=2,
             )
             self.assistant_only_loss = False
+
+    def _read_deprecated_loss_type(self) -> None:
+        """`loss_type: poft|bi_poft|sft` (recipes written before `objective` existed) sets `objective`."""
+        if self.loss_type not in OBJECTIVES:
+            return
+        if self.objective not in ("poft", self.loss_type):  # "poft" is the default: not a choice we can see
+            raise ValueError(
+                f"objective={self.objective!r} and loss_type={self.loss_type!r} disagree; loss_type "
+                f"'{self.loss_type}' is the deprecated spelling of objective: set objective only (TRL's "
+                "loss_type is 'nll' or 'dft')"
+            )
+        warnings.warn(
+            f"loss_type={self.loss_type!r} is deprecated as PoFT's objective (TRL's loss_type is 'nll' | "
+            f"'dft'): use objective={self.loss_type!r}; read as objective={self.loss_type!r}, loss_type='nll'",
+            FutureWarning,
+            stacklevel=4,
+        )
+        self.objective, self.loss_type = self.loss_type, "nll"
 
 
 def _load_tokenizer(model_name_or_path: str):
@@ -133,7 +174,11 @@ class ScoreCollator:
 
 
 class PoFTTrainer(SFTTrainer):
-    """SFTTrainer whose loss is PoFT / bi-PoFT (or, with loss_type='sft', TRL's own loss unchanged)."""
+    """SFTTrainer whose loss is PoFT / bi-PoFT (or, with objective='sft', TRL's own loss unchanged).
+
+    `args.uses_scores` is the one switch between the two: reference-score columns, the score collator, the
+    example count of a step and the PoFT loss exist only when it is true.
+    """
 
     _tag_names = ["trl", "sft", "poft"]
 
@@ -141,20 +186,14 @@ class PoFTTrainer(SFTTrainer):
         args = args if args is not None else PoFTConfig(output_dir="poft-output")
         if not isinstance(args, PoFTConfig):
             raise TypeError(f"PoFTTrainer needs a PoFTConfig, got {type(args).__name__}")
-        self.poft_loss_type = args.loss_type
-        if self.poft_loss_type != "sft" and args.packing and args.packing_strategy == "wrapped":
+        if args.uses_scores and args.packing and args.packing_strategy == "wrapped":
             raise ValueError(
                 "packing_strategy='wrapped' cuts sequences apart; PoFT needs whole sequences ('bfd')"
             )
         if isinstance(model, str) and kwargs.get("processing_class") is None:
             kwargs["processing_class"] = _load_tokenizer(model)
-        # TRL validates its own loss names ('nll', 'dft'); the PoFT choice lives on the trainer during init
-        args.loss_type = "nll"
-        try:
-            super().__init__(model, args=args, **kwargs)
-        finally:
-            args.loss_type = self.poft_loss_type
-        if self.poft_loss_type != "sft":
+        super().__init__(model, args=args, **kwargs)
+        if args.uses_scores:
             self.data_collator = ScoreCollator(self.data_collator)
             # compute_loss divides by the number of examples in the whole optimizer step (see get_batch_samples)
             self.loss_is_scaled_for_ga = True
@@ -167,26 +206,25 @@ class PoFTTrainer(SFTTrainer):
             and "input_ids" not in dataset.column_names
             and formatting_func is None
         ):
-            needs_scores = self.poft_loss_type != "sft"
             tokenizer = getattr(processing_class, "tokenizer", processing_class)
             dataset = prepare_training_dataset(
                 dataset,
                 tokenizer,
                 max_length=args.max_length,
-                ref_score_column=args.ref_score_column if needs_scores else None,
-                direction_column=args.direction_column if self.poft_loss_type == "bi_poft" else None,
+                ref_score_column=args.ref_score_column if args.uses_scores else None,
+                direction_column=args.direction_column if args.objective == "bi_poft" else None,
                 on_bad_row=args.on_bad_row,
                 dataset_name=dataset_name,
                 num_proc=args.dataset_num_proc,
                 model_name=getattr(tokenizer, "name_or_path", None) or "target model",
             )
-        elif self.poft_loss_type != "sft":
+        elif args.uses_scores:
             if not isinstance(dataset, Dataset) or not set(SCORE_COLUMNS) <= set(dataset.column_names):
                 raise ValueError(
                     f"{dataset_name} dataset: PoFT needs a map-style dataset of `messages` (+ reference scores), "
                     f"or pre-tokenised rows with columns {SCORE_COLUMNS}; got {type(dataset).__name__}"
                 )
-        if self.poft_loss_type == "sft" or not (packing or self.padding_free):
+        if not args.uses_scores or not (packing or self.padding_free):
             return super()._prepare_dataset(
                 dataset, processing_class, args, packing, formatting_func, dataset_name
             )
@@ -201,13 +239,13 @@ class PoFTTrainer(SFTTrainer):
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        if self.poft_loss_type != "sft":
+        if self.args.uses_scores:
             self._signature_columns = [*self._signature_columns, *SCORE_COLUMNS]
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """PoFT averages over examples: count the examples of the whole optimizer step, on every process."""
         batch_samples, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
-        if self.poft_loss_type == "sft":
+        if not self.args.uses_scores:
             return batch_samples, num_items
         n_examples = torch.tensor(sum(len(b["poft_ref_score"]) for b in batch_samples), device=device)
         if self.args.world_size > 1:
@@ -217,7 +255,7 @@ class PoFTTrainer(SFTTrainer):
     # ---- loss -------------------------------------------------------------------------------------------------
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.poft_loss_type == "sft":
+        if not self.args.uses_scores:  # TRL's token loss ('nll' or 'dft') on the response labels
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         args: PoFTConfig = self.args
         ref_scores = inputs.pop("poft_ref_score")
@@ -236,7 +274,7 @@ class PoFTTrainer(SFTTrainer):
         policy_scores = normalize_scores(
             sums, counts, normalization=args.score_normalization, response_bytes=response_bytes
         )
-        z = direction if self.poft_loss_type == "bi_poft" else None
+        z = direction if args.objective == "bi_poft" else None
         losses = poft_loss(policy_scores, ref_scores, beta=args.beta, gamma=args.gamma, direction=z)
         if num_items_in_batch is None:  # evaluation: mean over this batch
             loss = losses.mean()

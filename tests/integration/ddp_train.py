@@ -1,6 +1,6 @@
 """One optimizer step of PoFT, written to OUT/weights.pt; run under torchrun or as a plain process.
 
-usage: python ddp_train.py MODEL_DIR DATA_JSONL OUT_DIR PER_DEVICE_BATCH GRAD_ACCUM [LOSS_TYPE [DEEPSPEED_JSON]]
+usage: python ddp_train.py MODEL_DIR DATA_JSONL OUT_DIR PER_DEVICE_BATCH GRAD_ACCUM [OBJECTIVE [DEEPSPEED_JSON]]
 """
 
 import os
@@ -17,12 +17,12 @@ from poft.cli import leave_distributed_run  # noqa: E402
 
 def main() -> None:
     model_dir, data, out, batch, accum = sys.argv[1:6]
-    loss_type = sys.argv[6] if len(sys.argv) > 6 else "poft"
+    objective = sys.argv[6] if len(sys.argv) > 6 else "poft"
     deepspeed = sys.argv[7] if len(sys.argv) > 7 else None
     torch.set_num_threads(1)
     args = PoFTConfig(
         output_dir=out,
-        loss_type=loss_type,
+        objective=objective,
         per_device_train_batch_size=int(batch),
         gradient_accumulation_steps=int(accum),
         max_steps=1,

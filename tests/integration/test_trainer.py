@@ -28,7 +28,7 @@ POFT_METRICS = [
 ]
 
 
-def cpu_config(tmp_path, **overrides) -> PoFTConfig:
+def cpu_config(tmp_path, config_class=PoFTConfig, **overrides) -> PoFTConfig:
     settings = dict(
         output_dir=str(tmp_path / "out"),
         per_device_train_batch_size=4,
@@ -42,7 +42,7 @@ def cpu_config(tmp_path, **overrides) -> PoFTConfig:
         seed=0,
     )
     settings.update(overrides)
-    return PoFTConfig(**settings)
+    return config_class(**settings)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_loss_equals_mean_poft_loss_over_examples(tiny, tmp_path):
 
 def test_sft_is_trls_token_level_cross_entropy(tiny, tmp_path):
     args = cpu_config(
-        tmp_path, loss_type="sft", per_device_train_batch_size=8, max_steps=1, learning_rate=0.0
+        tmp_path, objective="sft", per_device_train_batch_size=8, max_steps=1, learning_rate=0.0
     )
     rows = [{k: v for k, v in r.items() if k != "ref_score"} for r in tiny["rows"]]  # SFT needs no scores
     trainer = PoFTTrainer(model=tiny["model"], args=args, train_dataset=Dataset.from_list(rows))
@@ -118,13 +118,112 @@ def test_sft_is_trls_token_level_cross_entropy(tiny, tmp_path):
     assert "poft/weight" not in trainer.state.log_history[0]
 
 
+def first_batch_loss_and_grads(trainer) -> tuple[float, dict[str, torch.Tensor]]:
+    """compute_loss on the trainer's first training batch (no optimizer step) and the gradients it gives."""
+    model = trainer.model
+    model.train()
+    model.zero_grad()
+    batch = next(iter(trainer.get_train_dataloader()))
+    loss = trainer.compute_loss(model, batch)
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    return loss.item(), grads
+
+
+def test_sft_with_dft_is_trls_dft_on_the_same_response_tokens(tiny, tmp_path):
+    """objective='sft', loss_type='dft' == TRL's own SFTTrainer(loss_type='dft'): same labels, loss, gradients.
+
+    TRL masks with the template's {% generation %} markers (assistant_only_loss=True); the tiny ChatML template
+    puts the end-of-turn inside them, so TRL's labels are poft.chat's response tokens exactly (checked first).
+    """
+    from trl import SFTConfig, SFTTrainer
+
+    rows = [{k: v for k, v in r.items() if k != "ref_score"} for r in tiny["rows"]]
+    settings = dict(per_device_train_batch_size=8, max_steps=1, learning_rate=0.0)
+    ours = PoFTTrainer(
+        model=tiny["model"],
+        args=cpu_config(tmp_path, objective="sft", loss_type="dft", **settings),
+        train_dataset=Dataset.from_list(rows),
+    )
+    trls = SFTTrainer(
+        model=tiny["model"],
+        args=cpu_config(tmp_path, SFTConfig, loss_type="dft", assistant_only_loss=True, **settings),
+        train_dataset=Dataset.from_list(rows),
+    )
+    assert ours.train_dataset["labels"] == trls.train_dataset["labels"]
+    assert ours.train_dataset["input_ids"] == trls.train_dataset["input_ids"]
+
+    loss, grads = first_batch_loss_and_grads(ours)
+    trl_loss, trl_grads = first_batch_loss_and_grads(trls)
+    assert loss == pytest.approx(trl_loss, rel=1e-6)
+    assert grads.keys() == trl_grads.keys() and len(grads) > 0
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, trl_grads[name], rtol=1e-5, atol=1e-7)
+
+    # and it is DFT, not NLL: -mean over response tokens of p.detach() * log p (arXiv 2508.05629)
+    batch = ours.data_collator([ours.train_dataset[i] for i in range(8)])
+    with torch.no_grad():
+        logits = ours.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        labels = batch["labels"][:, 1:]
+        mask = labels != -100
+        lp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+        dft = -(lp.exp() * lp)[mask].sum() / mask.sum()
+        nll = -lp[mask].mean()
+    assert loss == pytest.approx(dft.item(), rel=1e-4)
+    assert abs(dft.item() - nll.item()) > 0.1 * nll.item()
+
+    ours.train()
+    trls.train()
+    for key in ("loss", "grad_norm"):
+        assert ours.state.log_history[0][key] == pytest.approx(trls.state.log_history[0][key], rel=1e-5), key
+
+
+@pytest.mark.parametrize("objective", ["bi_poft", "sft"])
+def test_deprecated_loss_type_spelling_warns_and_trains_like_objective(tiny, tmp_path, objective):
+    with pytest.warns(FutureWarning, match=f"use objective='{objective}'"):
+        old = cpu_config(tmp_path / "old", loss_type=objective, max_steps=2)
+    new = cpu_config(tmp_path / "new", objective=objective, max_steps=2)
+    assert (old.objective, old.loss_type) == (new.objective, new.loss_type) == (objective, "nll")
+    runs = []
+    for args in (old, new):
+        trainer = PoFTTrainer(model=tiny["model"], args=args, train_dataset=Dataset.from_list(tiny["rows"]))
+        trainer.train()
+        runs.append((trainer.state.log_history, trainer.model.state_dict()))
+    (old_log, old_state), (new_log, new_state) = runs
+    assert [h["loss"] for h in old_log if "loss" in h] == [h["loss"] for h in new_log if "loss" in h]
+    assert ("poft/weight" in old_log[0]) == (objective != "sft")
+    for name, value in new_state.items():
+        assert torch.equal(old_state[name], value), name
+
+
+@pytest.mark.parametrize(
+    ("objective", "loss_type", "message"),
+    [
+        ("poft", "dft", "loss_type='dft' is a token loss and objective='poft'"),
+        ("bi_poft", "dft", "loss_type='dft' is a token loss and objective='bi_poft'"),
+        ("sft", "poft", "objective='sft' and loss_type='poft' disagree"),
+        ("bi_poft", "sft", "objective='bi_poft' and loss_type='sft' disagree"),
+    ],
+)
+def test_objective_and_loss_type_that_disagree_are_an_error(tmp_path, objective, loss_type, message):
+    with pytest.raises(ValueError, match=message):
+        cpu_config(tmp_path, objective=objective, loss_type=loss_type)
+
+
+def test_objective_sft_with_default_loss_type_is_trls_nll(tmp_path):
+    args = cpu_config(tmp_path, objective="sft")
+    assert (args.objective, args.loss_type, args.uses_scores) == ("sft", "nll", False)
+    assert cpu_config(tmp_path).uses_scores and cpu_config(tmp_path, objective="bi_poft").uses_scores
+
+
 def run_one_step(
     tiny,
     out: Path,
     batch: int,
     accum: int,
     nproc: int = 1,
-    loss_type: str = "poft",
+    objective: str = "poft",
     deepspeed: str | None = None,
 ) -> dict:
     script = [
@@ -134,7 +233,7 @@ def run_one_step(
         str(out),
         str(batch),
         str(accum),
-        loss_type,
+        objective,
     ]
     script += [deepspeed] if deepspeed else []
     if nproc == 1:
@@ -163,18 +262,18 @@ def assert_same_update(a: dict, b: dict, initial: dict) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("loss_type", ["poft", "bi_poft"])
-def test_gradient_accumulation_and_two_processes_give_one_update(tiny, tmp_path, loss_type):
+@pytest.mark.parametrize("objective", ["poft", "bi_poft"])
+def test_gradient_accumulation_and_two_processes_give_one_update(tiny, tmp_path, objective):
     """1 process x 8 rows, 1 process x 4 micro-batches of 2, and 2 processes x 4 rows: the same SGD update."""
     from transformers import AutoModelForCausalLM
 
     initial = AutoModelForCausalLM.from_pretrained(tiny["model"]).state_dict()
-    big = run_one_step(tiny, tmp_path / "big", batch=8, accum=1, loss_type=loss_type)
-    accumulated = run_one_step(tiny, tmp_path / "accum", batch=2, accum=4, loss_type=loss_type)
+    big = run_one_step(tiny, tmp_path / "big", batch=8, accum=1, objective=objective)
+    accumulated = run_one_step(tiny, tmp_path / "accum", batch=2, accum=4, objective=objective)
     assert_same_update(big, accumulated, initial)
     assert big["log"][0]["loss"] == pytest.approx(accumulated["log"][0]["loss"], rel=1e-5)
-    if loss_type == "poft":
-        two = run_one_step(tiny, tmp_path / "ddp", batch=4, accum=1, nproc=2, loss_type=loss_type)
+    if objective == "poft":
+        two = run_one_step(tiny, tmp_path / "ddp", batch=4, accum=1, nproc=2, objective=objective)
         assert_same_update(big, two, initial)
         assert big["log"][0]["loss"] == pytest.approx(two["log"][0]["loss"], rel=1e-5)
         assert big["log"][0]["poft/weight"] == pytest.approx(two["log"][0]["poft/weight"], rel=1e-5)
@@ -281,7 +380,7 @@ def test_cli_train_on_recipe(tiny, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert (out / "model.safetensors").exists() and (out / "chat_template.jinja").exists()
     assert "'poft/weight'" in done.stdout + done.stderr and "'poft/margin'" in done.stdout + done.stderr
-    assert "loss_type=poft" in done.stdout
+    assert "objective=poft" in done.stdout
 
 
 def test_chat_template_path_is_honoured(tiny, tmp_path):

@@ -3,6 +3,7 @@ the paper's order (score -> inspect -> filter -> train -> dpo -> eval)."""
 
 import re
 import shlex
+import warnings
 from pathlib import Path
 
 import pytest
@@ -61,7 +62,35 @@ def test_recipe_parses_into_its_config_classes(path):
     if isinstance(config, PoFTDPOConfig):
         assert config.precompute_ref_log_probs and config.beta == raw["beta"]
     else:
-        assert (config.loss_type, config.beta, config.gamma) == (raw["loss_type"], raw["beta"], raw["gamma"])
+        assert (config.objective, config.beta, config.gamma) == (raw["objective"], raw["beta"], raw["gamma"])
+        assert "loss_type" not in raw and config.loss_type == "nll"  # TRL's own field, at TRL's default
+
+
+@pytest.mark.parametrize(
+    ("override", "objective", "loss_type"),
+    [
+        ([], "poft", "nll"),
+        (["--loss_type", "sft"], "sft", "nll"),
+        (["--objective", "sft", "--loss_type", "dft"], "sft", "dft"),
+    ],
+)
+def test_a_recipe_in_the_old_spelling_still_parses(tmp_path, override, objective, loss_type):
+    """`loss_type: poft` (recipes copied before `objective` existed) and `--loss_type sft` still work, with a
+    FutureWarning; TRL's `--loss_type dft` is TRL's DFT."""
+    path = EXAMPLES / "tiny_poft.yaml"
+    old = tmp_path / "old.yaml"
+    old.write_text(path.read_text().replace("objective: poft", "loss_type: poft"))
+    config = old if "--objective" not in override else path
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, parsed, _ = TrlParser(config_classes(path)).parse_args_and_config(
+            args=["--config", str(config), *override]
+        )
+    assert (parsed.objective, parsed.loss_type) == (objective, loss_type)
+    deprecated = [
+        w for w in caught if issubclass(w.category, FutureWarning) and "use objective=" in str(w.message)
+    ]
+    assert len(deprecated) == (config == old)
 
 
 @pytest.mark.parametrize("path", [p for p in RECIPES if p.name != "tiny_poft.yaml"], ids=lambda p: p.name)
