@@ -65,7 +65,7 @@ def run_train(script_args, config, model_args, format_args: DatasetFormatArgumen
     trainer = PoFTTrainer(model=model_args.model_name_or_path, args=config, train_dataset=train,
                           eval_dataset=evaluation, peft_config=get_peft_config(model_args))  # fmt: skip
     trainer.accelerator.print(
-        f"poft: loss_type={config.loss_type} beta={config.beta} gamma={config.gamma} "
+        f"poft: objective={config.objective} beta={config.beta} gamma={config.gamma} "
         f"normalization={config.score_normalization}, {len(trainer.train_dataset)} training rows"
     )
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
