@@ -10,7 +10,7 @@ import pytest
 import yaml
 from trl import ModelConfig, ScriptArguments, TrlParser
 
-from poft.cli import build_parser
+from poft.cli import parse_command
 from poft.dpo import PoFTDPOConfig
 from poft.trainer import PoFTConfig
 
@@ -101,7 +101,6 @@ def test_recipe_header_commands_exist_parse_and_follow_the_pipeline(path):
     assert steps[:2] == ["score", "inspect"] and steps[-1] == "eval"
     assert [ORDER.index(s) for s in steps] == sorted(ORDER.index(s) for s in steps), steps
     assert f"--config examples/{path.name}" in " ".join(" ".join(c) for c in commands)
-    parser = build_parser()
     for command in commands:
         if command[0] in ("train", "dpo"):
             classes = (ScriptArguments, PoFTDPOConfig if command[0] == "dpo" else PoFTConfig, ModelConfig)
@@ -111,7 +110,7 @@ def test_recipe_header_commands_exist_parse_and_follow_the_pipeline(path):
                 args=[str(a) for a in ["--config", config, *command[3:], "--use_cpu", "true"]]
             )
         elif command[0] in ORDER:
-            parser.parse_args(command)  # argparse exits on an unknown or missing option
+            parse_command(command)  # exits on an unknown or missing option, like argparse
     for config in re.findall(r"--config_file (\S+)", path.read_text()):
         assert (EXAMPLES.parent / config).exists(), config
 
