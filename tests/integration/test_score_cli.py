@@ -101,7 +101,7 @@ def test_cli_names_a_bad_row_and_exits_1(setup, tmp_path):
     )
     done = run(score_cmd(str(data), setup["models"][:1], tmp_path / "out"))
     assert done.returncode == 1
-    assert f"{data}: 1 bad rows: line 61 (id=oops): no assistant turn" in done.stderr
+    assert f"{data}: 1 of 61 rows cannot be read as messages: line 61 (id=oops): no assistant turn" in done.stderr
 
 
 @pytest.mark.slow
