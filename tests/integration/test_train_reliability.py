@@ -13,8 +13,8 @@ from datasets import Dataset
 
 from poft import PoFTConfig, PoFTTrainer
 from poft.example import make_rows
+from poft.readers import fingerprint as row_fingerprint
 from poft.tiny import build_model, build_tokenizer
-from poft.training_data import row_fingerprint
 
 HERE = Path(__file__).parent
 
