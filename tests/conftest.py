@@ -29,3 +29,38 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """The one way tests get a model: `tiny_model(family, corpus, vocab_size=..., hidden_size=..., seed=...,
+    name=...)` builds a tiny Llama and its tokenizer (poft.tiny), saves them to a folder named `name`
+    (the alias `poft score` gives it; default the family) and returns its path. Built once per session for
+    each set of arguments, so modules asking for the same model share it (tests must not write into it)."""
+    from poft.tiny import build_model, build_tokenizer
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    built: dict[tuple, str] = {}
+
+    def make(
+        family: str = "chatml",
+        corpus: list[str] | None = None,
+        *,
+        vocab_size: int = 512,
+        hidden_size: int = 64,
+        num_layers: int = 2,
+        seed: int = 0,
+        name: str | None = None,
+    ) -> str:
+        key = (family, tuple(corpus or ()), vocab_size, hidden_size, num_layers, seed, name)
+        if key not in built:
+            folder = root / str(len(built)) / (name or family)
+            tokenizer = build_tokenizer(family, corpus, vocab_size=vocab_size)
+            build_model(tokenizer, hidden_size=hidden_size, num_layers=num_layers, seed=seed).save_pretrained(
+                folder
+            )
+            tokenizer.save_pretrained(folder)
+            built[key] = str(folder)
+        return built[key]
+
+    return make

@@ -100,8 +100,3 @@ def load_preferences(source: str | Dataset, split: str = "train", config: str | 
         f"poft: {raw.source} [{split}]: {len(pairs)} preference pairs (conversational prompt/chosen/rejected)"
     )
     return Dataset.from_list(pairs)
-
-
-def normalize_preferences(dataset: Dataset, source: str = "dataset") -> Dataset:
-    """`load_preferences` for a Dataset already in memory."""
-    return load_preferences(dataset)

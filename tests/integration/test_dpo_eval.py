@@ -12,18 +12,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from poft.cli import main
-from poft.tiny import build_model, build_tokenizer
 
 CPU = ["--bf16", "false", "--gradient_checkpointing", "false", "--report_to", "none", "--save_strategy", "no"]
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    tokenizer = build_tokenizer("chatml")
-    build_model(tokenizer, seed=3).save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
-    return root / "model"
+def model_dir(tiny_model):
+    return tiny_model("chatml", seed=3, name="model")
 
 
 def preference_rows(n: int) -> list[dict]:
@@ -40,14 +35,14 @@ def preference_rows(n: int) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_dpo_from_a_poft_checkpoint(tiny_model, tmp_path):
+def test_dpo_from_a_poft_checkpoint(model_dir, tmp_path):
     rng = random.Random(1)
     # ShareGPT rows: `poft train` reads them through the same readers as `poft score`
     sft = [{"conversations": [{"from": "human", "value": f"add {i} and 1"}, {"from": "gpt", "value": str(i + 1)}],
             "ref_score": -rng.uniform(4, 7)} for i in range(16)]  # fmt: skip
     (tmp_path / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sft))
     poft = tmp_path / "poft"
-    assert main(["train", "--model_name_or_path", str(tiny_model), "--dataset_name", str(tmp_path / "sft.jsonl"),
+    assert main(["train", "--model_name_or_path", str(model_dir), "--dataset_name", str(tmp_path / "sft.jsonl"),
                  "--output_dir", str(poft), "--max_steps", "2", "--per_device_train_batch_size", "8",
                  "--learning_rate", "1e-3", *CPU]) == 0  # fmt: skip
     (tmp_path / "prefs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in preference_rows(16)))
@@ -65,7 +60,7 @@ def test_dpo_from_a_poft_checkpoint(tiny_model, tmp_path):
     start = AutoModelForCausalLM.from_pretrained(poft).state_dict()
     end = AutoModelForCausalLM.from_pretrained(out).state_dict()
     assert any(not torch.equal(start[k], end[k]) for k in start)
-    base = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
+    base = AutoModelForCausalLM.from_pretrained(model_dir).state_dict()
     assert any(not torch.equal(start[k], base[k]) for k in start)  # the checkpoint really was trained
 
 
@@ -105,7 +100,7 @@ def independent_accuracy(model_dir, docs: list[dict]) -> tuple[float, float]:
 
 
 @pytest.mark.slow
-def test_eval_on_a_local_task_matches_independent_loglikelihoods(tiny_model, tmp_path, capsys):
+def test_eval_on_a_local_task_matches_independent_loglikelihoods(model_dir, tmp_path, capsys):
     pytest.importorskip("lm_eval", reason="lm-eval is the optional extra poft[eval]")
     rng = random.Random(2)
     docs = []
@@ -115,11 +110,11 @@ def test_eval_on_a_local_task_matches_independent_loglikelihoods(tiny_model, tmp
         docs.append({"question": f"What is {a} plus {b}?", "choices": choices, "label": rng.randint(0, 2)})
     write_task(tmp_path / "tasks", docs)
     out = tmp_path / "eval"
-    assert main(["eval", "--model", str(tiny_model), "--tasks", "poft_tiny_mc:0", "--include-path",
+    assert main(["eval", "--model", str(model_dir), "--tasks", "poft_tiny_mc:0", "--include-path",
                  str(tmp_path / "tasks"), "--output", str(out), "--batch-size", "4"]) == 0  # fmt: skip
     report = json.loads((out / "results.json").read_text())
     entry = report["tasks"]["poft_tiny_mc"]
-    acc, acc_norm = independent_accuracy(tiny_model, docs)
+    acc, acc_norm = independent_accuracy(model_dir, docs)
     assert entry["num_fewshot"] == 0
     assert entry["metrics"]["acc,none"] == pytest.approx(acc, abs=1e-9)
     assert entry["metrics"]["acc_norm,none"] == pytest.approx(acc_norm, abs=1e-9)
@@ -127,7 +122,7 @@ def test_eval_on_a_local_task_matches_independent_loglikelihoods(tiny_model, tmp
     assert "poft_tiny_mc" in printed and "acc_norm,none" in printed and "results.json" in printed
 
 
-def test_default_tasks_exist_and_unknown_task_is_a_clear_error(tiny_model, tmp_path, capsys):
+def test_default_tasks_exist_and_unknown_task_is_a_clear_error(model_dir, tmp_path, capsys):
     pytest.importorskip("lm_eval", reason="lm-eval is the optional extra poft[eval]")
     from lm_eval.tasks import TaskManager
 
@@ -135,6 +130,6 @@ def test_default_tasks_exist_and_unknown_task_is_a_clear_error(tiny_model, tmp_p
 
     assert set(LEADERBOARD_V1) <= set(TaskManager().all_tasks)  # the paper's six are real lm-eval task names
     assert (
-        main(["eval", "--model", str(tiny_model), "--tasks", "no_such_task", "--output", str(tmp_path)]) == 1
+        main(["eval", "--model", str(model_dir), "--tasks", "no_such_task", "--output", str(tmp_path)]) == 1
     )
     assert "unknown lm-eval tasks ['no_such_task']" in capsys.readouterr().err

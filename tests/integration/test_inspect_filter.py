@@ -15,7 +15,6 @@ from poft.filtering import select_rows
 from poft.inspection import inspect_scores
 from poft.readers import load_sft_dataset
 from poft.scoring import score_dataset
-from poft.tiny import build_model, build_tokenizer
 
 
 def conversation(i: int, rng: random.Random) -> list[dict]:
@@ -29,15 +28,10 @@ def conversation(i: int, rng: random.Random) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def scored(tmp_path_factory):
+def scored(tmp_path_factory, tiny_model):
     """Two saved tiny aligned models, a 96-row messages file, and its scores."""
     root = tmp_path_factory.mktemp("pipeline")
-    models = []
-    for family, seed in (("chatml", 1), ("llama3", 2)):
-        tokenizer = build_tokenizer(family)
-        build_model(tokenizer, seed=seed).save_pretrained(root / family)
-        tokenizer.save_pretrained(root / family)
-        models.append(f"{family}={root / family}")
+    models = [f"{family}={tiny_model(family, seed=seed)}" for family, seed in (("chatml", 1), ("llama3", 2))]
     rng = random.Random(0)
     rows = [{"id": f"r{i}", "messages": conversation(i, rng)} for i in range(96)]
     (root / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -15,7 +15,7 @@ from datasets import load_from_disk
 from poft.readers import load_sft_dataset
 from poft.scoring import score_dataset
 from poft.shards import shard_files
-from poft.tiny import build_model, build_tokenizer
+from poft.tiny import build_tokenizer
 from poft.training_data import prepare_training_dataset
 
 WORDS = "the quick brown fox jumps over a lazy dog add reverse sort paris answer hello 12 30 42".split()
@@ -36,14 +36,13 @@ def write_rows(path: Path, n: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> dict:
+def setup(tmp_path_factory, tiny_model) -> dict:
     root = tmp_path_factory.mktemp("score_cli")
-    models = []
-    for k, family in enumerate(("chatml", "llama3")):
-        tokenizer = build_tokenizer(family, [" ".join(WORDS) * 3], vocab_size=320)
-        build_model(tokenizer, hidden_size=48, num_layers=2, seed=k).save_pretrained(root / family)
-        tokenizer.save_pretrained(root / family)
-        models.append(str(root / family))
+    corpus = [" ".join(WORDS) * 3]
+    models = [
+        tiny_model(family, corpus, vocab_size=320, hidden_size=48, seed=k)
+        for k, family in enumerate(("chatml", "llama3"))
+    ]
     write_rows(root / "data.jsonl", 60)
     return {"root": root, "models": models, "data": str(root / "data.jsonl")}
 
@@ -101,7 +100,10 @@ def test_cli_names_a_bad_row_and_exits_1(setup, tmp_path):
     )
     done = run(score_cmd(str(data), setup["models"][:1], tmp_path / "out"))
     assert done.returncode == 1
-    assert f"{data}: 1 of 61 rows cannot be read as messages: line 61 (id=oops): no assistant turn" in done.stderr
+    assert (
+        f"{data}: 1 of 61 rows cannot be read as messages: line 61 (id=oops): no assistant turn"
+        in done.stderr
+    )
 
 
 @pytest.mark.slow
@@ -121,15 +123,11 @@ def test_two_processes_give_the_same_output_as_one(setup, one_process, tmp_path)
 
 
 @pytest.mark.slow
-def test_sigkill_mid_run_then_resume_loses_and_doubles_nothing(tmp_path):
-    tokenizer = build_tokenizer("zephyr", [" ".join(WORDS) * 3], vocab_size=320)
-    build_model(tokenizer, hidden_size=64, num_layers=2).save_pretrained(tmp_path / "zephyr")
-    tokenizer.save_pretrained(tmp_path / "zephyr")
+def test_sigkill_mid_run_then_resume_loses_and_doubles_nothing(tmp_path, tiny_model):
+    zephyr = tiny_model("zephyr", [" ".join(WORDS) * 3], vocab_size=320)
     data, out = tmp_path / "data.jsonl", tmp_path / "out"
     write_rows(data, 240)
-    args = score_cmd(
-        str(data), [str(tmp_path / "zephyr")], out, "--batch-tokens", "128", "--rows-per-shard", "4"
-    )
+    args = score_cmd(str(data), [zephyr], out, "--batch-tokens", "128", "--rows-per-shard", "4")
     process = subprocess.Popen(
         [sys.executable, *args], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )

@@ -26,7 +26,7 @@ from poft.cli import main
 from poft.readers import load_sft_dataset
 from poft.scoring import score_dataset
 from poft.shards import SHARDS_DIR, shard_files
-from poft.tiny import build_model, build_tokenizer
+from poft.tiny import build_tokenizer
 
 WORDS = "the quick brown fox jumps over a lazy dog add reverse sort paris answer hello 12 30 42".split()
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
@@ -38,15 +38,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> dict:
+def setup(tmp_path_factory, tiny_model) -> dict:
     """Two tiny aligned models, N_ROWS conversations, and the uninterrupted reference output."""
     root = tmp_path_factory.mktemp("score_faults")
-    models = []
-    for k, family in enumerate(ALIASES):
-        tokenizer = build_tokenizer(family, [" ".join(WORDS) * 3], vocab_size=320)
-        build_model(tokenizer, hidden_size=64, num_layers=2, seed=k).save_pretrained(root / family)
-        tokenizer.save_pretrained(root / family)
-        models.append(str(root / family))
+    models = [
+        tiny_model(family, [" ".join(WORDS) * 3], vocab_size=320, seed=k) for k, family in enumerate(ALIASES)
+    ]
     lines = []
     for i in range(N_ROWS):
         user = " ".join(WORDS[(i + k) % len(WORDS)] for k in range(3 + i % 17))

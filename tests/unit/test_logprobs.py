@@ -1,9 +1,16 @@
-"""Chunked (checkpointed) and TRL-fused per-token log-probs against the plain full-logits reference."""
+"""Chunked (checkpointed) per-token log-probs against the plain full-logits reference; token-budget batching.
+
+No model is built here: the trainer's path (TRL's fused head) is compared on a tiny model in
+tests/integration/test_fused_head.py."""
+
+import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from poft.logprobs import chunked_token_log_probs, token_log_probs_reference
+from poft.logprobs import chunked_token_log_probs, token_budget_batches, token_log_probs_reference
 
 TOLERANCE = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.bfloat16: dict(rtol=2e-2, atol=2e-2)}
 
@@ -64,30 +71,28 @@ def test_no_grad_path_matches():
     assert torch.allclose(a, b, atol=1e-6)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_trl_fused_head_matches_reference(tokenizers, dtype):
-    """The trainer's path (TRL's fused LM head) gives the reference log-probs and gradients."""
-    from trl.trainer.utils import add_fused_lm_head
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 50), min_size=1, max_size=40), st.integers(1, 200))
+def test_token_budget_batches(lengths, budget):
+    batches = token_budget_batches(lengths, budget)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    flat = [lengths[i] for b in batches for i in b]
+    assert flat == sorted(flat, reverse=True)  # longest first
+    for batch in batches:
+        assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= budget
 
-    from poft.tiny import build_model
 
-    model = build_model(tokenizers["chatml"], hidden_size=32, num_layers=2, seed=1).to(dtype)
-    add_fused_lm_head(model, outputs=("log_probs",))
-    g = torch.Generator().manual_seed(0)
-    input_ids = torch.randint(0, len(tokenizers["chatml"]), (3, 13), generator=g)
-    labels = input_ids.clone()
-    labels[:, :4] = -100
-    labels[1, 7:9] = -100
-
-    model.zero_grad()
-    fused = model(input_ids=input_ids, labels=labels, fused_lm_head=True).log_probs
-    fused.sum().backward()
-    fused_grad = model.lm_head.weight.grad.float().clone()
-
-    model.zero_grad()
-    hidden = model.model(input_ids=input_ids).last_hidden_state[:, :-1]
-    reference = token_log_probs_reference(hidden, model.lm_head.weight, labels[:, 1:])
-    reference.sum().backward()
-    tol = TOLERANCE[dtype]
-    assert torch.allclose(fused.float(), reference, **tol)
-    assert torch.allclose(fused_grad, model.lm_head.weight.grad.float(), **tol)
+@pytest.mark.parametrize("chunk_size", [1, 7, 1000])
+@pytest.mark.parametrize("softcap", [None, 5.0])
+def test_chunked_log_probs_equal_full_log_softmax(chunk_size, softcap):
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 97, bias=False)
+    hidden, labels = torch.randn(23, 16) * 3, torch.randint(0, 97, (23,))
+    with torch.no_grad():
+        logits = head(hidden)
+        if softcap:
+            logits = softcap * torch.tanh(logits / softcap)
+        expected = torch.log_softmax(logits.double(), -1).gather(-1, labels[:, None]).squeeze(-1)
+        ours = chunked_token_log_probs(hidden, head.weight, labels, None, softcap, chunk_size)
+    assert torch.allclose(ours.double(), expected, rtol=1e-5, atol=1e-5)
+    assert math.isclose(float(ours.sum()), float(expected.sum()), rel_tol=1e-5)

@@ -337,3 +337,11 @@ def test_a_stored_fingerprint_is_kept_for_the_trainer_to_check(tmp_path):
     rows = [dict(r, fingerprint="0" * 32) for r in numbers_rows(2)]
     data = load_sft_dataset(Dataset.from_list(rows))
     assert data["fingerprint"] == ["0" * 32] * 2  # poft score's record of what was scored is not overwritten
+
+
+def test_fingerprint_is_stable_and_content_only():
+    a = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    assert fingerprint(a) == fingerprint([{**m, "name": None} for m in a])
+    assert len(fingerprint(a)) == 32 and int(fingerprint(a), 16) >= 0
+    assert fingerprint(a) != fingerprint([{"role": "system", "content": "hi"}, a[1]])
+    assert fingerprint(a) != fingerprint([a[0], {"role": "assistant", "content": "yo "}])

@@ -7,18 +7,14 @@ multiple shards, truncation and resume.
 """
 
 import json
-import math
 import random
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from poft.aligned import parse_model_spec
 from poft.chat import ChatFormat, ChatTemplateError
-from poft.logprobs import chunked_token_log_probs, token_budget_batches
 from poft.readers import RowError
 from poft.readers import fingerprint as row_fingerprint
 from poft.scoring import score_dataset
@@ -52,18 +48,13 @@ def make_rows(n: int, seed: int = 0) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def aligned(tmp_path_factory) -> dict[str, str]:
+def aligned(tiny_model) -> dict[str, str]:
     """family -> folder of a saved tiny model + tokenizer (different vocabularies and templates)."""
-    root = tmp_path_factory.mktemp("aligned")
     corpus = [" ".join(WORDS) * 3]
-    paths = {}
-    for k, family in enumerate(FAMILIES):
-        tokenizer = build_tokenizer(family, corpus, vocab_size=300 + 40 * k)
-        model = build_model(tokenizer, hidden_size=32, num_layers=2, seed=k)
-        model.save_pretrained(root / family)
-        tokenizer.save_pretrained(root / family)
-        paths[family] = str(root / family)
-    return paths
+    return {
+        family: tiny_model(family, corpus, vocab_size=300 + 40 * k, hidden_size=32, seed=k)
+        for k, family in enumerate(FAMILIES)
+    }
 
 
 def naive_scores(path: str, rows: list[dict], max_length: int | None) -> tuple[list[float], list[int]]:
@@ -257,41 +248,6 @@ def test_model_specs_and_alias_clash(tmp_path):
     with pytest.raises(ValueError, match="ALIAS=PATH"):
         score_dataset(rows_dataset(make_rows(1)), ["x/m", "y/m"], tmp_path / "o", progress=False)
     assert not (tmp_path / "o").exists()  # refused before anything was written
-
-
-def test_row_fingerprint_is_stable_and_content_only():
-    a = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
-    assert row_fingerprint(a) == row_fingerprint([{**m, "name": None} for m in a])
-    assert len(row_fingerprint(a)) == 32 and int(row_fingerprint(a), 16) >= 0
-    assert row_fingerprint(a) != row_fingerprint([{"role": "system", "content": "hi"}, a[1]])
-    assert row_fingerprint(a) != row_fingerprint([a[0], {"role": "assistant", "content": "yo "}])
-
-
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.integers(1, 50), min_size=1, max_size=40), st.integers(1, 200))
-def test_token_budget_batches(lengths, budget):
-    batches = token_budget_batches(lengths, budget)
-    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
-    flat = [lengths[i] for b in batches for i in b]
-    assert flat == sorted(flat, reverse=True)  # longest first
-    for batch in batches:
-        assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= budget
-
-
-@pytest.mark.parametrize("chunk_size", [1, 7, 1000])
-@pytest.mark.parametrize("softcap", [None, 5.0])
-def test_chunked_log_probs_equal_full_log_softmax(chunk_size, softcap):
-    torch.manual_seed(0)
-    head = torch.nn.Linear(16, 97, bias=False)
-    hidden, labels = torch.randn(23, 16) * 3, torch.randint(0, 97, (23,))
-    with torch.no_grad():
-        logits = head(hidden)
-        if softcap:
-            logits = softcap * torch.tanh(logits / softcap)
-        expected = torch.log_softmax(logits.double(), -1).gather(-1, labels[:, None]).squeeze(-1)
-        ours = chunked_token_log_probs(hidden, head.weight, labels, None, softcap, chunk_size)
-    assert torch.allclose(ours.double(), expected, rtol=1e-5, atol=1e-5)
-    assert math.isclose(float(ours.sum()), float(expected.sum()), rel_tol=1e-5)
 
 
 def test_other_architectures_gemma2_softcap_and_sliding_window(tmp_path):
