@@ -7,7 +7,10 @@ import random
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import pytest  # noqa: E402
+
 from poft.cli import main  # noqa: E402
+from poft.demo.controls import main as controls_main  # noqa: E402
 from poft.demo.noise import corrupt_chars, make_noisy_rows  # noqa: E402
 from poft.demo.tasks import SKILLS, is_correct, make_splits  # noqa: E402
 
@@ -59,3 +62,16 @@ def test_demo_mini_writes_well_formed_artefacts(tmp_path, capsys):
     # the second run reuses the cached aligned models and scores
     assert main(["demo", "--mini", "--output", str(out)]) == 0
     assert "reusing aligned models" in capsys.readouterr().out
+
+    # the control runs behind RESULTS.md (python -m poft.demo.controls) run on the same cache
+    assert controls_main(["--output", str(out), "--mini"]) == 0
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 0.5 |")]
+    assert [line.split(" | ")[1] for line in table] == ["sft", "poft_tau1", "poft"]
+    for line in table:
+        accuracy, sampled, nll = (float(x) for x in line.split(" | ")[2:5])
+        assert 0 <= accuracy <= 1 and 0 <= sampled <= 1 and math.isfinite(nll) and nll > 0
+
+
+def test_controls_refuse_a_folder_without_the_demo_cache(tmp_path):
+    with pytest.raises(SystemExit, match="no cached aligned models"):
+        controls_main(["--output", str(tmp_path), "--mini"])

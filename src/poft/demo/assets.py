@@ -1,7 +1,7 @@
 """Built assets, cached under OUTPUT/assets/<key>/: the target's tokenizer and the aligned models.
 
 Aligned models stand in for the paper's zephyr / Llama-3-Instruct / Yi-Chat: tiny causal LMs trained by
-plain SFT (PoFTTrainer, loss_type='sft') on CLEAN task data that shares no prompt with the target's
+plain SFT (PoFTTrainer, objective='sft') on CLEAN task data that shares no prompt with the target's
 training set, with different seeds. Model "a" shares the target's tokenizer and ChatML template; model
 "b" has its own BPE vocabulary and a Llama-3-style template, so its scores are per-token means under a
 different tokenisation (what `poft score`'s normalisation must cope with). Both are saved as ordinary
@@ -22,10 +22,11 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from ..tiny import build_model, build_tokenizer
 from .config import DemoConfig
+from .console import Progress
 from .evaluate import HeldOut, evaluate
 from .parallel import run_jobs
 from .tasks import Splits, corpus, make_splits
-from .train import Progress, steps_per_run, train
+from .train import steps_per_run, train
 
 ALIGNED = (("a", "chatml", 1), ("b", "llama3", 2))  # (alias, template family, seed)
 
@@ -81,7 +82,7 @@ def _train_aligned(job: tuple, sink) -> tuple[str, dict]:
     model = build_model(tok, hidden_size=config.hidden_size, num_layers=config.num_layers, seed=seed)
     rows = Dataset.from_list([{"messages": e.messages()} for e in splits.aligned])
     train(
-        model, tok, rows, loss_type="sft", epochs=config.aligned_epochs, seed=seed, config=config,
+        model, tok, rows, objective="sft", epochs=config.aligned_epochs, seed=seed, config=config,
         work_dir=folder / "work" / alias, sink=sink,
     )  # fmt: skip
     model.save_pretrained(folder / f"aligned-{alias}")

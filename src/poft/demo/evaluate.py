@@ -5,7 +5,8 @@
   this is the metric that sees how much probability mass the model puts on wrong answers, which is what
   noisy data does to a model even when its most likely answer is still right;
 - clean_nll: mean over prompts of the per-token negative log-likelihood of the clean reference answer
-  (response tokens incl. end-of-turn, located by poft.chat exactly as in training), i.e. -r_theta.
+  (response tokens incl. end-of-turn, located by poft.chat exactly as in training), i.e. -r_theta,
+  computed by the library's scorer path (`poft.logprobs.batch_logprob_sums`, `poft.loss.normalize_scores`).
 Conversations are encoded once (`HeldOut`, `encode_all`) and reused every epoch: rendering chat templates
 row by row costs more than the forward passes of these tiny models. Generation is batched, left-padded.
 """
@@ -14,11 +15,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..chat import ChatFormat, TokenizedChat
-from ..loss import normalize_scores, sequence_logprob_sums
+from ..logprobs import batch_logprob_sums, token_budget_batches
+from ..loss import normalize_scores
 from .tasks import Example, is_correct
 
 
@@ -95,26 +98,26 @@ def response_scores(
     encoded: list[TokenizedChat],
     pad_id: int,
     normalization: str = "token",
-    batch_size: int = 256,
+    batch_tokens: int = 16384,
 ) -> torch.Tensor:
-    """r_theta per conversation, float32 [N]: by default the mean log-prob of the response tokens
-    (+ end-of-turn), normalised exactly as the trainer does (`poft.loss.normalize_scores`)."""
+    """r_theta per conversation, float32 [N]: by default the mean log-prob of the response tokens (+ end-of-turn).
+
+    The sums come from the path `poft score` uses (`batch_logprob_sums` over token-budget batches: the
+    decoder once, the LM head on response positions only), normalised as the trainer does (`normalize_scores`).
+    """
     was_training = model.training
     model.eval()
-    scores = []
-    for start in range(0, len(encoded), batch_size):
-        batch = encoded[start : start + batch_size]
-        width = max(len(c.input_ids) for c in batch)
-        ids = torch.tensor([c.input_ids + [pad_id] * (width - len(c.input_ids)) for c in batch])
-        attn = torch.tensor([[1] * len(c.input_ids) + [0] * (width - len(c.input_ids)) for c in batch])
-        resp = torch.tensor([c.response_mask + [0] * (width - len(c.input_ids)) for c in batch]).bool()
-        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
-        logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0]
-        sums, counts = sequence_logprob_sums(logp, resp[:, 1:])
-        n_bytes = torch.tensor([c.response_bytes for c in batch])
-        scores.append(normalize_scores(sums, counts, normalization=normalization, response_bytes=n_bytes))
+    sequences = [(np.asarray(c.input_ids), np.asarray(c.response_mask)) for c in encoded]
+    sums, counts = np.zeros(len(encoded)), np.zeros(len(encoded), dtype=np.int64)
+    for batch in token_budget_batches([len(ids) for ids, _ in sequences], batch_tokens):
+        sums[batch], counts[batch] = batch_logprob_sums(
+            model, [sequences[i] for i in batch], pad_id=pad_id, chunk_size=4096
+        )  # chunk_size: positions per LM-head call; with ~500-token vocabularies one chunk holds a batch
     model.train(was_training)
-    return torch.cat(scores)
+    n_bytes = torch.tensor([c.response_bytes for c in encoded])
+    return normalize_scores(
+        torch.from_numpy(sums), torch.from_numpy(counts), normalization=normalization, response_bytes=n_bytes
+    )
 
 
 def evaluate(

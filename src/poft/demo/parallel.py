@@ -13,7 +13,7 @@ import multiprocessing
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .train import Progress
+from .console import Progress, quiet_libraries
 
 
 class QueueSink:
@@ -28,8 +28,6 @@ class QueueSink:
 
 def _init_worker() -> None:
     import torch
-
-    from .run import quiet_libraries
 
     torch.set_num_threads(1)
     quiet_libraries()

@@ -29,13 +29,14 @@ from ..scoring import score_dataset
 from ..tiny import build_model
 from .assets import Assets, asset_steps, build_assets
 from .config import DemoConfig
+from .console import Progress, quiet_libraries
 from .evaluate import HeldOut, encode_all, evaluate, response_scores
 from .noise import make_noisy_rows
 from .parallel import run_jobs
 from .plots import write_plots
 from .report import write_report
 from .tasks import make_splits
-from .train import Progress, steps_per_run, train
+from .train import steps_per_run, train
 
 TARGET_INIT_SEED = 1000  # the target's init seed is TARGET_INIT_SEED + training seed
 
@@ -167,7 +168,7 @@ def train_target(job: TargetJob, sink) -> dict:
 
     work_dir = Path(config.output) / "work" / f"{job.method}-{job.noise}-{job.seed}"
     train(
-        model, tokenizer, data, loss_type=job.method, epochs=config.epochs, seed=job.seed, config=config,
+        model, tokenizer, data, objective=job.method, epochs=config.epochs, seed=job.seed, config=config,
         work_dir=work_dir, sink=sink, on_epoch=on_epoch,
     )  # fmt: skip
     return {"runs": runs, "weights": weights}
@@ -218,19 +219,3 @@ def _print_ref_scores(scored: dict, progress: Progress) -> None:
             by_kind.setdefault(kind, []).append(score)
         means = ", ".join(f"{k} {sum(v) / len(v):.2f} (n={len(v)})" for k, v in sorted(by_kind.items()))
         progress.write(f"  noise={noise}: mean ref_score by row kind: {means}")
-
-
-def quiet_libraries() -> None:
-    import os
-    import warnings
-
-    import datasets
-    import huggingface_hub
-    import transformers
-
-    datasets.disable_progress_bars()
-    huggingface_hub.utils.disable_progress_bars()
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", category=FutureWarning)  # TRL/transformers deprecation notices
-    os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")

@@ -1,7 +1,8 @@
-"""Training through PoFTTrainer, with one overall progress bar and an evaluation after every epoch.
+"""Training through PoFTTrainer: each optimizer step reported to the demo's progress bar, an evaluation after
+every epoch.
 
 Every model in the demo (aligned models and targets) is trained here by `PoFTTrainer`, so the demo
-exercises the library's real training path: aligned models with loss_type='sft' on clean data, the
+exercises the library's real training path: aligned models with objective='sft' on clean data, the
 target with 'sft', 'poft' and 'bi_poft'. One `train()` call per run keeps a single optimizer and cosine
 schedule across epochs; a callback evaluates at each epoch end.
 """
@@ -12,28 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from datasets import Dataset
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
 from ..trainer import PoFTConfig, PoFTTrainer
 from .config import DemoConfig
-
-
-class Progress:
-    """One bar over every optimizer step of the whole demo, so the ETA covers all remaining runs."""
-
-    def __init__(self, total_steps: int, disable: bool = False):
-        self.bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, disable=disable)
-
-    def describe(self, text: str) -> None:
-        self.bar.set_description(text)
-
-    def write(self, text: str) -> None:
-        self.bar.write(text)
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 def steps_per_run(n_rows: int, batch_size: int, epochs: int) -> int:
@@ -58,7 +42,7 @@ def train(
     tokenizer: PreTrainedTokenizerBase,
     dataset: Dataset,
     *,
-    loss_type: str,
+    objective: str,
     epochs: int,
     seed: int,
     config: DemoConfig,
@@ -66,12 +50,12 @@ def train(
     sink=None,
     on_epoch: Callable[[int, PreTrainedModel], None] | None = None,
 ) -> PreTrainedModel:
-    """Train `model` in place with `loss_type`; `on_epoch(epoch, model)` runs after each epoch.
+    """Train `model` in place with `objective`; `on_epoch(epoch, model)` runs after each epoch.
 
     `sink.update(1)` is called after every optimizer step (the progress bar, or a queue in a worker)."""
     args = PoFTConfig(
         output_dir=str(work_dir),
-        loss_type=loss_type,
+        objective=objective,
         beta=config.beta,
         gamma=config.gamma,
         score_normalization=config.normalization,

@@ -7,31 +7,30 @@ so tau == 1 on every row and only (1) remains: PoFT minus poft_tau1 is the effec
 weighting, poft_tau1 minus SFT the effect of the per-example normalisation. Same initial model, data,
 seed and settings as the demo; per-skill greedy accuracy shows which skills each loss learns.
 
-    python benchmarks/demo_controls.py --output demo_output            # after `poft demo` (reuses its cache)
+    python -m poft.demo.controls --output demo_output            # after `poft demo` (reuses its cache)
+    python -m poft.demo.controls --output out --mini             # after `poft demo --mini --output out`
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import torch
+from datasets import load_from_disk
+from transformers import AutoTokenizer
 
-import torch  # noqa: E402
-from datasets import load_from_disk  # noqa: E402
-from transformers import AutoTokenizer  # noqa: E402
-
-from poft.demo.assets import asset_folder  # noqa: E402
-from poft.demo.config import DemoConfig  # noqa: E402
-from poft.demo.evaluate import HeldOut, evaluate, generate_answers  # noqa: E402
-from poft.demo.parallel import run_jobs  # noqa: E402
-from poft.demo.run import TARGET_INIT_SEED, quiet_libraries  # noqa: E402
-from poft.demo.tasks import make_splits  # noqa: E402
-from poft.demo.train import Progress, steps_per_run, train  # noqa: E402
-from poft.tiny import build_model  # noqa: E402
+from ..tiny import build_model
+from .assets import asset_folder
+from .config import MINI, DemoConfig
+from .console import Progress, quiet_libraries
+from .evaluate import HeldOut, evaluate, generate_answers
+from .parallel import run_jobs
+from .run import TARGET_INIT_SEED
+from .tasks import make_splits
+from .train import steps_per_run, train
 
 
 def control_run(job: tuple, sink) -> dict:
@@ -40,9 +39,9 @@ def control_run(job: tuple, sink) -> dict:
     splits = make_splits(config.data_seed, config.n_train, config.n_aligned, config.n_test)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     data = load_from_disk(scores)
-    loss_type = method
+    objective = method
     if method == "poft_tau1":
-        loss_type, data = "poft", data.map(lambda row: {"ref_score": 100.0})
+        objective, data = "poft", data.map(lambda row: {"ref_score": 100.0})
     model = build_model(
         tokenizer, hidden_size=config.hidden_size, num_layers=config.num_layers, seed=TARGET_INIT_SEED
     )
@@ -51,7 +50,7 @@ def control_run(job: tuple, sink) -> dict:
         model,
         tokenizer,
         data,
-        loss_type=loss_type,
+        objective=objective,
         epochs=config.epochs,
         seed=0,
         config=config,
@@ -73,20 +72,23 @@ def control_run(job: tuple, sink) -> dict:
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m poft.demo.controls", description=__doc__.split("\n")[0])
     parser.add_argument("--output", default="demo_output", help="a finished `poft demo` output folder")
-    parser.add_argument("--noise-levels", type=float, nargs="+", default=[0.0, 0.3, 0.5])
-    parser.add_argument("--epochs", type=int, default=DemoConfig.epochs)
-    args = parser.parse_args()
+    parser.add_argument("--mini", action="store_true", help="the output of `poft demo --mini` (tests)")
+    parser.add_argument("--noise-levels", type=float, nargs="+", help="default: the demo's (0 0.3 0.5)")
+    parser.add_argument("--epochs", type=int, help="default: the demo's (5)")
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     quiet_libraries()
-    config = DemoConfig(output=args.output, epochs=args.epochs)
+    config = DemoConfig(output=args.output, **(MINI if args.mini else {}))
+    if args.epochs is not None:
+        config.epochs = args.epochs
     folder = asset_folder(config)
     if not (folder / "assets.json").exists():
         sys.exit(f"{folder}: no cached aligned models; run `poft demo --output {args.output}` first")
     jobs = []
-    for noise in args.noise_levels:
+    for noise in args.noise_levels or config.noise_levels:
         scores = folder / "scores" / f"noise{noise}-seed0-chars{config.char_rate}-{config.normalization}"
         for method in ("sft", "poft_tau1", "poft"):
             jobs.append((config, method, noise, str(scores), str(folder / "target-tokenizer")))
