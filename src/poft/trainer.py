@@ -50,9 +50,9 @@ class PoFTConfig(SFTConfig):
     objective: str = field(
         default="poft",
         metadata={
-            "help": "'poft': -logsigmoid(beta*(r_theta - r_ref) + gamma); 'bi_poft': the margin is multiplied by "
-            "each row's direction (+1 desirable, -1 undesirable, from `direction_column`); 'sft': TRL's own "
-            "token loss (`loss_type`: 'nll' cross-entropy, or 'dft') on the same response tokens, the baseline.",
+            "help": "'poft': -logsigmoid(beta*(r_theta - r_ref) + gamma); 'bi_poft': the margin is multiplied "
+            "by each row's direction (+1 desirable, -1 undesirable, from `direction_column`); 'sft': TRL's own "
+            "token loss (`loss_type`: 'nll' cross-entropy, or 'dft') on the same response tokens: the baseline.",
             "choices": list(OBJECTIVES),
         },
     )
@@ -61,7 +61,8 @@ class PoFTConfig(SFTConfig):
         metadata={
             "help": "TRL's token loss, used with objective='sft': 'nll' (cross-entropy) or 'dft' (Dynamic "
             "Fine-Tuning: each token's NLL times its detached probability). PoFT replaces the loss, so "
-            "objective='poft'/'bi_poft' need 'nll'. Deprecated: 'poft', 'bi_poft', 'sft' here mean `objective`.",
+            "objective='poft'/'bi_poft' need 'nll'. Deprecated: 'poft', 'bi_poft', 'sft' here mean "
+            "`objective`.",
             "choices": [*TRL_LOSS_TYPES, *OBJECTIVES],
         },
     )
@@ -139,7 +140,8 @@ class PoFTConfig(SFTConfig):
             )
         warnings.warn(
             f"loss_type={self.loss_type!r} is deprecated as PoFT's objective (TRL's loss_type is 'nll' | "
-            f"'dft'): use objective={self.loss_type!r}; read as objective={self.loss_type!r}, loss_type='nll'",
+            f"'dft'): use objective={self.loss_type!r}; read as objective={self.loss_type!r}, "
+            "loss_type='nll'",
             FutureWarning,
             stacklevel=4,
         )

@@ -132,10 +132,11 @@ def first_batch_loss_and_grads(trainer) -> tuple[float, dict[str, torch.Tensor]]
 
 
 def test_sft_with_dft_is_trls_dft_on_the_same_response_tokens(tiny, tmp_path):
-    """objective='sft', loss_type='dft' == TRL's own SFTTrainer(loss_type='dft'): same labels, loss, gradients.
+    """objective='sft', loss_type='dft' == TRL's SFTTrainer(loss_type='dft'): same labels, loss, gradients.
 
-    TRL masks with the template's {% generation %} markers (assistant_only_loss=True); the tiny ChatML template
-    puts the end-of-turn inside them, so TRL's labels are poft.chat's response tokens exactly (checked first).
+    TRL masks with the template's {% generation %} markers (assistant_only_loss=True); the tiny ChatML
+    template puts the end-of-turn inside them, so TRL's labels are poft.chat's response tokens exactly
+    (checked first). Without markers TRL needs a training template of its own for the model's family.
     """
     from trl import SFTConfig, SFTTrainer
 
