@@ -12,7 +12,7 @@ import torch  # noqa: E402
 from datasets import load_dataset  # noqa: E402
 
 from poft import PoFTConfig, PoFTTrainer  # noqa: E402
-from poft.cli import leave_distributed_run  # noqa: E402
+from poft.distributed import end_distributed  # noqa: E402
 
 
 def main() -> None:
@@ -51,9 +51,9 @@ def main() -> None:
         }
         torch.save({"state": state, "log": trainer.state.log_history}, os.path.join(out, "weights.pt"))
 
-    trainer.end()  # destroy the process group before exit (a live gloo group can abort at teardown)
+    trainer.accelerator.free_memory()  # under DeepSpeed, engine.destroy(): its hooks would keep it alive
 
 
 if __name__ == "__main__":
     main()
-    leave_distributed_run(0)
+    end_distributed()  # the trainer is out of reach: destroy the group, join gloo's threads before teardown

@@ -15,7 +15,7 @@ from datasets import load_dataset  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
 from poft import PoFTConfig, PoFTTrainer  # noqa: E402
-from poft.cli import leave_distributed_run  # noqa: E402
+from poft.distributed import end_distributed  # noqa: E402
 
 
 class KillRankOne(TrainerCallback):
@@ -75,9 +75,7 @@ def main() -> None:
         }
         torch.save(state, os.path.join(out, "final.pt"))
 
-    trainer.end()  # destroy the process group before exit (a live gloo group can abort at teardown)
-
 
 if __name__ == "__main__":
     main()
-    leave_distributed_run(0)
+    end_distributed()  # the trainer is out of reach: destroy the group, join gloo's threads before teardown
