@@ -44,7 +44,7 @@ def run_train(script_args, config, model_args, format_args: DatasetFormatArgumen
     """`poft train --config recipe.yaml [--key value ...]`: PoFTTrainer on the rows of `--dataset_name`."""
     from trl import get_peft_config
 
-    from .readers import load_sft_dataset
+    from .readers import read_sft
     from .trainer import PoFTTrainer
 
     if not model_args.model_name_or_path:
@@ -55,10 +55,11 @@ def run_train(script_args, config, model_args, format_args: DatasetFormatArgumen
         )
     config.model_init_kwargs = model_init_kwargs(config, model_args)
 
-    def rows(split: str):
-        return load_sft_dataset(
-            script_args.dataset_name, split, script_args.dataset_config, format=format_args.dataset_format
-        )
+    def rows(split: str):  # read once; the trainer reports unreadable and untrainable rows together
+        return read_sft(
+            script_args.dataset_name, split, script_args.dataset_config, format=format_args.dataset_format,
+            on_bad_row="skip", report=False,
+        )  # fmt: skip
 
     train = rows(script_args.dataset_train_split)
     evaluation = rows(script_args.dataset_test_split) if config.eval_strategy != "no" else None

@@ -453,6 +453,7 @@ class SFTRows:
     format: str
     bad: list[dict]  # {"row": "line 12" / "row 3", "id", "problem"} per row left out
     n_rows_in: int  # rows (and non-empty lines) in the input, bad ones included
+    where: list[str]  # where each row of `dataset` is in the input ("line 12" / "row 3"), for messages
 
 
 def read_sft(
@@ -463,11 +464,14 @@ def read_sft(
     format: str | None = None,
     on_bad_row: str = "error",
     name: str | None = None,
+    report: bool = True,
 ) -> SFTRows:
     """Read SFT data in any supported format; every row validated once, bad rows handled once.
 
     `name` names a Dataset source in messages (default "dataset"). Raises RowError (on_bad_row="error")
     naming source, line/row, id and field for the first bad rows; ValueError for file-level problems.
+    report=False leaves saying which rows were skipped to the caller (the trainer adds the rows it cannot
+    train on and says it once).
     """
     if format is not None and format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
@@ -511,10 +515,11 @@ def read_sft(
     n_rows_in = len(raw) + len(raw.bad)
     if bad:
         bad.sort(key=lambda b: (b["row"].split()[0], int(b["row"].split()[1])))
-        _report_bad(bad, source_name, fmt, on_bad_row, n_rows_in)
+        _report_bad(bad, source_name, fmt, on_bad_row, n_rows_in, report)
     if not kept:
         raise ValueError(f"{source_name}: none of its {n_rows_in} rows can be read as {fmt}")
-    return SFTRows(raw.assemble(kept, list(SOURCE_COLUMNS[fmt]), new), source_name, fmt, bad, n_rows_in)
+    dataset = raw.assemble(kept, list(SOURCE_COLUMNS[fmt]), new)
+    return SFTRows(dataset, source_name, fmt, bad, n_rows_in, [raw.where(i) for i in kept])
 
 
 def load_sft_dataset(
@@ -529,7 +534,7 @@ def load_sft_dataset(
     return read_sft(source, split, config, format=format, on_bad_row=on_bad_row).dataset
 
 
-def _report_bad(bad: list[dict], source: str, fmt: str, on_bad_row: str, total: int) -> None:
+def _report_bad(bad: list[dict], source: str, fmt: str, on_bad_row: str, total: int, report: bool) -> None:
     named = "; ".join(f"{b['row']} (id={b['id']}): {b['problem']}" for b in bad[:5])
     more = f"; ... {len(bad) - 5} more" if len(bad) > 5 else ""
     if on_bad_row == "error":
@@ -537,7 +542,10 @@ def _report_bad(bad: list[dict], source: str, fmt: str, on_bad_row: str, total: 
             f"{source}: {len(bad)} of {total} rows cannot be read as {fmt}: {named}{more}. Fix them, or pass "
             "--on-bad-row skip to leave them out"
         )
-    _say(f"poft: {source}: skipped {len(bad)} of {total} rows that cannot be read as {fmt}: {named}{more}")
+    if report:
+        _say(
+            f"poft: {source}: skipped {len(bad)} of {total} rows that cannot be read as {fmt}: {named}{more}"
+        )
 
 
 def _say(text: str) -> None:

@@ -31,6 +31,7 @@ from .loss import (
     poft_weight,
     sequence_logprob_sums,
 )
+from .readers import SFTRows
 from .training_data import (
     SCORE_COLUMNS,
     pack_with_scores,
@@ -194,6 +195,12 @@ class PoFTTrainer(SFTTrainer):
             )
         if isinstance(model, str) and kwargs.get("processing_class") is None:
             kwargs["processing_class"] = _load_tokenizer(model)
+        # rows `readers.read_sft` already read (`poft train` reads its file once) are not read again
+        self._read_rows = {}
+        for key, name in (("train_dataset", "train"), ("eval_dataset", "eval")):
+            if isinstance(kwargs.get(key), SFTRows):
+                self._read_rows[name] = kwargs[key]
+                kwargs[key] = kwargs[key].dataset
         super().__init__(model, args=args, **kwargs)
         if args.uses_scores:
             self.data_collator = ScoreCollator(self.data_collator)
@@ -209,8 +216,9 @@ class PoFTTrainer(SFTTrainer):
             and formatting_func is None
         ):
             tokenizer = getattr(processing_class, "tokenizer", processing_class)
+            read = self._read_rows.get(dataset_name)
             dataset = prepare_training_dataset(
-                dataset,
+                read if read is not None and read.dataset is dataset else dataset,
                 tokenizer,
                 max_length=args.max_length,
                 ref_score_column=args.ref_score_column if args.uses_scores else None,

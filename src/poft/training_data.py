@@ -19,7 +19,7 @@ from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from .chat import ChatFormat
-from .readers import FINGERPRINT_COLUMN, RowError, fingerprint, parse_label, read_sft
+from .readers import FINGERPRINT_COLUMN, RowError, SFTRows, fingerprint, parse_label, read_sft
 
 SCORE_COLUMNS = ("poft_ref_score", "poft_direction", "poft_response_bytes")
 
@@ -63,7 +63,7 @@ def _encode_row(
 
 
 def prepare_training_dataset(
-    dataset: Dataset,
+    dataset: Dataset | SFTRows,
     tokenizer: PreTrainedTokenizerBase,
     *,
     max_length: int | None,
@@ -74,24 +74,28 @@ def prepare_training_dataset(
     num_proc: int | None = None,
     model_name: str = "target model",
 ) -> Dataset:
-    """Read the rows (`readers.read_sft`: any SFT format, each conversation validated, bad ones dropped or
-    refused), tokenise them under the target's template, attach scores, drop (or refuse) untrainable rows.
+    """Tokenise conversations under the target's template, attach scores, drop (or refuse) bad rows.
 
+    `dataset` is what `readers.read_sft` returned (`poft train` reads the file once, there), or a Dataset in
+    any SFT format, which is read here. Rows the reader could not read and rows that cannot be trained on
+    (no response token after truncation, no finite score, a bad label) are dropped with one printed line
+    saying how many and why, or, with on_bad_row="error", refused in one error naming them.
     ref_score_column=None means scores are not needed (SFT). direction_column=None means all rows +1.
     """
-    if ref_score_column is not None and ref_score_column not in dataset.column_names:
+    name = f"{dataset_name} dataset"
+    if not isinstance(dataset, SFTRows):
+        dataset = read_sft(dataset, on_bad_row="skip", name=name, report=False)
+    rows, data = dataset, dataset.dataset
+    if ref_score_column is not None and ref_score_column not in data.column_names:
         raise ValueError(
-            f"{dataset_name} dataset: no {ref_score_column!r} column with reference scores "
-            f"(columns: {dataset.column_names}); run `poft score` first, or train with loss_type='sft'"
+            f"{name}: no {ref_score_column!r} column with reference scores "
+            f"(columns: {data.column_names}); run `poft score` first, or train with objective='sft'"
         )
-    if direction_column is not None and direction_column not in dataset.column_names:
-        print(
-            f"poft: {dataset_name} dataset has no {direction_column!r} column: every row counts as desirable"
-        )
+    if direction_column is not None and direction_column not in data.column_names:
+        print(f"poft: {name} has no {direction_column!r} column: every row counts as desirable")
         direction_column = None
-    dataset = read_sft(dataset, on_bad_row=on_bad_row, name=f"{dataset_name} dataset").dataset
     chat = ChatFormat.from_tokenizer(tokenizer, model_name)
-    encoded = dataset.map(
+    encoded = data.map(
         _encode_row,
         with_indices=True,
         fn_kwargs={
@@ -104,22 +108,25 @@ def prepare_training_dataset(
         num_proc=num_proc,
         desc=f"Encoding {dataset_name} conversations under the target's chat template",
     )
-    _refuse_stale_scores(encoded, dataset, dataset_name)
+    _refuse_stale_scores(encoded, rows, name)
     problems = encoded["poft_problem"]
-    bad = [i for i, p in enumerate(problems) if p]
+    untrainable = [i for i, p in enumerate(problems) if p]
+    ids = data.select(untrainable[:5])["id"] if untrainable else []
+    bad = [(b["row"], b["id"], f"bad conversation ({b['problem']})") for b in rows.bad]
+    bad += [(rows.where[i], ids[k] if k < 5 else None, problems[i]) for k, i in enumerate(untrainable)]
+    bad.sort(key=lambda b: int(b[0].split()[1]))  # input order: "line 12" / "row 3"
     if bad and on_bad_row == "error":
-        ids = dataset[bad[:5]]
-        named = [f"row {i} (id={ids['id'][k]}): {problems[i]}" for k, i in enumerate(bad[:5])]
+        named = "; ".join(f"{where} (id={row_id}): {problem}" for where, row_id, problem in bad[:5])
+        label = name if rows.source == name else f"{name} ({rows.source})"
         raise ValueError(
-            f"{dataset_name} dataset: {len(bad)} of {len(problems)} rows cannot be trained on: "
-            + "; ".join(named)
+            f"{label}: {len(bad)} of {rows.n_rows_in} rows cannot be trained on: {named}"
             + ("; ..." if len(bad) > 5 else "")
             + " (set on_bad_row='skip' to drop them)"
         )
     if bad:
-        reasons = Counter(problems[i].split(" (")[0] for i in bad)
+        reasons = Counter(problem.split(" (")[0] for _, _, problem in bad)
         detail = ", ".join(f"{n} {reason}" for reason, n in reasons.most_common())
-        print(f"poft: dropped {len(bad)} of {len(problems)} rows from the {dataset_name} dataset: {detail}")
+        print(f"poft: dropped {len(bad)} of {rows.n_rows_in} rows from the {name}: {detail}")
         encoded = encoded.filter(lambda p: not p, input_columns="poft_problem")
     n_truncated = sum(encoded["poft_truncated"])
     if n_truncated:
@@ -127,15 +134,15 @@ def prepare_training_dataset(
     return encoded.remove_columns(["poft_problem", "poft_truncated", "poft_stale"])
 
 
-def _refuse_stale_scores(encoded: Dataset, dataset: Dataset, dataset_name: str) -> None:
+def _refuse_stale_scores(encoded: Dataset, rows: SFTRows, name: str) -> None:
     """Stop when a row's text differs from the text `poft score` scored (its stored fingerprint)."""
     stale = [i for i, flag in enumerate(encoded["poft_stale"]) if flag]
     if not stale:
         return
-    rows = dataset[stale[:5]]
-    named = ", ".join(f"row {i} (id={rows['id'][k]})" for k, i in enumerate(stale[:5]))
+    ids = rows.dataset.select(stale[:5])["id"]
+    named = ", ".join(f"{rows.where[i]} (id={ids[k]})" for k, i in enumerate(stale[:5]))
     raise ValueError(
-        f"{dataset_name} dataset: {len(stale)} of {len(encoded)} rows no longer match the conversation that was "
+        f"{name}: {len(stale)} of {len(encoded)} rows no longer match the conversation that was "
         f"scored (their `{FINGERPRINT_COLUMN}` differs from the text's): {named}{', ...' if len(stale) > 5 else ''}. "
         "The data was edited, re-ordered or joined to the wrong scores after `poft score`; re-score it."
     )

@@ -353,6 +353,33 @@ def test_bad_rows_are_dropped_with_one_line(tiny, tmp_path, capsys):
     assert all(math.isfinite(h["loss"]) for h in trainer.state.log_history if "loss" in h)
 
 
+def test_cli_reads_the_file_once_and_names_bad_lines_with_the_rest(tiny, tmp_path, capsys, monkeypatch):
+    """`poft train` reads its file once (the trainer does not read the rows again) and says in one line what
+    it dropped: the unreadable JSON line and the rows it cannot train on, named by file line on error."""
+    from poft import readers
+    from poft.cli import main
+
+    lines = [json.dumps(r) for r in bad_rows(tiny)]
+    lines.insert(5, "{not json")
+    (tmp_path / "bad.jsonl").write_text("\n".join(lines) + "\n")
+    reads = []
+    monkeypatch.setattr(
+        readers, "read_rows", lambda *a, _read=readers.read_rows, **k: reads.append(a) or _read(*a, **k)
+    )
+    argv = ["train", "--model_name_or_path", tiny["model"], "--dataset_name", str(tmp_path / "bad.jsonl"),
+            "--output_dir", str(tmp_path / "out"), "--max_steps", "1", "--max_length", "48", "--report_to", "none",
+            "--bf16", "false", "--gradient_checkpointing", "false", "--use_cpu", "true", "--save_strategy", "no"]  # fmt: skip
+    assert main(argv) == 0
+    assert len(reads) == 1
+    dropped = [x for x in capsys.readouterr().out.splitlines() if x.startswith("poft: dropped")]
+    assert len(dropped) == 1 and "dropped 5 of 9 rows" in dropped[0] and "2 bad conversation" in dropped[0]
+    with pytest.raises(
+        ValueError,
+        match=r"5 of 9 rows cannot be trained on: line 1 \(id=tiny-0\).*line 4 .*; line 6 \(id=None\): bad conversation \(malformed JSON",
+    ):
+        main([*argv, "--on_bad_row", "error"])
+
+
 def test_bad_rows_can_stop_the_run_naming_them(tiny, tmp_path):
     args = cpu_config(tmp_path, max_length=48, on_bad_row="error")
     with pytest.raises(
