@@ -16,9 +16,11 @@ from pathlib import Path
 import torch
 
 from .chat import ChatFormat
+from .configs import DTYPES
 from .logprobs import chunked_token_log_probs, softcap
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+assert set(TORCH_DTYPES) == set(DTYPES) - {"auto"}, "configs.DTYPES and the dtypes poft can load differ"
 
 
 class AlignedModelError(ValueError):
@@ -137,6 +139,6 @@ def _check_chunked_head(network: torch.nn.Module, alias: str) -> None:
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be auto or one of {sorted(DTYPES)}, got {dtype!r}")
-    return DTYPES[dtype]
+    if dtype not in TORCH_DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    return TORCH_DTYPES[dtype]

@@ -24,8 +24,6 @@ import sys
 import types
 import weakref
 
-import torch
-
 
 def end_distributed() -> None:
     """The last call of a run, once its trainers and models are out of reach (returned from, or deleted):
@@ -35,19 +33,19 @@ def end_distributed() -> None:
     Raises RuntimeError if a group is still referenced afterwards: exiting with it alive risks the abort
     described in this module's docstring.
     """
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    # torch.distributed never imported: no group, and a light command (`poft inspect`) does not import torch
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is None or not (distributed.is_available() and distributed.is_initialized()):
         return
     from torch.distributed.distributed_c10d import _world
 
     groups = [weakref.ref(group) for group in _world.pg_names]
     gc.collect()  # trainers, DDP wrappers and DeepSpeed engines sit in cycles: free them while the group works
-    deepspeed_comm = sys.modules.get(
-        "deepspeed.comm"
-    )  # imported by the Trainer whenever DeepSpeed is installed
+    deepspeed_comm = sys.modules.get("deepspeed.comm")  # the Trainer imports it when DeepSpeed is installed
     if deepspeed_comm is not None and deepspeed_comm.is_initialized():
         deepspeed_comm.destroy_process_group()  # also drops DeepSpeed's module-level references to its groups
     else:
-        torch.distributed.destroy_process_group()
+        distributed.destroy_process_group()
     gc.collect()
     if any(group() is not None for group in groups):
         _unbind_default_arguments([group() for group in groups if group() is not None])

@@ -23,8 +23,9 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from .configs import NORMALIZATIONS  # choices are typed once, where --help reads them
+
 Normalization = Literal["token", "byte", "none"]
-NORMALIZATIONS: tuple[str, ...] = ("token", "byte", "none")
 
 
 def direction_sign(direction: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:

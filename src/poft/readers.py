@@ -42,8 +42,8 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset, load_from_disk
 
-FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion")
-ON_BAD_ROW = ("error", "skip")
+from .configs import FORMATS, ON_BAD_ROW  # choices are typed once, where --help reads them
+
 KNOWN_ROLES = frozenset({"system", "user", "assistant", "tool"})
 SHAREGPT_ROLES = {
     "system": "system",

@@ -45,9 +45,9 @@ from .aligned import (
     short_hash,
 )
 from .chat import ChatTemplateError, response_bytes
+from .configs import NORMALIZATIONS, ON_BAD_ROW
 from .logprobs import batch_logprob_sums, token_budget_batches
-from .loss import NORMALIZATIONS
-from .readers import ON_BAD_ROW, fingerprint, read_sft
+from .readers import fingerprint, read_sft
 from .shards import (
     OutputWriteError,
     check_run_config,

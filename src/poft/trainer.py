@@ -23,6 +23,7 @@ import torch
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
+from .configs import ON_BAD_ROW
 from .loss import (
     NORMALIZATIONS,
     normalize_scores,
@@ -92,7 +93,7 @@ class PoFTConfig(SFTConfig):
         metadata={
             "help": "Rows with no response token after truncation, a malformed conversation or a missing/NaN "
             "reference score: 'skip' drops them and prints how many and why; 'error' stops naming them.",
-            "choices": ["skip", "error"],
+            "choices": list(ON_BAD_ROW),
         },
     )
 
@@ -115,8 +116,8 @@ class PoFTConfig(SFTConfig):
             raise ValueError(
                 f"score_normalization must be one of {NORMALIZATIONS}, got {self.score_normalization!r}"
             )
-        if self.on_bad_row not in ("skip", "error"):
-            raise ValueError(f"on_bad_row must be 'skip' or 'error', got {self.on_bad_row!r}")
+        if self.on_bad_row not in ON_BAD_ROW:
+            raise ValueError(f"on_bad_row must be one of {ON_BAD_ROW}, got {self.on_bad_row!r}")
         if self.beta <= 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
         if self.truncation_mode != "keep_start":
