@@ -10,6 +10,12 @@ every other TRL option work as in SFT):
 - compute_loss turns TRL's fused per-token log-probs (no [tokens x vocab] logits kept) into per-example
   scores r_theta and applies `poft_loss`, averaged over the examples of the whole optimizer step
   (all micro-batches and all processes), so gradient accumulation and data parallelism give one update.
+
+Route of a training dataset, each module entered once, top to bottom:
+    readers.read_sft        (`poft train`: the file, read once; a Dataset given in Python is read here)
+    training_data           tokens + response labels (chat.ChatFormat), scores, stale-score check, bad rows
+    trainer                 TRL's preparation and collation with the score columns; compute_loss
+    loss                    poft_loss on the per-example scores
 """
 
 from __future__ import annotations
