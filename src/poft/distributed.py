@@ -10,7 +10,8 @@ with it gloo's threads (`gloo_tcp_loop`, `pt_gloo_runloop`), lives as long as Py
     `group=torch.distributed.GroupMember.WORLD` is evaluated when `deepspeed.comm.torch` is imported. The
     Trainer imports DeepSpeed (accelerate's `extract_model_from_parallel`) after the group exists, so those
     defaults hold the live group for the life of the process. `torch.distributed.nn.functional` does the
-    same with ten collectives when it is imported after the group.
+    same with ten collectives when it is imported after the group (as `poft score` does, through
+    transformers' lazily imported model modules).
 The groups were then destroyed during interpreter finalization, and a rank that had finished and saved
 sometimes aborted there ("terminate called without an active exception", exit -6): tearing gloo down while
 the interpreter is being torn down is a known crash (pytorch/pytorch#190489). `end_distributed` releases
@@ -28,7 +29,10 @@ import weakref
 def end_distributed() -> None:
     """The last call of a run, once its trainers and models are out of reach (returned from, or deleted):
     destroy the process groups and release what still references them, so that gloo's threads are joined
-    now. Does nothing in a single-process run.
+    now. Call it instead of `trainer.end()` / `destroy_process_group()`, not after them (a group already
+    destroyed cannot be found any more). Under DeepSpeed, call `trainer.accelerator.free_memory()` first,
+    while the group works: without `engine.destroy()` the engine, its optimizer and the model outlive the
+    trainer (its hooks hold them). Does nothing in a single-process run.
 
     Raises RuntimeError if a group is still referenced afterwards: exiting with it alive risks the abort
     described in this module's docstring.
