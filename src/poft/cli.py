@@ -72,7 +72,7 @@ def run_train(script_args, config, model_args, format_args: DatasetFormatArgumen
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     trainer.save_model(config.output_dir)
     trainer.accelerator.print(f"poft: model saved to {config.output_dir}")
-    trainer.end()  # destroy the process group: a gloo rank exiting with it alive can abort at teardown
+    trainer.accelerator.free_memory()  # drop the DDP / DeepSpeed wrappers; main() then ends the process group
     return 0
 
 
@@ -104,7 +104,7 @@ def run_dpo(script_args, config, model_args) -> int:
     trainer.save_model(config.output_dir)
     trainer.save_state()  # trainer_state.json: the logged DPO losses and reward margins, for comparisons
     trainer.accelerator.print(f"poft: model saved to {config.output_dir}")
-    trainer.end()
+    trainer.accelerator.free_memory()
     return 0
 
 
@@ -290,15 +290,19 @@ def parse_command(argv: list[str]) -> Parsed:
     return Parsed(name, parser, options)
 
 
-def leave_distributed_run(code: int) -> int:
-    """In a multi-process run (torchrun / accelerate launch), exit at once once everything is written.
+def end_run(code: int) -> int:
+    """End a multi-process run (`poft.distributed.end_distributed`): the process group is destroyed and gloo's
+    threads joined now, while the interpreter is whole, once the command's trainer is out of reach.
 
-    Full-suite runs here saw a rank that had finished, saved and destroyed its gloo process group abort at
-    interpreter teardown ("terminate called without an active exception", exit -6) in 2 of 4 runs, which
-    torchrun reports as a failed job; the cause (a C++ thread destroyed at exit) was not pinned down.
-    Skipping interpreter teardown with os._exit after flushing avoids it; single-process runs exit normally.
+    If a library poft does not know still holds the group, it would be torn down at interpreter exit, which
+    can abort a finished rank (pytorch/pytorch#190489): only then, and after flushing, leave at once.
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    from .distributed import end_distributed
+
+    try:
+        end_distributed()
+    except RuntimeError as e:
+        print(f"poft: warning: {e}; leaving without interpreter teardown", file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
@@ -315,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         code = COMMANDS[parsed.name].run(*parsed.options)
     except UsageError as e:
         parsed.parser.error(str(e))
-    return leave_distributed_run(code)
+    return end_run(code)
 
 
 if __name__ == "__main__":

@@ -173,9 +173,13 @@ def _process_state():
 
 
 def _end_process_group(state) -> None:
+    """Destroy the group this call started and release what still holds it (`poft.distributed`), so gloo's
+    threads are joined now rather than at interpreter exit; PartialState forgets it."""
     from accelerate import PartialState
 
-    state.destroy_process_group()
+    from .distributed import end_distributed
+
+    end_distributed()
     PartialState._reset_state()
 
 
