@@ -21,6 +21,7 @@ every holder instead, so gloo's threads are joined at the end of the run while t
 from __future__ import annotations
 
 import gc
+import os
 import sys
 import types
 import weakref
@@ -75,3 +76,16 @@ def _unbind_default_arguments(groups: list) -> None:
             function.__defaults__ = tuple(
                 None if any(value is group for group in groups) else value for value in defaults
             )
+
+
+def gloo_threads() -> list[str]:
+    """Names of this process's live gloo threads (`gloo_tcp_loop`, `pt_gloo_runloop`; Linux /proc), to check
+    that a run really released its process group."""
+    names = []
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/comm") as f:
+                names.append(f.read().strip())
+        except FileNotFoundError:  # a thread that ended while we listed
+            pass
+    return [name for name in names if name.startswith(("gloo", "pt_gloo"))]

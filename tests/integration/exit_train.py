@@ -13,18 +13,7 @@ import torch  # noqa: E402
 from datasets import load_dataset  # noqa: E402
 
 from poft import PoFTConfig, PoFTTrainer  # noqa: E402
-from poft.distributed import end_distributed  # noqa: E402
-
-
-def thread_names() -> list[str]:
-    names = []
-    for task in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{task}/comm") as f:
-                names.append(f.read().strip())
-        except FileNotFoundError:  # a thread that ended while we listed
-            pass
-    return names
+from poft.distributed import end_distributed, gloo_threads  # noqa: E402
 
 
 def train() -> None:
@@ -50,7 +39,7 @@ def train() -> None:
     )
     trainer.train()
     assert torch.distributed.is_initialized() and torch.distributed.get_world_size() == 2
-    assert any(name.startswith(("gloo", "pt_gloo")) for name in thread_names())
+    assert gloo_threads()
     trainer.save_model(out)
     trainer.accelerator.free_memory()  # DeepSpeed: engine.destroy() removes the hooks that keep it alive
 
@@ -58,6 +47,6 @@ def train() -> None:
 if __name__ == "__main__":
     train()
     end_distributed()
-    gloo = [name for name in thread_names() if name.startswith(("gloo", "pt_gloo"))]
+    gloo = gloo_threads()
     assert not gloo, f"gloo threads still alive after end_distributed: {gloo}"
     print(f"rank {os.environ['RANK']}: no gloo thread after end_distributed", flush=True)

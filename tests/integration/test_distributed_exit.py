@@ -12,22 +12,10 @@ from pathlib import Path
 import pytest
 import torch.distributed as dist
 
-from poft.distributed import end_distributed
+from poft.distributed import end_distributed, gloo_threads
 from poft.example import make_rows
-from poft.tiny import build_model, build_tokenizer
 
 HERE = Path(__file__).parent
-
-
-def gloo_threads() -> list[str]:
-    names = []
-    for task in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{task}/comm") as f:
-                names.append(f.read().strip())
-        except FileNotFoundError:  # a thread that ended while we listed
-            pass
-    return [name for name in names if name.startswith(("gloo", "pt_gloo"))]
 
 
 @pytest.fixture
@@ -71,19 +59,17 @@ def test_single_process_is_left_alone():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, tiny_model):
     root = tmp_path_factory.mktemp("exit")
     rows = make_rows(8, seed=1)
-    tokenizer = build_tokenizer("chatml", [m["content"] for r in rows for m in r["messages"]], vocab_size=320)
-    build_model(tokenizer, hidden_size=32, num_layers=2, seed=0).save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
+    corpus = [m["content"] for r in rows for m in r["messages"]]
     (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return root
+    return {"model": tiny_model("chatml", corpus, vocab_size=320, hidden_size=32, name="model"), "root": root}
 
 
 def torchrun_training(tiny, out: Path, *deepspeed: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(HERE / "exit_train.py"), str(tiny / "model"), str(tiny / "train.jsonl"), str(out), *deepspeed]  # fmt: skip
+           str(HERE / "exit_train.py"), tiny["model"], str(tiny["root"] / "train.jsonl"), str(out), *deepspeed]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 

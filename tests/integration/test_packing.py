@@ -9,7 +9,7 @@ from poft import PoFTConfig, PoFTTrainer, poft_loss
 from poft.chat import ChatFormat
 from poft.example import make_rows
 from poft.loss import packed_sequence_logprob_sums, sequence_logprob_sums
-from poft.tiny import build_model, build_tokenizer
+from poft.tiny import build_model
 
 
 @pytest.fixture(scope="module")
@@ -20,12 +20,9 @@ def rows():
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, rows):
-    root = tmp_path_factory.mktemp("packing")
-    tokenizer = build_tokenizer("llama3", [m["content"] for r in rows for m in r["messages"]], vocab_size=300)
-    build_model(tokenizer, hidden_size=32, num_layers=2, seed=5).save_pretrained(root)
-    tokenizer.save_pretrained(root)
-    return str(root)
+def model_dir(tiny_model, rows):
+    corpus = [m["content"] for r in rows for m in r["messages"]]
+    return tiny_model("llama3", corpus, vocab_size=300, hidden_size=32, seed=5)
 
 
 def test_packed_scores_and_gradients_equal_unpacked(tokenizers, rows):

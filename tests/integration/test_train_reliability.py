@@ -14,20 +14,18 @@ from datasets import Dataset
 from poft import PoFTConfig, PoFTTrainer
 from poft.example import make_rows
 from poft.readers import fingerprint as row_fingerprint
-from poft.tiny import build_model, build_tokenizer
 
 HERE = Path(__file__).parent
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, tiny_model):
     root = tmp_path_factory.mktemp("resume")
     rows = make_rows(32, seed=4)
-    tokenizer = build_tokenizer("zephyr", [m["content"] for r in rows for m in r["messages"]], vocab_size=300)
-    build_model(tokenizer, hidden_size=32, num_layers=2, seed=1).save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
+    corpus = [m["content"] for r in rows for m in r["messages"]]
+    model = tiny_model("zephyr", corpus, vocab_size=300, hidden_size=32, seed=1, name="model")
     (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return {"model": str(root / "model"), "data": str(root / "train.jsonl"), "rows": rows}
+    return {"model": model, "data": str(root / "train.jsonl"), "rows": rows}
 
 
 def train(tiny, out: Path, *mode: str, nproc: int = 1, steps: int = 6) -> subprocess.CompletedProcess:

@@ -14,7 +14,6 @@ from datasets import Dataset
 
 from poft import PoFTConfig, PoFTTrainer
 from poft.example import make_rows
-from poft.tiny import build_model, build_tokenizer
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
@@ -46,7 +45,7 @@ def cpu_config(tmp_path, config_class=PoFTConfig, **overrides) -> PoFTConfig:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, tiny_model):
     """A saved tiny model folder and 8 rows of varied lengths (so token- and example-means differ)."""
     root = tmp_path_factory.mktemp("tiny")
     rows = make_rows(8, seed=1)
@@ -55,11 +54,10 @@ def tiny(tmp_path_factory):
         {"role": "user", "content": "and again"},
         {"role": "assistant", "content": "again: " + rows[5]["messages"][1]["content"]},
     ]
-    tokenizer = build_tokenizer("chatml", [m["content"] for r in rows for m in r["messages"]], vocab_size=320)
-    build_model(tokenizer, hidden_size=32, num_layers=2, seed=0).save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
+    corpus = [m["content"] for r in rows for m in r["messages"]]
+    model = tiny_model("chatml", corpus, vocab_size=320, hidden_size=32, name="model")
     (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return {"model": str(root / "model"), "data": str(root / "train.jsonl"), "rows": rows, "root": root}
+    return {"model": model, "data": str(root / "train.jsonl"), "rows": rows, "root": root}
 
 
 def test_poft_trains_and_logs_metrics(tiny, tmp_path):
