@@ -323,8 +323,13 @@ def _dataset_from_columns(columns: dict[str, list], source: str, where: list[str
                 pa.array(values)
             except Exception:
                 kinds = [type(v).__name__ for v in values]
-                first = next(k for k in kinds if k != "NoneType")
-                odd = next(i for i, k in enumerate(kinds) if k not in (first, "NoneType"))
+                first = next((k for k in kinds if k != "NoneType"), "NoneType")
+                odd = next((i for i, k in enumerate(kinds) if k not in (first, "NoneType")), None)
+                if odd is None:  # same Python type, different contents (a list of numbers, a list of text)
+                    raise ValueError(
+                        f"{source}: column {name!r} holds values of different shapes across rows ({e}); "
+                        "a column needs one type"
+                    ) from e
                 raise ValueError(
                     f"{source}: column {name!r} holds a {first} in some rows and a {kinds[odd]} in others "
                     f"(first at {where[odd]}); a column needs one type"

@@ -320,6 +320,10 @@ def test_a_column_with_two_types_is_named_with_its_line(tmp_path):
     rows[2]["quality"] = "high"
     with pytest.raises(ValueError, match=r"column 'quality' holds a float in some rows and a str .*line 3"):
         load_sft_dataset(write_jsonl(tmp_path / "q.jsonl", rows))
+    rows = [dict(r, tags=[1, 2]) for r in numbers_rows(4)]
+    rows[1]["tags"] = ["a", "b"]
+    with pytest.raises(ValueError, match=r"column 'tags' holds values of different shapes"):
+        load_sft_dataset(write_jsonl(tmp_path / "t.jsonl", rows))
 
 
 def test_file_level_problems_are_one_clear_error(tmp_path):
