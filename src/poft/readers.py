@@ -351,23 +351,13 @@ def _read_json_file(path: Path) -> RawRows:
             values = json.loads(text)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: line {e.lineno}, column {e.colno}: malformed JSON ({e.msg})") from e
-        rows, bad = [], []
-        for i, value in enumerate(values):
-            if isinstance(value, dict):
-                rows.append(value)
-            else:
-                bad.append(
-                    {
-                        "row": f"row {i}",
-                        "id": None,
-                        "problem": f"a JSON {type(value).__name__}, not an object",
-                    }
-                )
-        if bad:  # rows of an array are named by position: leaving one out would shift the names
+        odd = next((i for i, value in enumerate(values) if not isinstance(value, dict)), None)
+        if odd is not None:  # rows of an array are named by position: leaving one out would shift the names
             raise ValueError(
-                f"{path}: a JSON array file must hold objects, one per row ({bad[0]['row']} is not)"
+                f"{path}: row {odd} is a JSON {type(values[odd]).__name__}; a JSON array file must hold "
+                "objects, one per row"
             )
-        return RawRows(str(path), _union_columns(rows), rows=rows)
+        return RawRows(str(path), _union_columns(values), rows=values)
     rows, lines, bad = [], [], []
     pieces = text.split("\n")  # not splitlines(): U+2028, U+0085, \x1c... inside a string are text
     for line_no, line in enumerate(pieces, start=1):

@@ -349,3 +349,12 @@ def test_fingerprint_is_stable_and_content_only():
     assert len(fingerprint(a)) == 32 and int(fingerprint(a), 16) >= 0
     assert fingerprint(a) != fingerprint([{"role": "system", "content": "hi"}, a[1]])
     assert fingerprint(a) != fingerprint([a[0], {"role": "assistant", "content": "yo "}])
+
+
+def test_json_array_of_non_objects_names_the_row(tmp_path):
+    path = tmp_path / "array.json"
+    path.write_text(json.dumps([{"messages": CONVERSATIONS[0]}, ["not", "an", "object"]]))
+    with pytest.raises(
+        ValueError, match=r"array\.json: row 1 is a JSON list; a JSON array file must hold objects"
+    ):
+        load_sft_dataset(str(path))
