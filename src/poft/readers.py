@@ -460,13 +460,16 @@ def read_sft(
     on_bad_row: str = "error",
     name: str | None = None,
     report: bool = True,
+    keep_fingerprints: bool = True,
 ) -> SFTRows:
     """Read SFT data in any supported format; every row validated once, bad rows handled once.
 
     `name` names a Dataset source in messages (default "dataset"). Raises RowError (on_bad_row="error")
     naming source, line/row, id and field for the first bad rows; ValueError for file-level problems.
     report=False leaves saying which rows were skipped to the caller (the trainer adds the rows it cannot
-    train on and says it once).
+    train on and says it once). keep_fingerprints=False fingerprints the text as read now even where the
+    source stores one (`poft score`, which scores that text); by default a stored one is kept, for the
+    trainer to compare with the text it trains on.
     """
     if format is not None and format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
@@ -486,7 +489,7 @@ def read_sft(
             f"poft: {source_name}: {_DESCRIPTIONS[fmt]} ({'forced' if format else 'detected'}), {len(raw)} rows"
         )
     has_label = "label" in raw.columns
-    stored = FINGERPRINT_COLUMN in raw.columns
+    stored = keep_fingerprints and FINGERPRINT_COLUMN in raw.columns
     wanted = [*SOURCE_COLUMNS[fmt], "id", "prompt_id", "label", FINGERPRINT_COLUMN]
     kept: list[int] = []
     new: dict[str, list] = {"messages": [], "id": [], FINGERPRINT_COLUMN: []}

@@ -47,7 +47,7 @@ from .aligned import (
 from .chat import ChatTemplateError, response_bytes
 from .configs import NORMALIZATIONS, ON_BAD_ROW
 from .logprobs import batch_logprob_sums, token_budget_batches
-from .readers import fingerprint, read_sft
+from .readers import read_sft
 from .shards import (
     OutputWriteError,
     check_run_config,
@@ -108,9 +108,9 @@ def score_dataset(
         output.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OutputWriteError(e.errno, f"cannot create the output folder {output}: {e.strerror or e}") from e
-    rows = read_sft(dataset, split, format=format, on_bad_row=on_bad_row)
+    rows = read_sft(dataset, split, format=format, on_bad_row=on_bad_row, keep_fingerprints=False)
     messages = list(rows.dataset["messages"])
-    fingerprints = [fingerprint(m) for m in messages]  # the text scored now (a stored one may be stale)
+    fingerprints = rows.dataset["fingerprint"]  # of the text scored now (a stored one is not kept)
     aligned = load_aligned_models(models)
     identity = {
         "dataset_fingerprint": short_hash("\n".join(fingerprints) + f"\n{rows.n_rows_in}"),
@@ -152,7 +152,7 @@ def score_dataset(
             "bad_rows": rows.bad,
         }
         finalize(
-            output, rows.dataset, fingerprints=fingerprints, response_bytes=[response_bytes(m) for m in messages],
+            output, rows.dataset, response_bytes=[response_bytes(m) for m in messages],
             models=[m.manifest_entry() for m in aligned], run=run, stats=all_stats, normalization=normalization,
         )  # fmt: skip
     state.wait_for_everyone()

@@ -30,7 +30,6 @@ import torch
 from datasets import Dataset, concatenate_datasets
 
 from .loss import normalize_scores
-from .readers import FINGERPRINT_COLUMN
 
 SHARDS_DIR = "shards"
 CONFIG_FILE = "scoring_config.json"
@@ -168,7 +167,6 @@ def finalize(
     output: Path,
     dataset: Dataset,
     *,
-    fingerprints: list[str],
     response_bytes: list[int],
     models: list[dict],
     run: dict,
@@ -181,14 +179,11 @@ def finalize(
     manifest records of the run besides the models (source, row counts, bad rows, settings, processes);
     `stats`: per process, per alias {"rows", "tokens", "seconds"} of this run.
     """
-    columns: dict[str, object] = {
-        FINGERPRINT_COLUMN: fingerprints,
-        "response_bytes": np.asarray(response_bytes, dtype=np.int64),
-    }
+    columns: dict[str, object] = {"response_bytes": np.asarray(response_bytes, dtype=np.int64)}
     per_model = [_merge_model(output, entry, len(dataset), columns, normalization) for entry in models]
     columns["ref_score"] = np.mean([m.pop("scores") for m in per_model], axis=0)
     replaced = [c for c in columns if c in dataset.column_names]
-    if set(replaced) - {FINGERPRINT_COLUMN}:  # the reader always gives a fingerprint; scores are news
+    if replaced:
         print(f"poft: replacing existing columns {replaced} with new scores")
     dataset = dataset.remove_columns(replaced)
     scored = concatenate_datasets([dataset, Dataset.from_dict(columns)], axis=1)
