@@ -35,3 +35,27 @@ def test_trl_fused_head_matches_reference(tokenizers, dtype):
     tol = TOLERANCE[dtype]
     assert torch.allclose(fused.float(), reference, **tol)
     assert torch.allclose(fused_grad, model.lm_head.weight.grad.float(), **tol)
+
+
+def test_batch_logprob_sums_equal_the_plain_reference_through_padding(tiny_model):
+    """The scorer's batched path (right padding, decoder once, LM head on response positions only) against
+    `full_logits_logprob_sum`, one unpadded example at a time."""
+    import numpy as np
+    from transformers import AutoModelForCausalLM
+
+    from poft.logprobs import batch_logprob_sums, full_logits_logprob_sum
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model("chatml", hidden_size=32)).eval()
+    g = torch.Generator().manual_seed(0)
+    sequences = []
+    for length in (5, 17, 9, 30):
+        ids = torch.randint(3, model.config.vocab_size, (length,), generator=g).numpy()
+        mask = (torch.rand(length, generator=g) < 0.5).numpy().astype(np.uint8)
+        sequences.append((ids, mask))
+    with torch.inference_mode():
+        sums, counts = batch_logprob_sums(model, sequences, pad_id=0, chunk_size=7)
+    for (ids, mask), total, count in zip(sequences, sums, counts, strict=True):
+        assert count == mask[1:].sum()
+        assert total == pytest.approx(
+            full_logits_logprob_sum(model, ids.tolist(), mask.tolist()), rel=1e-5, abs=1e-5
+        )
