@@ -6,8 +6,10 @@ Two things are decided here:
 
 - preference rows are normalised to conversational `prompt` / `chosen` / `rejected` lists of messages,
   whether they come explicit (UltraFeedback-binarized: a `prompt` string and full `chosen` / `rejected`
-  conversations that repeat it), implicit (no `prompt`: the shared leading turns are the prompt), or as
-  plain strings;
+  conversations that repeat it), implicit (no `prompt`: the shared leading turns are the prompt), as
+  plain strings, or in LLaMA-Factory's ShareGPT layout (`conversations` of {from, value} up to the reply,
+  `chosen` / `rejected` one {from, value} reply each, optional `system`); rows are read by `readers.py`
+  (each JSON line parsed once) and a bad row is named by source, line/row, id and field;
 - reference log-probs are precomputed once (`precompute_ref_log_probs=True` by default), so no second
   copy of the model sits in memory during training: the reference is the PoFT checkpoint itself.
 """
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 from datasets import Dataset
 from trl import DPOConfig
 
-from .readers import RowError, message_list_from_text, read_rows, row_id
+from .readers import RowError, message_list_from_text, read_message, read_rows, row_id, sharegpt_turns
 
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
 
@@ -43,21 +45,33 @@ def _as_messages(value: object, field_name: str, role: str) -> list[dict]:
     if isinstance(value, str):
         return [{"role": role, "content": value}]
     if isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
-        messages = [{"role": m.get("role"), "content": m.get("content")} for m in value]
-        for i, m in enumerate(messages):
-            if m["role"] not in ("system", "user", "assistant", "tool") or not isinstance(m["content"], str):
-                raise RowError(f"{field_name}[{i}] is {m!r}; expected {{role, content}} strings")
-        return messages
+        return [read_message(m, f"{field_name}[{i}]") for i, m in enumerate(value)]
     raise RowError(
         f"{field_name} is {type(value).__name__}; expected a string or a list of {{role, content}}"
     )
 
 
+def _sharegpt_pair(row: dict) -> tuple[list[dict], list[dict], list[dict]]:
+    """LLaMA-Factory's preference layout: `conversations` ({from, value} turns up to the reply), `chosen` and
+    `rejected` as one {from, value} reply (or a list), and an optional `system` prompt."""
+    prompt = sharegpt_turns(row["conversations"], "conversations")
+    if isinstance(row.get("system"), str) and row["system"]:
+        prompt = [{"role": "system", "content": row["system"]}, *prompt]
+    return (
+        prompt,
+        sharegpt_turns(row.get("chosen"), "chosen"),
+        sharegpt_turns(row.get("rejected"), "rejected"),
+    )
+
+
 def normalize_preference_row(row: dict) -> dict:
     """One preference row -> conversational {prompt, chosen, rejected}; chosen / rejected keep only replies."""
-    chosen = _as_messages(row.get("chosen"), "chosen", "assistant")
-    rejected = _as_messages(row.get("rejected"), "rejected", "assistant")
-    prompt = _as_messages(row["prompt"], "prompt", "user") if row.get("prompt") is not None else []
+    if row.get("conversations") is not None:
+        prompt, chosen, rejected = _sharegpt_pair(row)
+    else:
+        chosen = _as_messages(row.get("chosen"), "chosen", "assistant")
+        rejected = _as_messages(row.get("rejected"), "rejected", "assistant")
+        prompt = _as_messages(row["prompt"], "prompt", "user") if row.get("prompt") is not None else []
     if prompt and chosen[: len(prompt)] == prompt and rejected[: len(prompt)] == prompt:
         chosen, rejected = chosen[len(prompt) :], rejected[len(prompt) :]
     elif not prompt:
@@ -89,7 +103,9 @@ def load_preferences(source: str | Dataset, split: str = "train", config: str | 
             f"missing {missing} (columns: {raw.columns})"
         )
     pairs = []
-    for i, row in enumerate(raw.iter_rows([*PREFERENCE_COLUMNS, "id", "prompt_id"])):
+    for i, row in enumerate(
+        raw.iter_rows([*PREFERENCE_COLUMNS, "conversations", "system", "id", "prompt_id"])
+    ):
         try:
             pairs.append(normalize_preference_row(row))
         except RowError as e:

@@ -115,20 +115,42 @@ def validate_messages(messages: object) -> list[dict]:
     """
     if not isinstance(messages, list) or not messages:
         raise RowError("`messages` must be a non-empty list of {role, content} objects")
-    out = []
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise RowError(f"messages[{i}] is a {type(message).__name__}, not an object")
-        role = message.get("role")
-        if role not in KNOWN_ROLES:
-            raise RowError(f"messages[{i}].role is {role!r}; expected one of {sorted(KNOWN_ROLES)}")
-        content = _content_text(message.get("content"), f"messages[{i}]")
-        if role == "assistant" and not content.strip():
-            raise RowError(f"messages[{i}].content (assistant) is empty")
-        out.append({"role": role, "content": content})
+    out = [read_message(message, f"messages[{i}]") for i, message in enumerate(messages)]
     if not any(m["role"] == "assistant" for m in out):
         raise RowError("no assistant turn")
     return out
+
+
+def read_message(message: object, where: str) -> dict:
+    """One message as {role, content} text (a known role; content parts joined; an assistant turn not empty),
+    or RowError naming `where` ("messages[2]", "chosen[0]")."""
+    if not isinstance(message, dict):
+        raise RowError(f"{where} is a {type(message).__name__}, not an object")
+    role = message.get("role")
+    if role not in KNOWN_ROLES:
+        raise RowError(f"{where}.role is {role!r}; expected one of {sorted(KNOWN_ROLES)}")
+    content = _content_text(message.get("content"), where)
+    if role == "assistant" and not content.strip():
+        raise RowError(f"{where}.content (assistant) is empty")
+    return {"role": role, "content": content}
+
+
+def sharegpt_turns(turns: object, field_name: str) -> list[dict]:
+    """ShareGPT turns ({from, value}, a list of them or one) -> messages; RowError names the turn."""
+    turns = [turns] if isinstance(turns, dict) else _json_list_cell(turns, field_name)
+    if not isinstance(turns, list) or not turns:
+        raise RowError(f"{field_name} must be a non-empty list of {{from, value}} objects")
+    messages = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise RowError(f"{field_name}[{i}] is a {type(turn).__name__}, not an object")
+        speaker, value = turn.get("from"), turn.get("value")
+        if speaker not in SHAREGPT_ROLES:
+            raise RowError(f"{field_name}[{i}].from is {speaker!r}; expected one of {sorted(SHAREGPT_ROLES)}")
+        if not isinstance(value, str):
+            raise RowError(f"{field_name}[{i}].value is {type(value).__name__}, not a string")
+        messages.append({"role": SHAREGPT_ROLES[speaker], "content": value})
+    return messages
 
 
 def message_list_from_text(text: str) -> list[dict] | None:
@@ -174,22 +196,9 @@ def sft_messages(row: dict, fmt: str) -> list[dict]:
     if fmt == "messages":
         return validate_messages(_json_list_cell(row.get("messages"), "messages"))
     if fmt == "sharegpt":
-        turns = _json_list_cell(row.get("conversations"), "conversations")
-        if not isinstance(turns, list) or not turns:
+        if isinstance(row["conversations"], dict):
             raise RowError("conversations must be a non-empty list of {from, value} objects")
-        messages = []
-        for i, turn in enumerate(turns):
-            if not isinstance(turn, dict):
-                raise RowError(f"conversations[{i}] is a {type(turn).__name__}, not an object")
-            speaker, value = turn.get("from"), turn.get("value")
-            if speaker not in SHAREGPT_ROLES:
-                raise RowError(
-                    f"conversations[{i}].from is {speaker!r}; expected one of {sorted(SHAREGPT_ROLES)}"
-                )
-            if not isinstance(value, str):
-                raise RowError(f"conversations[{i}].value is {type(value).__name__}, not a string")
-            messages.append({"role": SHAREGPT_ROLES[speaker], "content": value})
-        return validate_messages(messages)
+        return validate_messages(sharegpt_turns(row["conversations"], "conversations"))
     if fmt == "alpaca":
         instruction, extra, output = row.get("instruction"), row.get("input"), row.get("output")
         for name, value in (("instruction", instruction), ("output", output)):

@@ -358,3 +358,41 @@ def test_json_array_of_non_objects_names_the_row(tmp_path):
         ValueError, match=r"array\.json: row 1 is a JSON list; a JSON array file must hold objects"
     ):
         load_sft_dataset(str(path))
+
+
+def test_llama_factory_sharegpt_preference_rows_are_read(tmp_path):
+    """LLaMA-Factory's preference layout (its dpo_en_demo.json): ShareGPT `conversations` up to the reply,
+    `chosen` / `rejected` as one {from, value} reply, optional `system`; it used to stop with a traceback."""
+    from poft.dpo import load_preferences
+
+    rows = [
+        {
+            "conversations": [{"from": "human", "value": "add 2 and 3"}],
+            "chosen": {"from": "gpt", "value": "5"},
+            "rejected": {"from": "gpt", "value": "6"},
+        },
+        {
+            "system": "be brief",
+            "conversations": [
+                {"from": "human", "value": "capital of France?"},
+                {"from": "gpt", "value": "Paris."},
+                {"from": "human", "value": "and Italy?"},
+            ],
+            "chosen": {"from": "gpt", "value": "Rome."},
+            "rejected": {"from": "gpt", "value": "Paris."},
+        },
+    ]
+    path = tmp_path / "dpo_en_demo.json"
+    path.write_text(json.dumps(rows, indent=1))
+    pairs = load_preferences(str(path))
+    assert pairs[0] == {
+        "prompt": [{"role": "user", "content": "add 2 and 3"}],
+        "chosen": [{"role": "assistant", "content": "5"}],
+        "rejected": [{"role": "assistant", "content": "6"}],
+    }
+    assert pairs[1]["prompt"] == CONVERSATIONS[1][:4] and pairs[1]["chosen"] == [CONVERSATIONS[1][4]]
+    rows[1]["chosen"] = {"from": "bot", "value": "Rome."}
+    rows[1]["id"] = "it"
+    path.write_text(json.dumps(rows, indent=1))
+    with pytest.raises(RowError, match=r"dpo_en_demo\.json: row 1 \(id=it\): chosen\[0\]\.from is 'bot'"):
+        load_preferences(str(path))
