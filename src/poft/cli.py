@@ -129,7 +129,11 @@ def run_inspect(config: InspectConfig) -> int:
     """`poft inspect DIR [--output OUT]`: score statistics, correlations, histograms, lowest/highest rows."""
     from .inspection import inspect_scores, summary_table
 
-    summary = inspect_scores(config.dir, config.output, k=config.k)
+    try:
+        summary = inspect_scores(config.dir, config.output, k=config.k, by_label=config.by_label)
+    except ValueError as e:  # an unfinished or unscored folder, an unknown --by-label column: one line
+        print(f"poft inspect: error: {e}", file=sys.stderr)
+        return 1
     print(summary_table(summary))
     print("\n" + summary["extremes_text"])
     print(f"\npoft: wrote {len(summary['figures'])} figures, summary.json and extremes.txt to "

@@ -113,6 +113,13 @@ class InspectConfig:
     k: int = field(
         default=5, metadata={"help": "How many lowest and highest rows to print.", "aliases": ["-k"]}
     )
+    by_label: str | None = field(
+        default=None,
+        metadata={
+            "help": "A column of row labels (e.g. known noise): per-label histograms and each score's ROC AUC "
+            "for telling each label from the other rows."
+        },
+    )
 
     def __post_init__(self):
         if not self.dir:

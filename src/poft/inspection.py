@@ -102,6 +102,68 @@ def summarise(scores: dict[str, np.ndarray], dataset: Dataset, manifest: dict) -
     }
 
 
+def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
+    """P(score of a random positive row > score of a random other row), ties counting one half (the
+    Mann-Whitney form of the ROC AUC); None when either side is empty. 1.0: the score separates perfectly."""
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if not n_pos or not n_neg:
+        return None
+    ranks = pd.Series(scores).rank(method="average").to_numpy()
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def label_classes(dataset: Dataset, column: str) -> np.ndarray:
+    """The label column as text classes ("True", "clean", "3"); rows without a label are "" (left out)."""
+    if column not in dataset.column_names:
+        raise ValueError(f"--by-label {column!r}: no such column (columns: {dataset.column_names})")
+    return np.array(["" if v is None else str(v) for v in dataset[column]], dtype=object)
+
+
+def separation_by_label(scores: dict[str, np.ndarray], classes: np.ndarray, column: str) -> dict:
+    """For each score: per class its count and mean, and the one-vs-rest ROC AUC of the score for telling
+    that class from the others (rows without a label or a finite score are left out)."""
+    labelled = classes != ""
+    names = sorted(set(classes[labelled]))
+    out = {"column": column, "classes": {c: int((classes == c).sum()) for c in names},
+           "n_unlabelled": int((~labelled).sum()), "scores": {}}  # fmt: skip
+    for name, values in scores.items():
+        keep = labelled & np.isfinite(values)
+        v, c = values[keep], classes[keep]
+        out["scores"][name] = {
+            "mean": {k: float(v[c == k].mean()) if (c == k).any() else None for k in names},
+            "auc": {k: roc_auc(v, c == k) for k in names},
+        }
+    return out
+
+
+def plot_by_label(scores: dict[str, np.ndarray], classes: np.ndarray, column: str, output: Path,
+                  normalization: str = "token") -> Path:  # fmt: skip
+    """One panel per score: a histogram per label class, with each class's AUC in the legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted(set(classes[classes != ""]))
+    fig, axes = plt.subplots(len(scores), 1, figsize=(7, 2.6 * len(scores)), squeeze=False)
+    for ax, (name, values) in zip(axes[:, 0], scores.items(), strict=True):
+        keep = np.isfinite(values) & (classes != "")
+        bins = np.histogram_bin_edges(values[keep] if keep.any() else np.zeros(1), bins=40)
+        for label in names:
+            chosen = keep & (classes == label)
+            auc = roc_auc(values[keep], classes[keep] == label)
+            ax.hist(values[chosen], bins=bins, density=True, histtype="step", linewidth=1.5,
+                    label=f"{column}={label} (n={int(chosen.sum())}, AUC {auc:.2f})" if auc is not None
+                    else f"{column}={label} (n={int(chosen.sum())})")  # fmt: skip
+        ax.set(title=name, xlabel=AXIS_LABELS[normalization], ylabel="density")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = output / f"scores_by_{column}.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 AXIS_LABELS = {
     "token": "mean log-prob per response token",
     "byte": "log-prob per response byte",
@@ -167,14 +229,26 @@ def extremes(dataset: Dataset, scores: dict[str, np.ndarray], k: int) -> tuple[l
     return ascending[:k].tolist(), descending[:k].tolist()
 
 
-def inspect_scores(folder: str | Path, output: str | Path | None = None, k: int = 5) -> dict:
-    """Write the audit (summary.json, PNGs, extremes.txt) to `output` (default FOLDER/inspect); return it."""
+def inspect_scores(
+    folder: str | Path, output: str | Path | None = None, k: int = 5, by_label: str | None = None
+) -> dict:
+    """Write the audit (summary.json, PNGs, extremes.txt) to `output` (default FOLDER/inspect); return it.
+
+    by_label: a column of row labels (e.g. which rows are known noise): per-label histograms
+    (scores_by_<column>.png) and each score's ROC AUC for telling each label from the others (summary.json).
+    """
     dataset, manifest = read_scored(folder)
+    scores = model_scores(dataset, manifest)
+    classes = label_classes(dataset, by_label) if by_label else None
     output = Path(output) if output is not None else Path(folder) / "inspect"
     output.mkdir(parents=True, exist_ok=True)
-    scores = model_scores(dataset, manifest)
     summary = summarise(scores, dataset, manifest)
     summary["figures"] = [str(p) for p in plot_scores(scores, output, summary["normalization"])]
+    if classes is not None:
+        summary["by_label"] = separation_by_label(scores, classes, by_label)
+        summary["figures"].append(
+            str(plot_by_label(scores, classes, by_label, output, summary["normalization"]))
+        )
     lowest, highest = extremes(dataset, scores, k)
     sections = []
     for title, rows in (
@@ -212,4 +286,15 @@ def summary_table(summary: dict) -> str:
         f"\ntruncated: {summary['truncated']}; dropped when scoring: {summary['dropped_when_scoring']}; "
         f"ref_score NaN: {summary['ref_score_nan']}"
     )
+    if "by_label" in summary:
+        by = summary["by_label"]
+        classes = list(by["classes"])
+        lines.append(f"\nROC AUC of each score for telling {by['column']}=<class> from the other rows "
+                     f"({', '.join(f'{c}: {n}' for c, n in by['classes'].items())} rows)")  # fmt: skip
+        lines.append(" " * 20 + "".join(f"{c[:10]:>11}" for c in classes))
+        for name, s in by["scores"].items():
+            cells = "".join(
+                f"{s['auc'][c]:>11.3f}" if s["auc"][c] is not None else f"{'-':>11}" for c in classes
+            )
+            lines.append(f"{name:<20}{cells}")
     return "\n".join(lines)

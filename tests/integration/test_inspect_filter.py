@@ -101,6 +101,35 @@ def test_inspect_statistics_figures_and_extremes(scored, tmp_path, capsys):
     assert "2 lowest ref_score" in out and f"id={data['id'][order[0]]}" in out and "Spearman" in out
 
 
+def test_inspect_by_label_reports_each_scores_auc_and_plots_per_label(scored, tmp_path, capsys):
+    """`poft inspect --by-label COLUMN`: a label column (here: even rows marked, and one unlabelled row)."""
+    import shutil
+
+    from datasets import load_from_disk
+
+    folder = tmp_path / "labelled"
+    data = load_from_disk(str(scored["root"] / "scores"))
+    kinds = ["even" if i % 2 == 0 else "odd" for i in range(len(data))]
+    kinds[5] = None
+    data.add_column("kind", kinds).save_to_disk(str(folder))
+    shutil.copy(scored["root"] / "scores" / "manifest.json", folder / "manifest.json")
+    summary = inspect_scores(folder, tmp_path / "audit", k=1, by_label="kind")
+    by = summary["by_label"]
+    assert by["classes"] == {"even": 48, "odd": 47} and by["n_unlabelled"] == 1
+    ref = np.array(data["ref_score"])
+    even = np.array([k == "even" for k in kinds])
+    odd = np.array([k == "odd" for k in kinds])
+    wins = (ref[even][:, None] > ref[odd][None, :]).mean()  # no ties among these float scores
+    assert by["scores"]["ref_score"]["auc"]["even"] == pytest.approx(wins)
+    assert by["scores"]["ref_score"]["auc"]["odd"] == pytest.approx(1 - wins)
+    png = tmp_path / "audit" / "scores_by_kind.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and str(png) in summary["figures"]
+    assert main(["inspect", str(folder), "--by-label", "kind", "--output", str(tmp_path / "cli")]) == 0
+    assert "ROC AUC of each score for telling kind=<class>" in capsys.readouterr().out
+    assert main(["inspect", str(folder), "--by-label", "nope", "--output", str(tmp_path / "x")]) == 1
+    assert "--by-label 'nope': no such column" in capsys.readouterr().err
+
+
 def test_filter_keep_top_half_of_96_keeps_the_48_best_in_input_order(scored, tmp_path, capsys):
     folder = scored["root"] / "scores"
     assert main(["filter", str(folder), "--keep-top", "0.5", "--output", str(tmp_path / "top")]) == 0
