@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datasets import Dataset
 from trl import DPOConfig
 
+from .device import fit_training_args, say_once
 from .readers import RowError, message_list_from_text, read_message, read_rows, row_id, sharegpt_turns
 
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
@@ -37,6 +38,10 @@ class PoFTDPOConfig(DPOConfig):
             "keeping a frozen copy of the model in memory."
         },
     )
+
+    def __post_init__(self):
+        say_once(fit_training_args(self))  # no GPU: the CPU, in bf16 where it has the instructions
+        super().__post_init__()
 
 
 def _as_messages(value: object, field_name: str, role: str) -> list[dict]:

@@ -30,6 +30,7 @@ from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from .configs import ON_BAD_ROW
+from .device import fit_training_args, say_once
 from .loss import (
     NORMALIZATIONS,
     normalize_scores,
@@ -110,6 +111,7 @@ class PoFTConfig(SFTConfig):
 
     def __post_init__(self):
         self._read_deprecated_loss_type()
+        say_once(fit_training_args(self))  # no GPU: the CPU, in bf16 where it has the instructions
         super().__post_init__()
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")

@@ -133,3 +133,31 @@ def test_default_tasks_exist_and_unknown_task_is_a_clear_error(model_dir, tmp_pa
         main(["eval", "--model", str(model_dir), "--tasks", "no_such_task", "--output", str(tmp_path)]) == 1
     )
     assert "unknown lm-eval tasks ['no_such_task']" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_and_dpo_run_with_trls_defaults_on_a_cpu_only_machine(model_dir, tmp_path, capsys):
+    """Regression: with TRL's defaults (bf16 on, no use_cpu) both commands stopped on a CPU-only machine with
+    "Your setup doesn't support bf16/gpu"; now the CPU is chosen (bf16 where it has the instructions), said."""
+    from poft.device import has_gpu
+
+    rows = [{"messages": [{"role": "user", "content": f"add {i} and 1"}, {"role": "assistant", "content": str(i + 1)}],
+             "ref_score": -5.0} for i in range(8)]  # fmt: skip
+    (tmp_path / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    quiet = [
+        "--report_to",
+        "none",
+        "--save_strategy",
+        "no",
+        "--max_steps",
+        "1",
+        "--per_device_train_batch_size",
+        "4",
+    ]
+    assert main(["train", "--model_name_or_path", str(model_dir), "--dataset_name", str(tmp_path / "sft.jsonl"),
+                 "--output_dir", str(tmp_path / "poft"), *quiet]) == 0  # fmt: skip
+    (tmp_path / "prefs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in preference_rows(8)))
+    assert main(["dpo", "--model_name_or_path", str(tmp_path / "poft"), "--dataset_name",
+                 str(tmp_path / "prefs.jsonl"), "--output_dir", str(tmp_path / "dpo"), *quiet]) == 0  # fmt: skip
+    if not has_gpu():
+        assert "poft: no GPU: training on the CPU (use_cpu=True)" in capsys.readouterr().out

@@ -16,6 +16,7 @@ from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
+from ..device import has_gpu
 from ..trainer import PoFTConfig, PoFTTrainer
 from .config import DemoConfig
 
@@ -73,6 +74,7 @@ def train(
         report_to=[],
         disable_tqdm=True,
         bf16=False,
+        use_cpu=not has_gpu(),  # said here, so PoFTConfig has nothing to choose (or print) per run
         gradient_checkpointing=False,
         dataloader_num_workers=0,
         dataloader_pin_memory=False,
