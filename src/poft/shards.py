@@ -148,19 +148,35 @@ def remove_stale_temporaries(output: Path) -> None:
 
 
 def check_run_config(output: Path, config: dict, *, write: bool) -> None:
-    """Refuse to continue a run with a different identity; record the identity of a new run."""
+    """Refuse to continue a run with a different identity; record the identity of a new run.
+
+    The one change allowed is adding aligned models: a run whose `models` keep every model of the previous
+    run (same aliases, same identities) and add more reuses their shards and scores only the new ones.
+    """
     path = Path(output) / CONFIG_FILE
-    if path.exists():
-        previous = json.loads(path.read_text())
-        if previous != config:
-            diffs = [k for k in sorted(set(previous) | set(config)) if previous.get(k) != config.get(k)]
-            detail = "; ".join(f"{k}: was {previous.get(k)!r}, now {config.get(k)!r}" for k in diffs)
-            raise RunMismatchError(
-                f"{output} holds scores from a different run ({detail}). Scores of different datasets, "
-                "models, templates or max lengths are never mixed: use a new --output folder or delete this one."
-            )
-    elif write:
-        write_json_atomic(path, config)
+    if not path.exists():
+        if write:
+            write_json_atomic(path, config)
+        return
+    previous = json.loads(path.read_text())
+    diffs = [k for k in sorted(set(previous) | set(config)) if previous.get(k) != config.get(k)]
+    if diffs == ["models"] and _adds_models(previous["models"], config["models"]):
+        if write:
+            write_json_atomic(path, config)
+        return
+    if diffs:
+        detail = "; ".join(f"{k}: was {previous.get(k)!r}, now {config.get(k)!r}" for k in diffs)
+        raise RunMismatchError(
+            f"{output} holds scores from a different run ({detail}). Scores of different datasets, "
+            "models, templates or max lengths are never mixed (aligned models may only be added, with the "
+            "earlier ones kept): use a new --output folder or delete this one."
+        )
+
+
+def _adds_models(previous: list[dict], current: list[dict]) -> bool:
+    """Every earlier aligned model is still there, unchanged, and at least one is new."""
+    now = {m["alias"]: m for m in current}
+    return len(current) > len(previous) and all(now.get(m["alias"]) == m for m in previous)
 
 
 def finalize(
@@ -187,6 +203,7 @@ def finalize(
         print(f"poft: replacing existing columns {replaced} with new scores")
     dataset = dataset.remove_columns(replaced)
     scored = concatenate_datasets([dataset, Dataset.from_dict(columns)], axis=1)
+    previous = _read_manifest(output)
     # From here until the manifest is written again, readers refuse the folder as unfinished
     (output / MANIFEST_FILE).unlink(missing_ok=True)
     try:
@@ -217,6 +234,11 @@ def finalize(
             "tokens_this_run": tokens,
             "scoring_seconds_this_run": round(seconds, 3),  # tokenise + forward, slowest process
             "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
+        }
+        if tokens or not previous.get("throughput")
+        else {
+            **previous["throughput"],
+            "note": "nothing was scored by the last run; figures of the run that scored",
         },
         "columns": scored.column_names,
     }
@@ -227,6 +249,14 @@ def finalize(
         f"({len(run['bad_rows'])} bad rows skipped, {tokens} tokens this run{rate})"
     )
     return scored
+
+
+def _read_manifest(output: Path) -> dict:
+    path = Path(output) / MANIFEST_FILE
+    try:
+        return json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError):  # a manifest that cannot be read is rewritten below anyway
+        return {}
 
 
 def _merge_model(output: Path, entry: dict, n_rows: int, columns: dict, normalization: str) -> dict:

@@ -175,6 +175,37 @@ def test_refuses_to_mix_runs(aligned, tmp_path):
         )
 
 
+def test_adding_an_aligned_model_scores_only_the_new_one(aligned, tmp_path):
+    """`poft score` again into a finished folder with one more --model: the earlier model's shards are reused,
+    only the new model runs, ref_score is recomputed; a re-run that only changes the normalisation keeps the
+    throughput figures of the run that scored (it used to write null)."""
+    rows = make_rows(10, seed=4)
+    out = tmp_path / "out"
+    score_dataset(rows_dataset(rows), [aligned["chatml"]], out, progress=False)
+    first = json.loads((out / "manifest.json").read_text())["throughput"]["tokens_this_run"]
+    both = score_dataset(rows_dataset(rows), [aligned["chatml"], aligned["llama3"]], out, progress=False)
+    both = {k: list(both[k]) for k in ("ref_score", "chatml_logp_sum")}  # before the folder is rewritten
+    added = json.loads((out / "manifest.json").read_text())
+    fresh = score_dataset(
+        rows_dataset(rows), [aligned["chatml"], aligned["llama3"]], tmp_path / "fresh", progress=False
+    )
+    everything = json.loads((tmp_path / "fresh" / "manifest.json").read_text())["throughput"][
+        "tokens_this_run"
+    ]
+    assert added["throughput"]["tokens_this_run"] == everything - first > 0  # chatml was not scored again
+    assert [m["alias"] for m in added["models"]] == ["chatml", "llama3"]
+    assert both["ref_score"] == pytest.approx(list(fresh["ref_score"]), rel=1e-6)
+    assert both["chatml_logp_sum"] == pytest.approx(list(fresh["chatml_logp_sum"]), rel=1e-6)
+    renormalised = score_dataset(
+        rows_dataset(rows), [aligned["chatml"], aligned["llama3"]], out, normalization="byte", progress=False
+    )
+    throughput = json.loads((out / "manifest.json").read_text())["throughput"]
+    assert throughput["tokens_per_s"] is not None and "nothing was scored" in throughput["note"]
+    assert list(renormalised["ref_score"]) != both["ref_score"]
+    with pytest.raises(RunMismatchError, match="models"):  # dropping an earlier model is not adding one
+        score_dataset(rows_dataset(rows), [aligned["llama3"]], out, progress=False)
+
+
 BAD_LINES = [
     (
         '{"id": "ok1", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}',
