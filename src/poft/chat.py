@@ -66,7 +66,11 @@ class ChatFormat:
     def from_tokenizer(cls, tokenizer: PreTrainedTokenizerBase, name: str = "model") -> ChatFormat:
         template = tokenizer.chat_template
         if not isinstance(template, str) or not template:
-            raise ChatTemplateError(f"{name}: the tokenizer has no chat template (a single string is needed)")
+            raise ChatTemplateError(
+                f"{name}: the tokenizer has no chat template (a single string is needed; a base model has none): "
+                "give one with `--chat_template_path FILE.jinja` (poft train), or save it with the tokenizer "
+                "(chat_template.jinja in the model folder) for poft score"
+            )
         if not tokenizer.is_fast:
             raise ChatTemplateError(
                 f"{name}: a fast tokenizer is needed (character offsets locate responses)"

@@ -121,7 +121,9 @@ def test_bad_rows_raise_row_error(messages, match):
 def test_templates_it_cannot_handle_name_the_model():
     tokenizer = build_tokenizer("chatml")
     tokenizer.chat_template = None
-    with pytest.raises(ChatTemplateError, match="my-model: the tokenizer has no chat template"):
+    with pytest.raises(
+        ChatTemplateError, match="my-model: the tokenizer has no chat template.*--chat_template_path"
+    ):
         ChatFormat.from_tokenizer(tokenizer, "my-model")
     tokenizer.chat_template = "{% for m in messages %}{{ m['content'] | upper }}<|im_end|>{% endfor %}"
     with pytest.raises(ChatTemplateError, match="my-model: .*not rendered verbatim|my-model: .*verbatim"):
