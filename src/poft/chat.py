@@ -61,6 +61,7 @@ class ChatFormat:
     end_of_turn: str
     uses_generation_markers: bool
     prepend_bos: bool
+    trims_content: bool = False  # the template strips whitespace around contents (Llama-3's `| trim`)
 
     @classmethod
     def from_tokenizer(cls, tokenizer: PreTrainedTokenizerBase, name: str = "model") -> ChatFormat:
@@ -79,8 +80,9 @@ class ChatFormat:
         bos = tokenizer.bos_token
         adds_bos = bos is not None and tokenizer("a").input_ids[:1] == [tokenizer.bos_token_id]
         rendered = _render(tokenizer, [{"role": "user", "content": "a"}], name)
-        prepend_bos = adds_bos and not rendered.startswith(bos)
-        return cls(tokenizer, name, eot, bool(_GENERATION_RE.search(template)), prepend_bos)
+        prepend_bos = adds_bos and bos not in rendered  # a template that writes BOS anywhere has its own
+        markers = bool(_GENERATION_RE.search(template))
+        return cls(tokenizer, name, eot, markers, prepend_bos, _learn_trims(tokenizer, name))
 
     def render(self, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
         """Render the conversation and return (text, response character spans), one span per assistant turn."""
@@ -88,7 +90,7 @@ class ChatFormat:
             rendered, spans = self._marker_spans(messages)
         else:
             rendered = _render(self.tokenizer, messages, self.name)
-            spans = _locate_spans(rendered, messages, self.end_of_turn, self.name)
+            spans = _locate_spans(rendered, messages, self.end_of_turn, self.name, self.trims_content)
         n_assistant = sum(m["role"] == "assistant" for m in messages)
         if len(spans) != n_assistant:
             raise ChatTemplateError(
@@ -162,19 +164,31 @@ def _learn_end_of_turn(tokenizer: PreTrainedTokenizerBase, name: str) -> str:
     )
 
 
-def _locate_spans(rendered: str, messages: list[dict], eot: str, name: str) -> list[tuple[int, int]]:
-    """Find each assistant content (+ end-of-turn) in the render, walking the messages in order."""
+def _learn_trims(tokenizer: PreTrainedTokenizerBase, name: str) -> bool:
+    """Whether the template strips the whitespace around a content (then a content's leading "\n\n" is not
+    in the render, and searching for it would take the header's own "\n\n" as response text)."""
+    padded = f" \n\n{_SENTINEL}\n "
+    messages = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": padded}]
+    return padded not in _render(tokenizer, messages, name)
+
+
+def _locate_spans(
+    rendered: str, messages: list[dict], eot: str, name: str, trims: bool = False
+) -> list[tuple[int, int]]:
+    """Find each assistant content (+ end-of-turn) in the render, walking the messages in order; a template
+    that trims contents is searched for the stripped content first."""
     spans, cursor = [], 0
     for i, message in enumerate(messages):
         content = message["content"]
+        candidates = (content.strip(), content) if trims else (content, content.strip())
         if message["role"] != "assistant":
-            for candidate in (content, content.strip()):
+            for candidate in candidates:
                 at = rendered.find(candidate, cursor) if candidate else -1
                 if at >= 0:
                     cursor = at + len(candidate)
                     break
             continue
-        for candidate in (content, content.strip()):
+        for candidate in candidates:
             at = rendered.find(candidate + eot, cursor)
             if at >= 0:
                 break

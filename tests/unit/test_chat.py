@@ -138,3 +138,25 @@ def test_double_bos_is_an_error():
     tokenizer.chat_template = "{{ bos_token }}" + tokenizer.chat_template
     with pytest.raises(ChatTemplateError, match="two BOS"):
         ChatFormat.from_tokenizer(tokenizer, "double").encode(CONVERSATIONS[0])
+
+
+def test_trimmed_leading_newlines_do_not_take_the_headers_newlines(tokenizers):
+    """Regression: Llama-3's template trims contents; an answer starting with "\\n\\n" used to match the
+    header's own "\\n\\n", which then counted as response."""
+    tokenizer = tokenizers["llama3"]
+    chat = ChatFormat.from_tokenizer(tokenizer, "llama3")
+    assert chat.trims_content and not ChatFormat.from_tokenizer(tokenizers["zephyr"]).trims_content
+    conversation = [
+        {"role": "user", "content": "\n\nhi"},
+        {"role": "assistant", "content": "\n\nHello there"},
+    ]
+    assert masked_segments(tokenizer, chat.encode(conversation)) == ["Hello there<|eot_id|>"]
+
+
+def test_a_template_that_writes_bos_after_other_text_gets_no_second_bos():
+    """Regression: text before the template's own BOS made poft prepend another one (not adjacent, so the
+    double-BOS check missed it)."""
+    tokenizer = build_tokenizer("zephyr")  # its tokenizer adds BOS on its own
+    tokenizer.chat_template = "{{ '\\n' }}{{ bos_token }}" + tokenizer.chat_template
+    encoded = ChatFormat.from_tokenizer(tokenizer, "late-bos").encode(CONVERSATIONS[0])
+    assert encoded.input_ids.count(tokenizer.bos_token_id) == 1
