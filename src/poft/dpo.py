@@ -22,7 +22,7 @@ from datasets import Dataset
 from trl import DPOConfig
 
 from .device import fit_training_args, say_once
-from .readers import RowError, message_list_from_text, read_message, read_rows, row_id, sharegpt_turns
+from .readers import RowError, read_message, read_rows, row_id, sharegpt_turns, text_or_messages
 
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
 
@@ -45,15 +45,8 @@ class PoFTDPOConfig(DPOConfig):
 
 
 def _as_messages(value: object, field_name: str, role: str) -> list[dict]:
-    if isinstance(value, str):  # a CSV cell may hold the messages as JSON; other text is the turn itself
-        value = message_list_from_text(value) or value
-    if isinstance(value, str):
-        return [{"role": role, "content": value}]
-    if isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
-        return [read_message(m, f"{field_name}[{i}]") for i, m in enumerate(value)]
-    raise RowError(
-        f"{field_name} is {type(value).__name__}; expected a string or a list of {{role, content}}"
-    )
+    messages = text_or_messages(value, field_name, role)
+    return [read_message(m, f"{field_name}[{i}]") for i, m in enumerate(messages)]
 
 
 def _sharegpt_pair(row: dict) -> tuple[list[dict], list[dict], list[dict]]:

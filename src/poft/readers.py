@@ -176,8 +176,9 @@ def _json_list_cell(value: object, field_name: str) -> object:
     return value
 
 
-def _turns(value: object, field_name: str, role: str) -> list[dict]:
-    """A prompt or completion: text is one turn of `role`, a list is messages (content checked later)."""
+def text_or_messages(value: object, field_name: str, role: str) -> list[dict]:
+    """A prompt, completion, chosen or rejected field: text is one turn of `role` (unless it is a JSON list of
+    {role, content}, as CSV cells hold them), a list is messages (each message checked by the caller)."""
     if isinstance(value, str):
         value = message_list_from_text(value) or value
     if isinstance(value, str):
@@ -210,8 +211,8 @@ def sft_messages(row: dict, fmt: str) -> list[dict]:
         return validate_messages(
             [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
         )
-    prompt = _turns(row.get("prompt"), "prompt", "user")
-    return validate_messages(prompt + _turns(row.get("completion"), "completion", "assistant"))
+    prompt = text_or_messages(row.get("prompt"), "prompt", "user")
+    return validate_messages(prompt + text_or_messages(row.get("completion"), "completion", "assistant"))
 
 
 def parse_label(value: object, field_name: str = "label") -> bool | None:
