@@ -8,16 +8,27 @@ conversation and never trained the end-of-turn token: PAPER.md, mistakes 1 and 2
 
 How response characters are found, for any template (no per-family token-id tables):
 - the conversation is rendered once to text by the template;
-- if the template has `{% generation %}` markers, their character spans are used (extended over the
-  end-of-turn text when the block stops just before it);
-- otherwise each message's content is located in that render, in order, and each assistant content must
-  be followed by the end-of-turn text (which makes the match unambiguous);
+- every message's content is then accounted for in that render, in order: each is searched from where
+  the previous one ended (stripped first when the template trims contents), and each assistant content
+  must be followed by the end-of-turn text (which makes the match unambiguous). Empty contents are not
+  searched; text the template adds (a default system prompt, role headers) is allowed.
+- a template that does not render every message verbatim in order is refused for that row, with a
+  ChatTemplateError saying what it did: it dropped a message (Zephyr and Phi-3.5 drop `tool` messages;
+  Mistral v0.3 drops the system prompt when the conversation ends with an answer), moved one (a
+  mistral-common style template puts the system prompt into the last user turn) or rewrote one. Scoring
+  such a row would score a different conversation, and searching for text that is not there used to mark
+  a later, wrong span. Greedy in-order search finds an in-order placement whenever one exists, so a
+  template that renders each message verbatim in order is never refused; working out what the template
+  did costs extra renders, on refused rows only.
+- with `{% generation %}` markers, their character spans are used (extended over the end-of-turn text when
+  the block stops just before it); the messages are still accounted for as above;
 - the render is tokenised once with offsets; a token is a response token when it overlaps a span.
   (A token can straddle the start of a span, e.g. a newline merged across the template/content boundary;
   it is then a response token, so the first response token may also carry template characters.)
-The end-of-turn text is learnt once per tokenizer by rendering a sentinel assistant message.
-BOS appears exactly once: it is taken from the render when the template writes it, added when the
-tokenizer normally adds it and the template does not, and a double BOS is an error.
+The end-of-turn text and whether the template trims contents are learnt once per tokenizer, by rendering
+a sentinel assistant message. BOS appears exactly once: it is taken from the render when the template
+writes it, added when the tokenizer normally adds it and the template does not, and a double BOS is an
+error.
 """
 
 from __future__ import annotations
@@ -90,7 +101,13 @@ class ChatFormat:
             rendered, spans = self._marker_spans(messages)
         else:
             rendered = _render(self.tokenizer, messages, self.name)
-            spans = _locate_spans(rendered, messages, self.end_of_turn, self.name, self.trims_content)
+        located = _locate_spans(rendered, messages, self.end_of_turn, self.trims_content)
+        if isinstance(located, int):
+            raise ChatTemplateError(
+                f"{self.name}: the chat template {self._what_it_did(messages, rendered, located)}"
+            )
+        if not self.uses_generation_markers:
+            spans = located
         n_assistant = sum(m["role"] == "assistant" for m in messages)
         if len(spans) != n_assistant:
             raise ChatTemplateError(
@@ -113,6 +130,32 @@ class ChatFormat:
         if truncated:
             ids, mask = ids[:max_length], mask[:max_length]
         return TokenizedChat(ids, mask, truncated, response_bytes(messages))
+
+    def _what_it_did(self, messages: list[dict], rendered: str, failed: int) -> str:
+        """Why messages[failed] could not be placed after the messages before it (refused rows only)."""
+        for i, message in enumerate(messages):  # dropped: rendering without it gives the same text
+            if message["content"].strip():
+                try:
+                    same = _render(self.tokenizer, messages[:i] + messages[i + 1 :], self.name) == rendered
+                except ChatTemplateError:
+                    same = False
+                if same:
+                    return f"dropped messages[{i}] (role {message['role']})"
+        message, eot = messages[failed], self.end_of_turn
+        suffix = eot if message["role"] == "assistant" else ""
+        found = [rendered.find(c + suffix) for c in _candidates(message["content"], self.trims_content)]
+        at = min((p for p in found if p >= 0), default=-1)
+        if at < 0:
+            why = f" followed by {eot!r}, so its response tokens cannot be located" if suffix else ""
+            what = f"rewrote messages[{failed}] (role {message['role']})"
+            return f"{what}: its content is not in the render verbatim{why}"
+        starts = [_first(rendered, m, self.trims_content) for m in messages]
+        moved = next((j for j in range(failed) if starts[j] > at), None)
+        if moved is None:
+            return f"rendered messages[{failed}] (role {message['role']}) out of order"
+        before = [k for k in range(moved + 1, len(messages)) if 0 <= starts[k] < starts[moved]]
+        where = f" after messages[{before[-1]}] (role {messages[before[-1]]['role']})" if before else " later"
+        return f"moved messages[{moved}] (role {messages[moved]['role']}){where}"
 
     def _marker_spans(self, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
         try:
@@ -172,33 +215,42 @@ def _learn_trims(tokenizer: PreTrainedTokenizerBase, name: str) -> bool:
     return padded not in _render(tokenizer, messages, name)
 
 
+def _candidates(content: str, trims: bool) -> tuple[str, ...]:
+    """What a content may be rendered as: verbatim or stripped (stripped first when the template trims)."""
+    stripped = content.strip()
+    if not stripped:
+        return ()
+    return (stripped, content) if trims else (content, stripped)
+
+
+def _first(rendered: str, message: dict, trims: bool) -> int:
+    """Where a message's content first appears in the render (-1: nowhere or empty); for error messages."""
+    return min(
+        (p for c in _candidates(message["content"], trims) if (p := rendered.find(c)) >= 0), default=-1
+    )
+
+
 def _locate_spans(
-    rendered: str, messages: list[dict], eot: str, name: str, trims: bool = False
-) -> list[tuple[int, int]]:
-    """Find each assistant content (+ end-of-turn) in the render, walking the messages in order; a template
-    that trims contents is searched for the stripped content first."""
+    rendered: str, messages: list[dict], eot: str, trims: bool = False
+) -> list[tuple[int, int]] | int:
+    """Account for every message's content in the render, in order, each searched from where the previous
+    one ended; return the response span (content + end-of-turn) of each assistant turn, or the index of the
+    first message that cannot be placed. Empty contents are skipped."""
     spans, cursor = [], 0
     for i, message in enumerate(messages):
-        content = message["content"]
-        candidates = (content.strip(), content) if trims else (content, content.strip())
-        if message["role"] != "assistant":
-            for candidate in candidates:
-                at = rendered.find(candidate, cursor) if candidate else -1
-                if at >= 0:
-                    cursor = at + len(candidate)
-                    break
-            continue
-        for candidate in candidates:
-            at = rendered.find(candidate + eot, cursor)
+        suffix = eot if message["role"] == "assistant" else ""
+        for candidate in _candidates(message["content"], trims):
+            at = rendered.find(candidate + suffix, cursor)
             if at >= 0:
                 break
-        if at < 0:
-            raise ChatTemplateError(
-                f"{name}: assistant turn messages[{i}] is not rendered verbatim followed by {eot!r}; "
-                "this template changes response text, so response tokens cannot be located"
-            )
-        cursor = at + len(candidate) + len(eot)
-        spans.append((at, cursor))
+        else:
+            if message["content"].strip():
+                return i
+            continue
+        end = at + len(candidate) + len(suffix)
+        if suffix:
+            spans.append((at, end))
+        cursor = end
     return spans
 
 
