@@ -1,7 +1,8 @@
 """An aligned model as `poft score` sees it: where it comes from, what its template does, how it is loaded.
 
-Its identity (`AlignedModel.identity`: path, revision, chat-template and tokenizer hashes) goes into the
-run identity of a score folder (`shards.check_run_config`), so a resumed run never mixes scores of two
+A model is an HF folder, a Hub id, or a single `.gguf` file (transformers dequantises it; the file's
+sha256 is its revision). Its identity (`AlignedModel.identity`: path, revision, chat-template and tokenizer
+hashes) goes into the run identity of a score folder (`shards.check_run_config`), so a resumed run never mixes scores of two
 different models or templates. Weights are loaded only when the model has rows left to score, and the
 chunked LM-head path the scorer uses is checked against the model's own logits once at load time.
 """
@@ -37,6 +38,7 @@ class AlignedModel:
     revision: str
     template_hash: str
     tokenizer_hash: str
+    file_sha256: str | None = None  # a .gguf file's full hash (its revision is the first 16 hex digits)
 
     def identity(self) -> dict:
         return {
@@ -53,7 +55,12 @@ class AlignedModel:
             **self.identity(),
             "uses_generation_markers": self.chat.uses_generation_markers,
             "end_of_turn": self.chat.end_of_turn,
+            **({"file_sha256": self.file_sha256} if self.file_sha256 else {}),
         }
+
+    def from_pretrained_args(self) -> tuple[str, dict]:
+        """(name_or_path, kwargs) for transformers' from_pretrained: a .gguf file is its folder + gguf_file."""
+        return gguf_location(self.path) or (self.path, {})
 
 
 def parse_model_spec(spec: str) -> tuple[str, str]:
@@ -73,6 +80,24 @@ def alias_clashes(specs: Sequence[str]) -> list[str]:
 
 def short_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def gguf_location(path: str) -> tuple[str, dict] | None:
+    """`dir/model.gguf` -> ("dir", {"gguf_file": "model.gguf"}); None for anything that is not a .gguf path."""
+    if not path.lower().endswith(".gguf"):
+        return None
+    file = Path(path)
+    if not file.is_file():
+        raise AlignedModelError(f"{path}: no such GGUF file")
+    return str(file.parent), {"gguf_file": file.name}
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _revision(path: str) -> str:
@@ -95,7 +120,14 @@ def load_aligned_models(specs: Sequence[str]) -> list[AlignedModel]:
     models = []
     for alias, path in map(parse_model_spec, specs):
         try:
-            tokenizer = AutoTokenizer.from_pretrained(path)
+            gguf = gguf_location(path)
+        except AlignedModelError as e:
+            raise AlignedModelError(f"aligned model {alias}: {e}") from e
+        try:
+            if gguf:
+                tokenizer = AutoTokenizer.from_pretrained(gguf[0], **gguf[1])
+            else:
+                tokenizer = AutoTokenizer.from_pretrained(path)
         except Exception as e:  # transformers raises OSError, ValueError, ...: keep the cause, name the model
             cause = " ".join(str(e).split())  # transformers' messages span lines; the CLI prints one
             raise AlignedModelError(
@@ -106,16 +138,31 @@ def load_aligned_models(specs: Sequence[str]) -> list[AlignedModel]:
             (tokenizer.chat_template, chat.end_of_turn, chat.prepend_bos, chat.uses_generation_markers)
         )
         tokenizer_hash = short_hash(tokenizer.backend_tokenizer.to_str())
-        models.append(AlignedModel(alias, path, chat, _revision(path), short_hash(template), tokenizer_hash))
+        sha = file_sha256(path) if gguf else None
+        revision = f"gguf-sha256-{sha[:16]}" if sha else _revision(path)
+        models.append(AlignedModel(alias, path, chat, revision, short_hash(template), tokenizer_hash, sha))
     return models
 
 
 def load_weights(model: AlignedModel, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
-    network = AutoModelForCausalLM.from_pretrained(model.path, dtype=dtype).to(device).eval()
+    path, kwargs = model.from_pretrained_args()
+    if "gguf_file" in kwargs:
+        kwargs.update(_dequantized())
+    network = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs).to(device).eval()
     _check_chunked_head(network, model.alias)
     return network
+
+
+def _dequantized() -> dict:
+    """GGUF weights unpacked to plain tensors in the scoring dtype: the chunked LM head reads `head.weight`,
+    which transformers' packed GGUF layers (used when the `kernels` package is installed) keep as raw blocks."""
+    try:
+        from transformers import GgufConfig
+    except ImportError:  # transformers before packed GGUF layers always unpacks
+        return {}
+    return {"quantization_config": GgufConfig(dequantize=True)}
 
 
 def _check_chunked_head(network: torch.nn.Module, alias: str) -> None:
@@ -136,9 +183,21 @@ def _check_chunked_head(network: torch.nn.Module, alias: str) -> None:
         )
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+def resolve_dtype(dtype: str, device: torch.device, bf16_cpu: bool | None = None) -> torch.dtype:
+    """ "auto": bf16 on CUDA and on CPUs with bf16 instructions (AMX / AVX512-BF16, 2-3x faster there),
+    float32 elsewhere; the choice is printed once. Any other value is taken as given."""
     if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        from .device import cpu_has_bf16, say_once
+
+        if device.type == "cuda":
+            chosen, why = torch.bfloat16, "a CUDA GPU"
+        elif device.type == "cpu" and (cpu_has_bf16() if bf16_cpu is None else bf16_cpu):
+            chosen, why = torch.bfloat16, "this CPU has bf16 instructions"
+        else:
+            chosen, why = torch.float32, f"no bf16 hardware on {device.type}"
+        name = str(chosen).removeprefix("torch.")
+        say_once(f"--dtype auto: scoring in {name} ({why}; --dtype float32 for full-precision scores)")
+        return chosen
     if dtype not in TORCH_DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     return TORCH_DTYPES[dtype]

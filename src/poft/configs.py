@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion")  # input formats the readers know
 NORMALIZATIONS = ("token", "byte", "none")  # how a response's log-prob sum becomes a score
-DTYPES = ("auto", "float32", "bfloat16", "float16")  # "auto": bf16 on GPU, fp32 on CPU
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # "auto": bf16 on GPU and bf16-capable CPUs, else fp32
 ON_BAD_ROW = ("error", "skip")
 
 
@@ -65,7 +65,11 @@ class ScoreConfig:
     )
     dtype: str = field(
         default="auto",
-        metadata={"help": "Model dtype ('auto': bfloat16 on GPU, float32 on CPU).", "choices": DTYPES},
+        metadata={
+            "help": "Model dtype ('auto': bfloat16 on a GPU or a CPU with bf16 instructions (AMX / AVX512-BF16), "
+            "float32 elsewhere; bf16 scores depend slightly on batch composition, which the run then records).",
+            "choices": DTYPES,
+        },
     )
     normalization: str = field(
         default="token",

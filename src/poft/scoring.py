@@ -28,6 +28,7 @@ share of the rows left and the main process merges.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,7 +48,7 @@ from .aligned import (
 from .chat import ChatTemplateError, response_bytes
 from .configs import NORMALIZATIONS, ON_BAD_ROW
 from .logprobs import batch_logprob_sums, token_budget_batches
-from .readers import read_sft
+from .readers import SFTRows, read_sft
 from .shards import (
     OutputWriteError,
     check_run_config,
@@ -82,7 +83,8 @@ def score_dataset(
         output: folder for shards, the scored dataset and manifest.json; re-running resumes.
         max_length: truncate longer conversations (counted in the manifest); None = no limit.
         batch_tokens: padded tokens per batch (batch size x longest sequence); does not change scores.
-        dtype: "auto" (bf16 on GPU, fp32 on CPU), "float32", "bfloat16" or "float16".
+        dtype: "auto" (bf16 on GPU and on CPUs with bf16 instructions, else fp32), "float32", "bfloat16" or
+            "float16".
         normalization: how `ref_score` normalises each model's sum: "token" (paper), "byte" or "none".
         on_bad_row: "error" stops naming the first bad rows; "skip" leaves them out and records them.
         rows_per_shard, flush_seconds: how much finished work a kill can lose at most.
@@ -109,9 +111,10 @@ def score_dataset(
     except OSError as e:
         raise OutputWriteError(e.errno, f"cannot create the output folder {output}: {e.strerror or e}") from e
     rows = read_sft(dataset, split, format=format, on_bad_row=on_bad_row, keep_fingerprints=False)
+    aligned = load_aligned_models(models)
+    rows = _check_templates(rows, aligned, on_bad_row, report=state.is_main_process)
     messages = list(rows.dataset["messages"])
     fingerprints = rows.dataset["fingerprint"]  # of the text scored now (a stored one is not kept)
-    aligned = load_aligned_models(models)
     identity = {
         "dataset_fingerprint": short_hash("\n".join(fingerprints) + f"\n{rows.n_rows_in}"),
         "n_rows": len(messages),
@@ -119,23 +122,27 @@ def score_dataset(
         "max_length": max_length,
         "dtype": str(torch_dtype).removeprefix("torch."),
     }
+    if torch_dtype != torch.float32:  # bf16/fp16 scores move slightly with batch composition: record it
+        identity["batching"] = {"batch_tokens": batch_tokens, "processes": state.num_processes}
     check_run_config(output, identity, write=state.is_main_process)
     if state.is_main_process:
         remove_stale_temporaries(output)
     stats = {}
     for model in aligned:
         done = finished_rows(output, model.alias)
-        remaining = [r for r in range(len(messages)) if r not in done]
         state.wait_for_everyone()  # every process has read the finished set before anyone writes new shards
-        share = remaining[state.process_index :: state.num_processes]
+        # Each process's share and its batches are fixed by the run (not by what is left), so a resumed run
+        # scores every row in the same batch as an uninterrupted one: identical scores in any dtype.
+        share = list(range(state.process_index, len(messages), state.num_processes))
         if state.is_main_process and done:
-            print(f"poft: {model.alias}: resuming, {len(done)} rows already scored, {len(remaining)} to go")
-        if not share:
+            left = len(messages) - len(done)
+            print(f"poft: {model.alias}: resuming, {len(done)} rows already scored, {left} to go")
+        if all(r in done for r in share):
             stats[model.alias] = {"rows": 0, "tokens": 0, "seconds": 0.0}
             continue
         network = load_weights(model, torch_dtype, state.device)
         stats[model.alias] = _score_share(
-            model, network, [messages[r] for r in share], share, output, max_length=max_length,
+            model, network, [messages[r] for r in share], share, output, done=done, max_length=max_length,
             batch_tokens=batch_tokens, rank=state.process_index, rows_per_shard=rows_per_shard,
             flush_seconds=flush_seconds, progress=progress and state.is_main_process,
         )  # fmt: skip
@@ -148,7 +155,11 @@ def score_dataset(
                 "n_rows_in": rows.n_rows_in,
                 "fingerprint": identity["dataset_fingerprint"],
             },
-            "settings": {"max_length": max_length, "dtype": identity["dtype"]},
+            "settings": {
+                "max_length": max_length,
+                "dtype": identity["dtype"],
+                **({"batching": identity["batching"]} if "batching" in identity else {}),
+            },
             "bad_rows": rows.bad,
         }
         finalize(
@@ -160,6 +171,41 @@ def score_dataset(
     if started_group:
         _end_process_group(state)
     return scored
+
+
+def _check_templates(rows: SFTRows, aligned: list[AlignedModel], on_bad_row: str, report: bool) -> SFTRows:
+    """Refuse, or leave out for every model, the rows some model's chat template cannot render with each
+    message verbatim in order (`chat.ChatFormat.render`: a dropped, moved or rewritten message, or a template
+    error). Errors name row, id and model; skipped rows join the reader's bad rows (manifest `bad_rows`).
+    One render per row and model, before anything is scored, so every model scores the same rows."""
+    bad: dict[int, str] = {}
+    for i, conversation in enumerate(rows.dataset["messages"]):
+        for model in aligned:
+            try:
+                model.chat.render(conversation)
+            except ChatTemplateError as e:
+                bad[i] = str(e)
+                break
+    if not bad:
+        return rows
+    ids = rows.dataset.select(list(bad))["id"]
+    records = [
+        {"row": rows.where[i], "id": row_id, "problem": problem}
+        for (i, problem), row_id in zip(bad.items(), ids, strict=True)
+    ]
+    named = "; ".join(f"{b['row']} (id={b['id']}): {b['problem']}" for b in records[:5])
+    named += f"; ... {len(records) - 5} more" if len(records) > 5 else ""
+    what = f"{rows.source}: {len(records)} of {rows.n_rows_in} rows cannot be scored under the chat templates"
+    if on_bad_row == "error":
+        raise ChatTemplateError(f"{what}: {named}. Fix them, or pass --on-bad-row skip to leave them out")
+    kept = [i for i in range(len(rows.dataset)) if i not in bad]
+    if not kept:
+        raise ValueError(f"{what}: none can be scored: {named}")
+    if report:
+        print(f"poft: {what}, skipped: {named}")
+    every_bad = sorted([*rows.bad, *records], key=lambda b: (b["row"].split()[0], int(b["row"].split()[1])))
+    dataset = rows.dataset.select(kept)
+    return dataclasses.replace(rows, dataset=dataset, bad=every_bad, where=[rows.where[i] for i in kept])
 
 
 def _process_state():
@@ -214,6 +260,7 @@ def _score_share(
     rows: list[int],
     output: Path,
     *,
+    done: set[int],
     max_length: int | None,
     batch_tokens: int,
     rank: int,
@@ -221,8 +268,10 @@ def _score_share(
     flush_seconds: float,
     progress: bool,
 ) -> dict:
-    """Score `rows` (whose conversations are `messages`) with one model; a shard every `rows_per_shard` rows
-    or `flush_seconds`, so a kill loses at most that much."""
+    """Score `rows` (whose conversations are `messages`) with one model, except the rows in `done`; a shard
+    every `rows_per_shard` rows or `flush_seconds` (always after a whole batch), so a kill loses at most that
+    much. Batches are formed over all of `rows`, so a resume re-forms the same batches and skips finished
+    ones."""
     from tqdm.auto import tqdm
 
     encoded = _encode_rows(model, messages, rows, max_length)
@@ -239,9 +288,8 @@ def _score_share(
     buffer: dict[str, list] = {"rows": [], "sums": [], "counts": [], "truncated": []}
     tokens = buffered_tokens = 0
     started = last_flush = time.perf_counter()
-    bar = tqdm(
-        total=len(rows), unit="ex", desc=f"scoring {model.alias}", disable=not progress, dynamic_ncols=True
-    )
+    todo = sum(r not in done for r in rows)
+    bar = tqdm(total=todo, unit="ex", desc=f"scoring {model.alias}", disable=not progress, dynamic_ncols=True)
 
     def flush() -> None:
         nonlocal last_flush, buffered_tokens
@@ -257,6 +305,10 @@ def _score_share(
 
     with torch.inference_mode():
         for batch in token_budget_batches([len(e[0]) for e in encoded], batch_tokens):
+            # whole batches are skipped (a partly finished one only when the run identity allowed a change)
+            batch = [i for i in batch if rows[i] not in done]
+            if not batch:
+                continue
             sums, counts = batch_logprob_sums(
                 network, [encoded[i][:2] for i in batch], pad_id=pad_id, chunk_size=chunk_size
             )
@@ -273,4 +325,4 @@ def _score_share(
             bar.set_postfix_str(f"{tokens / max(time.perf_counter() - started, 1e-9):,.0f} tok/s")
     flush()
     bar.close()
-    return {"rows": len(rows), "tokens": tokens, "seconds": time.perf_counter() - started}
+    return {"rows": todo, "tokens": tokens, "seconds": time.perf_counter() - started}

@@ -161,6 +161,43 @@ def test_resume_skips_finished_shards_and_loses_nothing(aligned, tmp_path):
     assert sorted(covered) == list(range(30))  # every row exactly once
 
 
+def test_bf16_resume_equals_an_uninterrupted_run_bit_for_bit(tiny_model, tmp_path):
+    """In bf16 a row's score moves slightly with the rows batched beside it. A resume re-forms the batches of
+    the whole run and skips the finished ones, so it scores each row in the batch it had: identical scores
+    (it re-batched the remaining rows before, which changed them). The batching is in the run identity."""
+    model = tiny_model("llama3", [" ".join(WORDS) * 3], vocab_size=380, hidden_size=128, seed=1)
+    rows = make_rows(30, seed=5)
+    out = tmp_path / "out"
+    kwargs = {"dtype": "bfloat16", "batch_tokens": 300, "rows_per_shard": 3, "progress": False}
+    full = score_dataset(rows_dataset(rows), [model], out, **kwargs)
+    for path in shard_files(out, "llama3")[1::2]:  # as if killed: every other shard never written
+        path.unlink()
+    (out / "manifest.json").unlink()
+    resumed = score_dataset(rows_dataset(rows), [model], out, **kwargs)
+    assert resumed["llama3_logp_sum"] == full["llama3_logp_sum"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["dtype"] == "bfloat16" and manifest["batching"] == {"batch_tokens": 300, "processes": 1}
+    with pytest.raises(RunMismatchError, match="batching"):
+        score_dataset(rows_dataset(rows), [model], out, **{**kwargs, "batch_tokens": 200})
+
+
+def test_dtype_auto_follows_the_cpu(aligned, tmp_path, monkeypatch, capsys):
+    """`--dtype auto`: bf16 on a CPU with bf16 instructions, float32 without; the choice is printed."""
+    import poft.device
+
+    rows = rows_dataset(make_rows(2))
+    monkeypatch.setenv("POFT_CPU_BF16", "1")
+    monkeypatch.setattr(poft.device, "_SAID", set())
+    score_dataset(rows, [aligned["chatml"]], tmp_path / "bf16", progress=False)
+    assert json.loads((tmp_path / "bf16" / "manifest.json").read_text())["dtype"] == "bfloat16"
+    assert "--dtype auto: scoring in bfloat16 (this CPU has bf16 instructions" in capsys.readouterr().out
+    monkeypatch.setenv("POFT_CPU_BF16", "0")
+    score_dataset(rows, [aligned["chatml"]], tmp_path / "fp32", progress=False)
+    manifest = json.loads((tmp_path / "fp32" / "manifest.json").read_text())
+    assert manifest["dtype"] == "float32" and "batching" not in manifest
+    assert "scoring in float32 (no bf16 hardware on cpu" in capsys.readouterr().out
+
+
 def test_refuses_to_mix_runs(aligned, tmp_path):
     rows = make_rows(4)
     out = tmp_path / "out"

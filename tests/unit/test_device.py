@@ -37,3 +37,22 @@ def test_what_the_user_set_is_kept():
     assert c.bf16 is None  # TRL resolves bf16 against fp16 itself
     d = args()
     assert fit_training_args(d, gpu=True) is None and d.use_cpu is False and d.bf16 is None
+
+
+def test_poft_cpu_bf16_overrides_the_detection(monkeypatch):
+    monkeypatch.setenv("POFT_CPU_BF16", "1")
+    assert cpu_has_bf16() and not cpu_has_bf16(PLAIN)  # an explicit cpuinfo is still read as given
+    monkeypatch.setenv("POFT_CPU_BF16", "0")
+    assert not cpu_has_bf16()
+
+
+def test_scoring_dtype_auto_is_bf16_on_cuda_and_bf16_cpus_else_float32():
+    import torch
+
+    from poft.aligned import resolve_dtype
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_dtype("auto", cpu, bf16_cpu=True) == torch.bfloat16
+    assert resolve_dtype("auto", cpu, bf16_cpu=False) == torch.float32
+    assert resolve_dtype("auto", cuda, bf16_cpu=False) == torch.bfloat16
+    assert resolve_dtype("float32", cpu, bf16_cpu=True) == torch.float32

@@ -57,8 +57,9 @@ def score_rows(rows: list[dict], assets: Assets, folder: Path, normalization: st
     models = [f"{alias}={path}" for alias, path in assets.aligned.items()]
     with tqdm.external_write_mode():  # score_dataset prints a summary line; keep the progress bar intact
         return score_dataset(
-            Dataset.from_list(rows), models, folder, normalization=normalization, progress=False
-        )
+            Dataset.from_list(rows), models, folder, normalization=normalization, dtype="float32",
+            progress=False,
+        )  # fmt: skip
 
 
 def run_demo(config: DemoConfig) -> dict:
