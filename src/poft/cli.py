@@ -78,9 +78,9 @@ def run_train(script_args, config, model_args, format_args: DatasetFormatArgumen
 
 def run_dpo(script_args, config, model_args) -> int:
     """`poft dpo --config recipe.yaml [--key value ...]`: TRL's DPOTrainer from a PoFT checkpoint."""
-    from trl import DPOTrainer, get_peft_config
+    from trl import get_peft_config
 
-    from .dpo import load_preferences
+    from .dpo import PoFTDPOTrainer, load_preferences
 
     if not model_args.model_name_or_path or not script_args.dataset_name:
         raise UsageError(
@@ -93,8 +93,8 @@ def run_dpo(script_args, config, model_args) -> int:
 
     train = pairs(script_args.dataset_train_split)
     evaluation = pairs(script_args.dataset_test_split) if config.eval_strategy != "no" else None
-    trainer = DPOTrainer(model=model_args.model_name_or_path, args=config, train_dataset=train,
-                         eval_dataset=evaluation, peft_config=get_peft_config(model_args))  # fmt: skip
+    trainer = PoFTDPOTrainer(model=model_args.model_name_or_path, args=config, train_dataset=train,
+                             eval_dataset=evaluation, peft_config=get_peft_config(model_args))  # fmt: skip
     trainer.accelerator.print(
         f"poft: DPO from {model_args.model_name_or_path}: beta={config.beta} loss={config.loss_type}, "
         f"{len(trainer.train_dataset)} pairs, reference log-probs "

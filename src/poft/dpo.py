@@ -11,7 +11,11 @@ Two things are decided here:
   `chosen` / `rejected` one {from, value} reply each, optional `system`); rows are read by `readers.py`
   (each JSON line parsed once) and a bad row is named by source, line/row, id and field;
 - reference log-probs are precomputed once (`precompute_ref_log_probs=True` by default), so no second
-  copy of the model sits in memory during training: the reference is the PoFT checkpoint itself.
+  copy of the model sits in memory during training: the reference is the PoFT checkpoint itself;
+- a pair the model's chat template cannot render with every message verbatim in order (it drops, moves or
+  rewrites one, or fails: `chat.ChatFormat.render`, the check `poft score` and `poft train` make) is
+  dropped with one printed line, or with on_bad_row="error" named in one error, before TRL tokenises it:
+  TRL would train on a prompt the template changed, or stop on the first template error without a row.
 """
 
 from __future__ import annotations
@@ -19,8 +23,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from datasets import Dataset
-from trl import DPOConfig
+from transformers import PreTrainedTokenizerBase
+from trl import DPOConfig, DPOTrainer
 
+from .chat import ChatFormat, ChatTemplateError
+from .configs import ON_BAD_ROW
 from .device import fit_training_args, say_once
 from .readers import RowError, read_message, read_rows, row_id, sharegpt_turns, text_or_messages
 
@@ -39,9 +46,57 @@ class PoFTDPOConfig(DPOConfig):
         },
     )
 
+    on_bad_row: str = field(
+        default="skip",
+        metadata={
+            "help": "A preference pair the model's chat template cannot render with every message verbatim "
+            "in order: 'skip' drops it and prints how many and why; 'error' stops naming it.",
+            "choices": list(ON_BAD_ROW),
+        },
+    )
+
     def __post_init__(self):
         say_once(fit_training_args(self))  # no GPU: the CPU, in bf16 where it has the instructions
         super().__post_init__()
+        if self.on_bad_row not in ON_BAD_ROW:
+            raise ValueError(f"on_bad_row must be one of {ON_BAD_ROW}, got {self.on_bad_row!r}")
+
+
+class PoFTDPOTrainer(DPOTrainer):
+    """TRL's DPOTrainer (with a PoFTDPOConfig); pairs the model's chat template cannot render verbatim are
+    dropped or named first (`check_pair_templates`)."""
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        if isinstance(dataset, Dataset) and set(PREFERENCE_COLUMNS) <= set(dataset.column_names):
+            dataset = check_pair_templates(dataset, processing_class, args.on_bad_row, dataset_name)
+        return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+
+
+def check_pair_templates(
+    pairs: Dataset, tokenizer: PreTrainedTokenizerBase, on_bad_row: str = "skip", name: str = "train"
+) -> Dataset:
+    """Drop (on_bad_row="skip", one printed line) or refuse (one error naming them) the pairs whose prompt +
+    chosen or prompt + rejected the tokenizer's chat template does not render verbatim in order."""
+    chat = ChatFormat.from_tokenizer(tokenizer, tokenizer.name_or_path or "the model")
+    bad: dict[int, str] = {}
+    for i, pair in enumerate(pairs):
+        for side in ("chosen", "rejected"):
+            try:
+                chat.render(pair["prompt"] + pair[side])
+            except ChatTemplateError as e:
+                bad[i] = f"prompt + {side}: {e}"
+                break
+    if not bad:
+        return pairs
+    named = "; ".join(f"pair {i}: {problem}" for i, problem in list(bad.items())[:5])
+    named += f"; ... {len(bad) - 5} more" if len(bad) > 5 else ""
+    what = f"{len(bad)} of {len(pairs)} preference pairs of the {name} dataset"
+    if on_bad_row == "error" or len(bad) == len(pairs):
+        raise ChatTemplateError(
+            f"{what} cannot be rendered by the chat template: {named} (on_bad_row='skip' drops them)"
+        )
+    say_once(f"dropped {what} that the chat template cannot render verbatim: {named}")
+    return pairs.select([i for i in range(len(pairs)) if i not in bad])
 
 
 def _as_messages(value: object, field_name: str, role: str) -> list[dict]:

@@ -18,7 +18,7 @@ from collections import Counter
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
-from .chat import ChatFormat
+from .chat import ChatFormat, ChatTemplateError
 from .readers import FINGERPRINT_COLUMN, RowError, SFTRows, fingerprint, parse_label, read_sft
 
 SCORE_COLUMNS = ("poft_ref_score", "poft_direction", "poft_response_bytes")
@@ -43,7 +43,11 @@ def _encode_row(
         except RowError as e:
             out["poft_problem"] = f"bad label ({e})"
             return out
-    encoded = chat.encode(row["messages"], max_length)
+    try:
+        encoded = chat.encode(row["messages"], max_length)
+    except ChatTemplateError as e:  # this row only: the template dropped, moved or rewrote a message
+        out["poft_problem"] = f"the chat template refused it ({e})"
+        return out
     out["poft_stale"] = check_fingerprint and row[FINGERPRINT_COLUMN] != fingerprint(row["messages"])
     out["input_ids"] = encoded.input_ids
     out["labels"] = [t if m else -100 for t, m in zip(encoded.input_ids, encoded.response_mask, strict=True)]
@@ -78,7 +82,8 @@ def prepare_training_dataset(
 
     `dataset` is what `readers.read_sft` returned (`poft train` reads the file once, there), or a Dataset in
     any SFT format, which is read here. Rows the reader could not read and rows that cannot be trained on
-    (no response token after truncation, no finite score, a bad label) are dropped with one printed line
+    (the target's chat template drops, moves or rewrites a message, no response token after truncation, no
+    finite score, a bad label) are dropped with one printed line
     saying how many and why, or, with on_bad_row="error", refused in one error naming them.
     ref_score_column=None means scores are not needed (SFT). direction_column=None means all rows +1.
     """
