@@ -12,12 +12,15 @@ Its gradient is the length-normalised cross-entropy weighted per example by
 
     tau = beta * sigmoid( -(z * beta * (r_theta - r_ref) + gamma) )      (detached, in (0, beta))
 
-which is why PoFT acts as a soft data-quality filter. Everything here is computed in float32 and is
+which is why PoFT acts as a soft data-quality filter. `bi_poft_loss` adds the bounded forms of bi-PoFT
+(a soft Bradley-Terry target or a margin on undesirable rows, and a weight for them; docs/method.md), with
+a plain-Python reference `bi_poft_loss_reference` beside it. Everything here is computed in float32 and is
 finite for any finite input: `logsigmoid` is used, never `log(sigmoid(x))` (the official code's bug).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -98,6 +101,109 @@ def poft_weight(
     with torch.no_grad():
         margin = poft_margin(policy_scores, ref_scores, beta=beta, gamma=gamma, direction=direction)
         return beta * torch.sigmoid(-margin)
+
+
+BI_POFT_VARIANTS = ("signed", "soft", "margin")
+
+
+def bi_poft_loss(
+    policy_scores: torch.Tensor,
+    ref_scores: torch.Tensor,
+    desirable: torch.Tensor,
+    *,
+    beta: float = 1.0,
+    gamma: float = 0.0,
+    variant: str = "soft",
+    undesirable_target: float = 0.1,
+    undesirable_margin: float = 2.0,
+    undesirable_weight: float = 1.0,
+) -> torch.Tensor:
+    """Per-example bi-PoFT loss, no reduction: PoFT on desirable rows, a push down on undesirable ones.
+
+    With m = beta * (r_theta - r_ref) + gamma, desirable rows (True / +1) get PoFT's `-logsigmoid(m)`;
+    undesirable rows (False / -1) get `undesirable_weight` times:
+    - "signed": `-logsigmoid(-beta * (r_theta - r_ref) + gamma)`, the original definition (`poft_loss` with
+      a direction). It pushes with weight beta * sigmoid(m) until the row is far below the aligned models.
+    - "soft": the Bradley-Terry loss with a soft target P = `undesirable_target` in (0, 0.5]:
+      `-[P logsigmoid(m) + (1 - P) logsigmoid(-m)]`. Its gradient beta * (sigmoid(m) - P) vanishes at
+      m = logit(P): the push stops once r_theta is (gamma - logit(P)) / beta below r_ref, and a row already
+      lower is pulled back up with weight at most beta * P. P -> 0 is "signed" with gamma -> -gamma.
+    - "margin": `-logsigmoid(-max(m, -undesirable_margin))`: "signed"'s push (weight beta * sigmoid(m))
+      until m reaches -undesirable_margin, then nothing (the loss is flat there, never pulled up).
+
+    Shapes [B]; `desirable` is boolean or +-1 (see `direction_sign`). float32, finite for finite input.
+    """
+    if variant not in BI_POFT_VARIANTS:
+        raise ValueError(f"variant must be one of {BI_POFT_VARIANTS}, got {variant!r}")
+    if variant == "soft" and not 0.0 < undesirable_target <= 0.5:
+        raise ValueError(f"undesirable_target must be in (0, 0.5], got {undesirable_target}")
+    if variant == "margin" and undesirable_margin < 0:
+        raise ValueError(f"undesirable_margin must be >= 0, got {undesirable_margin}")
+    if undesirable_weight < 0:
+        raise ValueError(f"undesirable_weight must be >= 0, got {undesirable_weight}")
+    z = direction_sign(desirable, policy_scores)
+    m = poft_margin(policy_scores, ref_scores, beta=beta, gamma=gamma)
+    if variant == "signed":
+        push = -F.logsigmoid(-beta * (policy_scores.float() - ref_scores.to(m.device, torch.float32)) + gamma)
+    elif variant == "soft":
+        p = undesirable_target
+        push = -(p * F.logsigmoid(m) + (1.0 - p) * F.logsigmoid(-m))
+    else:
+        floor = torch.full_like(m, -undesirable_margin)
+        push = -F.logsigmoid(-torch.where(m > floor, m, floor))  # no gradient at or below the margin
+    return torch.where(z > 0, -F.logsigmoid(m), undesirable_weight * push)
+
+
+def bi_poft_weight(
+    policy_scores: torch.Tensor,
+    ref_scores: torch.Tensor,
+    desirable: torch.Tensor,
+    **options,
+) -> torch.Tensor:
+    """-d bi_poft_loss / d r_theta per example, detached, shape [B]: the (signed) weight on the normalised CE.
+
+    Positive = the row is pulled up (trained on), negative = pushed down; PoFT's tau on desirable rows.
+    Takes `bi_poft_loss`'s keyword options.
+    """
+    policy = policy_scores.detach().float().clone().requires_grad_(True)
+    with torch.enable_grad():
+        loss = bi_poft_loss(policy, ref_scores.detach(), desirable, **options)
+        (grad,) = torch.autograd.grad(loss.sum(), policy)
+    return -grad
+
+
+def bi_poft_loss_reference(
+    policy: list[float],
+    ref: list[float],
+    desirable: list[bool],
+    *,
+    beta: float = 1.0,
+    gamma: float = 0.0,
+    variant: str = "soft",
+    undesirable_target: float = 0.1,
+    undesirable_margin: float = 2.0,
+    undesirable_weight: float = 1.0,
+) -> list[float]:
+    """Plain-Python reference of `bi_poft_loss`, row by row (for the tests; exact formulas, no tensors)."""
+
+    def softplus(x: float) -> float:  # -log sigmoid(-x), stable
+        return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
+
+    out = []
+    for r, q, good in zip(policy, ref, desirable, strict=True):
+        m = beta * (r - q) + gamma
+        if good:
+            out.append(softplus(-m))
+            continue
+        if variant == "signed":
+            loss = softplus(beta * (r - q) - gamma)
+        elif variant == "soft":
+            p = undesirable_target
+            loss = p * softplus(-m) + (1 - p) * softplus(m)
+        else:
+            loss = softplus(max(m, -undesirable_margin))
+        out.append(undesirable_weight * loss)
+    return out
 
 
 def sequence_logprob_sums(

@@ -32,7 +32,10 @@ from trl import SFTConfig, SFTTrainer
 from .configs import ON_BAD_ROW
 from .device import fit_training_args, say_once
 from .loss import (
+    BI_POFT_VARIANTS,
     NORMALIZATIONS,
+    bi_poft_loss,
+    bi_poft_weight,
     normalize_scores,
     packed_sequence_logprob_sums,
     poft_loss,
@@ -87,6 +90,33 @@ class PoFTConfig(SFTConfig):
         default="label",
         metadata={"help": "bi-PoFT only: boolean column, true = desirable (+1), false = undesirable (-1)."},
     )
+    bi_poft_variant: str = field(
+        default="soft",
+        metadata={
+            "help": "bi-PoFT only: the loss on undesirable rows (m = beta*(r_theta - r_ref) + gamma). 'soft': "
+            "Bradley-Terry with target P = `undesirable_target`, -[P logsig(m) + (1-P) logsig(-m)]: the push stops "
+            "at m = logit(P) (bounded); 'margin': -logsig(-max(m, -undesirable_margin)): the push stops at "
+            "m = -margin; 'signed': the original -logsig(-beta*(r_theta - r_ref) + gamma), which keeps pushing. "
+            "See docs/method.md.",
+            "choices": list(BI_POFT_VARIANTS),
+        },
+    )
+    undesirable_target: float = field(
+        default=0.1,
+        metadata={
+            "help": "bi-PoFT 'soft': target P in (0, 0.5]; undesirable rows settle logit(P)/beta below r_ref."
+        },
+    )
+    undesirable_margin: float = field(
+        default=2.0,
+        metadata={"help": "bi-PoFT 'margin': undesirable rows stop being pushed once m <= -margin (>= 0)."},
+    )
+    undesirable_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "bi-PoFT: weight of an undesirable row's loss relative to a desirable row's (>= 0)."
+        },
+    )
     score_normalization: str = field(
         default="token",
         metadata={
@@ -128,6 +158,14 @@ class PoFTConfig(SFTConfig):
             raise ValueError(f"on_bad_row must be one of {ON_BAD_ROW}, got {self.on_bad_row!r}")
         if self.beta <= 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
+        if self.bi_poft_variant not in BI_POFT_VARIANTS:
+            raise ValueError(
+                f"bi_poft_variant must be one of {BI_POFT_VARIANTS}, got {self.bi_poft_variant!r}"
+            )
+        if not 0.0 < self.undesirable_target <= 0.5:
+            raise ValueError(f"undesirable_target must be in (0, 0.5], got {self.undesirable_target}")
+        if not (self.undesirable_margin >= 0 and self.undesirable_weight >= 0):
+            raise ValueError("undesirable_margin and undesirable_weight must be >= 0")
         if self.truncation_mode != "keep_start":
             raise ValueError("PoFT truncates conversations from the end (truncation_mode='keep_start') only")
         if self.assistant_only_loss:
@@ -294,7 +332,10 @@ class PoFTTrainer(SFTTrainer):
             sums, counts, normalization=args.score_normalization, response_bytes=response_bytes
         )
         z = direction if args.objective == "bi_poft" else None
-        losses = poft_loss(policy_scores, ref_scores, beta=args.beta, gamma=args.gamma, direction=z)
+        if z is None:
+            losses = poft_loss(policy_scores, ref_scores, beta=args.beta, gamma=args.gamma)
+        else:
+            losses = bi_poft_loss(policy_scores, ref_scores, z, **self._bi_poft_options())
         if num_items_in_batch is None:  # evaluation: mean over this batch
             loss = losses.mean()
         else:  # training: mean over the examples of the optimizer step; DDP averages gradients over processes
@@ -306,12 +347,26 @@ class PoFTTrainer(SFTTrainer):
             return loss, outputs
         return loss
 
+    def _bi_poft_options(self) -> dict:
+        args: PoFTConfig = self.args
+        return {
+            "beta": args.beta,
+            "gamma": args.gamma,
+            "variant": args.bi_poft_variant,
+            "undesirable_target": args.undesirable_target,
+            "undesirable_margin": args.undesirable_margin,
+            "undesirable_weight": args.undesirable_weight,
+        }
+
     @torch.no_grad()
     def _log_poft_metrics(self, policy_scores, ref_scores, direction, sums, counts, outputs) -> None:
         """Sums gathered over processes, then divided: the logged means are over all examples / tokens."""
         args: PoFTConfig = self.args
         policy, ref = policy_scores.detach(), ref_scores.to(policy_scores.device)
-        tau = poft_weight(policy, ref, beta=args.beta, gamma=args.gamma, direction=direction)
+        if direction is None:
+            tau = poft_weight(policy, ref, beta=args.beta, gamma=args.gamma)
+        else:  # signed: negative on undesirable rows that are pushed down
+            tau = bi_poft_weight(policy, ref, direction, **self._bi_poft_options())
         stats = torch.stack(
             [
                 policy.sum(),

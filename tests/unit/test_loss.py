@@ -115,3 +115,147 @@ def test_loss_and_gradient_are_finite_for_any_finite_scores(policy, shift, beta,
     loss.sum().backward()
     assert torch.isfinite(loss).all() and (loss >= 0).all()
     assert torch.isfinite(p.grad).all()
+
+
+# ---- bounded bi-PoFT ------------------------------------------------------------------------------------------
+
+BI_OPTIONS = [
+    {"variant": "signed"},
+    {"variant": "signed", "beta": 2.0, "gamma": 0.3, "undesirable_weight": 0.5},
+    {"variant": "soft", "undesirable_target": 0.1},
+    {"variant": "soft", "undesirable_target": 0.5, "beta": 0.7, "gamma": -0.4},
+    {"variant": "margin", "undesirable_margin": 2.0},
+    {"variant": "margin", "undesirable_margin": 0.0, "beta": 1.5, "gamma": 0.2, "undesirable_weight": 0.3},
+]
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def _closed_form_grad(r, q, good, beta=1.0, gamma=0.0, variant="soft", undesirable_target=0.1,
+                      undesirable_margin=2.0, undesirable_weight=1.0):  # fmt: skip
+    """d loss / d r_theta written out by hand, per variant (the formulas of docs/method.md)."""
+    m = beta * (r - q) + gamma
+    if good:
+        return -beta * _sigmoid(-m)
+    if variant == "signed":
+        g = beta * _sigmoid(beta * (r - q) - gamma)
+    elif variant == "soft":
+        g = beta * (_sigmoid(m) - undesirable_target)
+    else:
+        g = beta * _sigmoid(m) if m > -undesirable_margin else 0.0
+    return undesirable_weight * g
+
+
+@pytest.mark.parametrize("options", BI_OPTIONS)
+def test_bi_poft_loss_matches_reference_and_closed_form_gradient(options):
+    from poft.loss import bi_poft_loss, bi_poft_loss_reference, bi_poft_weight
+
+    policy = [-0.5, -3.0, -9.0, -1.0, -2.0, -7.5, 0.2, -4.0]
+    ref = [-1.0, -1.0, -2.0, -6.0, -2.0, -2.0, -3.0, -1.5]
+    good = [True, False, False, False, True, False, False, True]
+    r = torch.tensor(policy, requires_grad=True)
+    loss = bi_poft_loss(r, torch.tensor(ref), torch.tensor(good), **options)
+    expected = bi_poft_loss_reference(policy, ref, good, **options)
+    assert loss.dtype == torch.float32
+    assert loss.tolist() == pytest.approx(expected, rel=1e-6, abs=1e-7)
+    loss.sum().backward()
+    grad = [_closed_form_grad(p, q, g, **options) for p, q, g in zip(policy, ref, good, strict=True)]
+    assert r.grad.tolist() == pytest.approx(grad, rel=1e-5, abs=1e-7)
+    weight = bi_poft_weight(r.detach(), torch.tensor(ref), torch.tensor(good), **options)
+    assert weight.tolist() == pytest.approx([-g for g in grad], rel=1e-5, abs=1e-7)
+
+
+def test_bi_poft_hand_values():
+    """r_theta - r_ref = 1 on an undesirable row, beta = 1, gamma = 0:
+    signed: -log sigmoid(-1) = log(1 + e) = 1.3132616875
+    soft P = 0.25: 0.25 * log(1 + e^-1) + 0.75 * log(1 + e) = 0.25 * 0.3132616875 + 0.75 * 1.3132616875 = 1.0632616875
+    margin 2, weight 0.5: 0.5 * 1.3132616875; at r_theta - r_ref = -3 (below the margin): 0.5 * log(1 + e^-2)."""
+    from poft.loss import bi_poft_loss
+
+    r, q, bad = torch.tensor([0.0]), torch.tensor([-1.0]), torch.tensor([False])
+    assert bi_poft_loss(r, q, bad, variant="signed").item() == pytest.approx(1.3132616875, rel=1e-6)
+    assert bi_poft_loss(r, q, bad, variant="soft", undesirable_target=0.25).item() == pytest.approx(
+        1.0632616875, rel=1e-6
+    )
+    got = bi_poft_loss(torch.tensor([0.0, -4.0]), torch.tensor([-1.0, -1.0]), torch.tensor([False, False]),
+                       variant="margin", undesirable_margin=2.0, undesirable_weight=0.5)  # fmt: skip
+    assert got.tolist() == pytest.approx([0.5 * 1.3132616875, 0.5 * math.log1p(math.exp(-2.0))], rel=1e-6)
+
+
+def test_signed_variant_is_poft_loss_with_a_direction_and_desirable_rows_are_poft():
+    from poft.loss import bi_poft_loss
+
+    policy, ref = torch.tensor([-1.0, -3.0, 0.5]), torch.tensor([-2.0, -2.0, 1.0])
+    direction = torch.tensor([True, False, False])
+    for gamma in (0.0, 0.7):
+        assert torch.allclose(
+            bi_poft_loss(policy, ref, direction, beta=1.3, gamma=gamma, variant="signed"),
+            poft_loss(policy, ref, beta=1.3, gamma=gamma, direction=direction),
+        )
+    for variant in ("soft", "margin"):
+        assert torch.allclose(
+            bi_poft_loss(policy, ref, torch.tensor([True] * 3), variant=variant), poft_loss(policy, ref)
+        )
+
+
+@pytest.mark.parametrize("target", [0.05, 0.25, 0.5])
+def test_soft_target_stops_pushing_at_its_fixed_point(target):
+    """The gradient on an undesirable row is zero exactly where r_theta = r_ref + (logit(P) - gamma) / beta;
+    above it the row is pushed down, below it pulled up (weight at most beta * P)."""
+    from poft.loss import bi_poft_weight
+
+    beta, gamma, ref = 2.0, 0.3, -4.0
+    fixed = ref + (math.log(target / (1 - target)) - gamma) / beta
+    policy = torch.tensor([fixed, fixed + 1.0, fixed - 1.0, fixed - 50.0])
+    w = bi_poft_weight(policy, torch.full((4,), ref), torch.tensor([False] * 4), beta=beta, gamma=gamma,
+                       variant="soft", undesirable_target=target)  # fmt: skip
+    assert w[0].item() == pytest.approx(0.0, abs=1e-6)
+    assert w[1].item() < 0 < w[2].item() <= beta * target
+    assert w[3].item() == pytest.approx(beta * target, rel=1e-4)
+
+
+def test_margin_variant_never_pulls_an_undesirable_row_up():
+    from poft.loss import bi_poft_weight
+
+    policy = torch.linspace(-30.0, 5.0, 71)
+    w = bi_poft_weight(policy, torch.zeros(71), torch.zeros(71, dtype=torch.bool), variant="margin",
+                       undesirable_margin=1.5)  # fmt: skip
+    assert (w <= 0).all()
+    assert (w[policy <= -1.5] == 0).all() and (w[policy > -1.5] < 0).all()
+
+
+def test_bi_poft_options_are_checked():
+    from poft.loss import bi_poft_loss
+
+    args = torch.zeros(2), torch.zeros(2), torch.tensor([True, False])
+    with pytest.raises(ValueError, match="variant"):
+        bi_poft_loss(*args, variant="hinge")
+    with pytest.raises(ValueError, match="undesirable_target"):
+        bi_poft_loss(*args, variant="soft", undesirable_target=0.7)
+    with pytest.raises(ValueError, match="undesirable_target"):
+        bi_poft_loss(*args, variant="soft", undesirable_target=0.0)
+    with pytest.raises(ValueError, match="undesirable_weight"):
+        bi_poft_loss(*args, undesirable_weight=-1.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    policy=st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=8),
+    shift=st.floats(-1e6, 1e6),
+    beta=st.floats(1e-3, 100.0),
+    gamma=st.floats(-50.0, 50.0),
+    variant=st.sampled_from(["signed", "soft", "margin"]),
+    target=st.floats(1e-3, 0.5),
+)
+def test_bi_poft_loss_and_gradient_are_finite(policy, shift, beta, gamma, variant, target):
+    from poft.loss import bi_poft_loss
+
+    p = torch.tensor(policy, requires_grad=True)
+    desirable = torch.tensor([i % 2 == 0 for i in range(len(policy))])
+    loss = bi_poft_loss(p, torch.tensor(policy) + shift, desirable, beta=beta, gamma=gamma, variant=variant,
+                        undesirable_target=target)  # fmt: skip
+    loss.sum().backward()
+    assert torch.isfinite(loss).all() and (loss >= 0).all()
+    assert torch.isfinite(p.grad).all()
