@@ -20,6 +20,8 @@ Route of a training dataset, each module entered once, top to bottom:
 
 from __future__ import annotations
 
+import errno
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ import torch
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
+from .checkpoints import resolve_resume
 from .configs import ON_BAD_ROW
 from .device import fit_training_args, say_once
 from .loss import (
@@ -43,6 +46,7 @@ from .loss import (
     sequence_logprob_sums,
 )
 from .readers import SFTRows
+from .records import RunRecord
 from .training_data import (
     SCORE_COLUMNS,
     pack_with_scores,
@@ -52,6 +56,7 @@ from .training_data import (
 )
 
 OBJECTIVES = ("poft", "bi_poft", "sft")
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 TRL_LOSS_TYPES = ("nll", "dft", "chunked_nll")  # SFTConfig.loss_type ('chunked_nll': TRL's deprecated 'nll')
 
 
@@ -156,6 +161,10 @@ class PoFTConfig(SFTConfig):
             )
         if self.on_bad_row not in ON_BAD_ROW:
             raise ValueError(f"on_bad_row must be one of {ON_BAD_ROW}, got {self.on_bad_row!r}")
+        for name in ("beta", "gamma"):  # NaN/inf (or beyond float32) trained to a NaN model with exit 0
+            value = getattr(self, name)
+            if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
+                raise ValueError(f"{name} must be a finite number within float32 range, got {value}")
         if self.beta <= 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
         if self.bi_poft_variant not in BI_POFT_VARIANTS:
@@ -206,6 +215,14 @@ def _load_tokenizer(model_name_or_path: str):
         raise ValueError(f"{model_name_or_path}: could not load the target's tokenizer: {e}") from e
 
 
+class NonFiniteTrainingError(RuntimeError):
+    """The loss or the gradient of a step is NaN or infinite: training stops before the update."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (full disk); the partial folder is skipped on resume."""
+
+
 @dataclass
 class ScoreCollator:
     """Wraps TRL's collator and adds the per-sequence score columns as float32 tensors [number of sequences].
@@ -249,10 +266,57 @@ class PoFTTrainer(SFTTrainer):
                 self._read_rows[name] = kwargs[key]
                 kwargs[key] = kwargs[key].dataset
         super().__init__(model, args=args, **kwargs)
+        self.add_callback(RunRecord(args.output_dir))
         if args.uses_scores:
             self.data_collator = ScoreCollator(self.data_collator)
             # compute_loss divides by the number of examples in the whole optimizer step (see get_batch_samples)
             self.loss_is_scaled_for_ga = True
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """`resume_from_checkpoint`: a checkpoint folder, or `last` / `true` for the latest *complete* one of
+        the output folder (a checkpoint cut short by a kill or a full disk is skipped, and said)."""
+        resume = resolve_resume(resume_from_checkpoint, self.args.output_dir)
+        return super().train(resume, *args, **kwargs)
+
+    # ---- guards -----------------------------------------------------------------------------------------------
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss).all():
+            raise NonFiniteTrainingError(
+                f"step {self.state.global_step + 1}: the training loss is {loss.item()}; stopped before the "
+                "update (nothing of this step was applied or saved). Check beta, gamma, the learning rate and "
+                "the reference scores"
+            )
+        return loss
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        grad_norm = super()._get_grad_norm(model, grad_norm)
+        value = float(grad_norm) if grad_norm is not None else 0.0
+        if not math.isfinite(value):
+            raise NonFiniteTrainingError(
+                f"step {self.state.global_step + 1}: the gradient norm is {value} (the loss was finite); "
+                "stopped before the update (nothing of this step was applied or saved). A very large beta, or "
+                "a learning rate too high for this model, does this"
+            )
+        return grad_norm
+
+    def _save_checkpoint(self, model, trial):
+        try:
+            return super()._save_checkpoint(model, trial)
+        except (OSError, RuntimeError) as e:
+            text = str(e)
+            if getattr(e, "errno", None) != errno.ENOSPC and not any(
+                s in text for s in ("No space left", "inline_container", "file write failed")
+            ):
+                raise
+            folder = f"{self.args.output_dir}/checkpoint-{self.state.global_step}"
+            raise CheckpointWriteError(
+                errno.ENOSPC,
+                f"writing {folder} failed: the disk is full (or the write was refused): "
+                f"{' '.join(text.split())[:200]}. That folder is incomplete and is skipped on resume; "
+                "free space, then re-run with --resume_from_checkpoint last",
+            ) from e
 
     # ---- data -------------------------------------------------------------------------------------------------
 
