@@ -18,8 +18,9 @@ How response characters are found, for any template (no per-family token-id tabl
   mistral-common style template puts the system prompt into the last user turn) or rewrote one. Scoring
   such a row would score a different conversation, and searching for text that is not there used to mark
   a later, wrong span. Greedy in-order search finds an in-order placement whenever one exists, so a
-  template that renders each message verbatim in order is never refused; working out what the template
-  did costs extra renders, on refused rows only.
+  template that renders each message verbatim in order is never refused (a dropped message whose text
+  happens to appear further on in the render, in order, goes unnoticed); the check is one pass of `find`
+  over the render, and working out what the template did costs extra renders, on refused rows only.
 - with `{% generation %}` markers, their character spans are used (extended over the end-of-turn text when
   the block stops just before it); the messages are still accounted for as above;
 - the render is tokenised once with offsets; a token is a response token when it overlaps a span.
