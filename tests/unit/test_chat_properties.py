@@ -5,7 +5,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_chat import masked_segments  # same folder: pytest puts it on sys.path
 
-from poft.chat import ChatFormat
+from poft.chat import ChatFormat, ChatTemplateError
 from poft.readers import KNOWN_ROLES, RowError, validate_messages
 
 TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=60)
@@ -61,7 +61,12 @@ def test_mask_is_exact_or_the_row_is_refused(tokenizers, family, messages):
         with pytest.raises(RowError):
             validate_messages(messages)
         return
-    encoded = chat.encode(validate_messages(messages))
+    try:
+        encoded = chat.encode(validate_messages(messages))
+    except ChatTemplateError as e:  # the one refusal of a valid row here: zephyr writes no `tool` message
+        dropped = [i for i, m in enumerate(messages) if m["role"] == "tool" and m["content"].strip()]
+        assert family == "zephyr" and dropped and "the chat template dropped messages[" in str(e)
+        return
     rendered, spans = chat.render(messages)
     ids = tokenizer(rendered, add_special_tokens=False, return_offsets_mapping=True)
     offsets = list(ids["offset_mapping"])
