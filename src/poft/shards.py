@@ -33,6 +33,7 @@ from .loss import normalize_scores
 
 SHARDS_DIR = "shards"
 CONFIG_FILE = "scoring_config.json"
+PROVENANCE_COLUMN = "score_provenance"
 MANIFEST_FILE = "manifest.json"  # written last: its presence means the scored dataset is complete
 SCORE_SUFFIXES = ("_logp_sum", "_n_tokens", "_truncated")
 
@@ -198,6 +199,8 @@ def finalize(
     columns: dict[str, object] = {"response_bytes": np.asarray(response_bytes, dtype=np.int64)}
     per_model = [_merge_model(output, entry, len(dataset), columns, normalization) for entry in models]
     columns["ref_score"] = np.mean([m.pop("scores") for m in per_model], axis=0)
+    provenance = provenance_record(models, normalization, run["settings"])
+    columns[PROVENANCE_COLUMN] = [provenance] * len(dataset)
     replaced = [c for c in columns if c in dataset.column_names]
     if replaced:
         print(f"poft: replacing existing columns {replaced} with new scores")
@@ -249,6 +252,19 @@ def finalize(
         f"({len(run['bad_rows'])} bad rows skipped, {tokens} tokens this run{rate})"
     )
     return scored
+
+
+def provenance_record(models: list[dict], normalization: str, settings: dict) -> str:
+    """How the scores were made, as one compact JSON string stored in every scored row (`score_provenance`):
+    it travels with the rows through `poft filter`, JSON-lines copies and concatenations, so training can
+    refuse scores of another normalisation or a mix of runs, and see truncation the scorer did not do."""
+    record = {
+        "models": {m["alias"]: m["revision"] for m in models},
+        "normalization": normalization,
+        "max_length": settings.get("max_length"),
+        "dtype": settings.get("dtype"),
+    }
+    return json.dumps(record, sort_keys=True, separators=(",", ":"))
 
 
 def _read_manifest(output: Path) -> dict:

@@ -48,7 +48,9 @@ from .loss import (
 from .readers import SFTRows
 from .records import RunRecord
 from .training_data import (
+    ROW_COLUMN,
     SCORE_COLUMNS,
+    SEQUENCE_COLUMNS,
     pack_with_scores,
     prepare_training_dataset,
     scores_per_sequence,
@@ -234,9 +236,11 @@ class ScoreCollator:
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self.inner(examples)
-        for key in SCORE_COLUMNS:
+        for key in SEQUENCE_COLUMNS:
+            if key not in examples[0]:
+                continue
             values = [value for example in examples for value in scores_per_sequence(example, key)]
-            batch[key] = torch.tensor(values, dtype=torch.float32)
+            batch[key] = torch.tensor(values, dtype=torch.int64 if key == ROW_COLUMN else torch.float32)
         return batch
 
 
@@ -267,6 +271,7 @@ class PoFTTrainer(SFTTrainer):
                 kwargs[key] = kwargs[key].dataset
         super().__init__(model, args=args, **kwargs)
         self.add_callback(RunRecord(args.output_dir))
+        self._batch_rows: list[int] = []  # rows of the optimizer step so far (named if it goes non-finite)
         if args.uses_scores:
             self.data_collator = ScoreCollator(self.data_collator)
             # compute_loss divides by the number of examples in the whole optimizer step (see get_batch_samples)
@@ -284,21 +289,39 @@ class PoFTTrainer(SFTTrainer):
         loss = super().training_step(model, inputs, num_items_in_batch)
         if not torch.isfinite(loss).all():
             raise NonFiniteTrainingError(
-                f"step {self.state.global_step + 1}: the training loss is {loss.item()}; stopped before the "
-                "update (nothing of this step was applied or saved). Check beta, gamma, the learning rate and "
-                "the reference scores"
+                f"step {self.state.global_step + 1}: the training loss is {loss.item()}{self._named_rows()}; "
+                "stopped before the update (nothing of this step was applied or saved). Check beta, gamma, "
+                "the learning rate, the reference scores and the model's weights"
             )
         return loss
+
+    def _named_rows(self) -> str:
+        """' (rows: line 3 (id=a), ...)' for the rows of the step so far, as the reader named them."""
+        if not self._batch_rows:
+            return ""
+        read = self._read_rows.get("train")
+        ids = self._row_ids(self._batch_rows[:8])
+        where = [read.where[i] if read is not None else f"row {i}" for i in self._batch_rows[:8]]
+        named = ", ".join(f"{w} (id={i})" if i is not None else w for w, i in zip(where, ids, strict=True))
+        more = f", ... {len(self._batch_rows) - 8} more" if len(self._batch_rows) > 8 else ""
+        return f" (rows in this step: {named}{more})"
+
+    def _row_ids(self, rows: list[int]) -> list:
+        read = self._read_rows.get("train")
+        if read is None or "id" not in read.dataset.column_names:
+            return [None] * len(rows)
+        return read.dataset.select(rows)["id"]
 
     def _get_grad_norm(self, model, grad_norm=None):
         grad_norm = super()._get_grad_norm(model, grad_norm)
         value = float(grad_norm) if grad_norm is not None else 0.0
         if not math.isfinite(value):
             raise NonFiniteTrainingError(
-                f"step {self.state.global_step + 1}: the gradient norm is {value} (the loss was finite); "
-                "stopped before the update (nothing of this step was applied or saved). A very large beta, or "
-                "a learning rate too high for this model, does this"
+                f"step {self.state.global_step + 1}: the gradient norm is {value} (the loss was finite)"
+                f"{self._named_rows()}; stopped before the update (nothing of this step was applied or saved). "
+                "A very large beta, or a learning rate too high for this model, does this"
             )
+        self._batch_rows.clear()
         return grad_norm
 
     def _save_checkpoint(self, model, trial):
@@ -338,6 +361,7 @@ class PoFTTrainer(SFTTrainer):
                 dataset_name=dataset_name,
                 num_proc=args.dataset_num_proc,
                 model_name=getattr(tokenizer, "name_or_path", None) or "target model",
+                score_normalization=args.score_normalization if args.uses_scores else None,
             )
         elif args.uses_scores:
             if not isinstance(dataset, Dataset) or not set(SCORE_COLUMNS) <= set(dataset.column_names):
@@ -361,7 +385,7 @@ class PoFTTrainer(SFTTrainer):
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
         if self.args.uses_scores:
-            self._signature_columns = [*self._signature_columns, *SCORE_COLUMNS]
+            self._signature_columns = [*self._signature_columns, *SEQUENCE_COLUMNS]
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """PoFT averages over examples: count the examples of the whole optimizer step, on every process."""
@@ -382,6 +406,9 @@ class PoFTTrainer(SFTTrainer):
         ref_scores = inputs.pop("poft_ref_score")
         direction = inputs.pop("poft_direction")
         response_bytes = inputs.pop("poft_response_bytes")
+        rows = inputs.pop(ROW_COLUMN, None)
+        if rows is not None and model.training:
+            self._batch_rows.extend(rows.tolist())
         inputs["use_cache"] = False
         # TRL's fused head: per-token log-probs [B, T-1] of the labels, computed in chunks without the logits
         outputs = model(**inputs, fused_lm_head=True)

@@ -8,10 +8,16 @@ stops naming the rows). Columns produced for the trainer:
     poft_ref_score             r_ref, float
     poft_direction             +1 / -1 (bi-PoFT; +1 when the row has no label)
     poft_response_bytes        UTF-8 bytes of the assistant contents (for normalization="byte")
+    poft_row                   the row's position in the rows read (names the rows of a failing step)
+
+Scores written by `poft score` carry how they were made (`score_provenance`: models, normalisation, max
+length): training refuses another normalisation than its own and a mix of scoring runs, and says how many
+rows it truncates that the scorer saw whole. Scores from elsewhere train, with one line saying so.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 
@@ -22,6 +28,10 @@ from .chat import ChatFormat, ChatTemplateError
 from .readers import FINGERPRINT_COLUMN, RowError, SFTRows, fingerprint, parse_label, read_sft
 
 SCORE_COLUMNS = ("poft_ref_score", "poft_direction", "poft_response_bytes")
+ROW_COLUMN = "poft_row"  # optional in pre-tokenised rows
+SEQUENCE_COLUMNS = (*SCORE_COLUMNS, ROW_COLUMN)  # one value per sequence, carried through packing
+PROVENANCE_COLUMN = "score_provenance"  # shards.PROVENANCE_COLUMN, written by `poft score`
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _encode_row(
@@ -34,7 +44,7 @@ def _encode_row(
     check_fingerprint: bool = False,
 ) -> dict:
     out = {"input_ids": [], "labels": [], "poft_problem": "", "poft_truncated": False, "poft_stale": False}
-    out.update(poft_ref_score=float("nan"), poft_direction=1, poft_response_bytes=0)
+    out.update(poft_ref_score=float("nan"), poft_direction=1, poft_response_bytes=0, poft_row=index)
     if direction_column is not None:
         try:
             out["poft_direction"] = (
@@ -62,6 +72,9 @@ def _encode_row(
         if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
             out["poft_problem"] = f"missing or non-finite {ref_score_column}"
             return out
+        if abs(score) > FLOAT32_MAX:  # finite in float64, infinite in the float32 loss
+            out["poft_problem"] = f"{ref_score_column} beyond float32 range ({score:g})"
+            return out
         out["poft_ref_score"] = float(score)
     return out
 
@@ -77,6 +90,7 @@ def prepare_training_dataset(
     dataset_name: str = "train",
     num_proc: int | None = None,
     model_name: str = "target model",
+    score_normalization: str | None = None,
 ) -> Dataset:
     """Tokenise conversations under the target's template, attach scores, drop (or refuse) bad rows.
 
@@ -86,6 +100,8 @@ def prepare_training_dataset(
     finite score, a bad label) are dropped with one printed line
     saying how many and why, or, with on_bad_row="error", refused in one error naming them.
     ref_score_column=None means scores are not needed (SFT). direction_column=None means all rows +1.
+    score_normalization: how training normalises r_theta; scores made by `poft score` with another one are
+    refused (`score_provenance`).
     """
     name = f"{dataset_name} dataset"
     if not isinstance(dataset, SFTRows):
@@ -97,8 +113,14 @@ def prepare_training_dataset(
             f"(columns: {data.column_names}); run `poft score` first, or train with objective='sft'"
         )
     if direction_column is not None and direction_column not in data.column_names:
-        print(f"poft: {name} has no {direction_column!r} column: every row counts as desirable")
-        direction_column = None
+        raise ValueError(
+            f"{name}: bi-PoFT needs a {direction_column!r} column (true = desirable, false = undesirable); "
+            f"columns: {data.column_names}. Add it, name another one with direction_column, or train with "
+            "objective='poft'"
+        )
+    provenance = (
+        _score_provenance(data, rows, name, score_normalization) if ref_score_column is not None else None
+    )
     chat = ChatFormat.from_tokenizer(tokenizer, model_name)
     encoded = data.map(
         _encode_row,
@@ -136,7 +158,49 @@ def prepare_training_dataset(
     n_truncated = sum(encoded["poft_truncated"])
     if n_truncated:
         print(f"poft: {n_truncated} {dataset_name} rows were truncated to max_length={max_length}")
+        scorer_max = provenance.get("max_length", 0) if provenance else 0
+        if provenance and (scorer_max is None or scorer_max > max_length):
+            print(
+                f"poft: warning: {n_truncated} {dataset_name} rows are cut at max_length={max_length} in "
+                f"training but were scored {'whole' if scorer_max is None else f'up to {scorer_max} tokens'}: "
+                "their r_theta covers fewer response tokens than their r_ref (score with the same --max-length "
+                "to compare like with like)"
+            )
     return encoded.remove_columns(["poft_problem", "poft_truncated", "poft_stale"])
+
+
+def _score_provenance(data: Dataset, rows: SFTRows, name: str, normalization: str | None) -> dict | None:
+    """How the scores were made (one run), or None (not from `poft score`: said once). Refuses a mix of
+    scoring runs and a normalisation other than training's."""
+    if PROVENANCE_COLUMN not in data.column_names:
+        print(
+            f"poft: {name}: no {PROVENANCE_COLUMN!r} column (scores not written by `poft score`): how they were "
+            "made (models, normalisation, max length) cannot be checked"
+        )
+        return None
+    values = data[PROVENANCE_COLUMN]
+    runs = Counter(values)
+    if len(runs) > 1:
+        first = {v: rows.where[values.index(v)] for v in runs}
+        detail = "; ".join(f"{n} rows from {first[v]} on: {v}" for v, n in runs.most_common(3))
+        raise ValueError(
+            f"{name}: the reference scores come from {len(runs)} different `poft score` runs ({detail}); "
+            "scores of different models or settings are not on one scale: score all rows in one run"
+        )
+    try:
+        record = json.loads(values[0]) if values else {}
+    except (TypeError, json.JSONDecodeError) as e:
+        raise ValueError(
+            f"{name}: the {PROVENANCE_COLUMN!r} column is not what `poft score` writes: {e}"
+        ) from e
+    made = record.get("normalization")
+    if normalization is not None and made is not None and made != normalization:
+        raise ValueError(
+            f"{name}: the reference scores were made with normalization={made!r} and training normalises "
+            f"r_theta with score_normalization={normalization!r}; set score_normalization: {made} (or "
+            f"re-score with --normalization {normalization})"
+        )
+    return record
 
 
 def _refuse_stale_scores(encoded: Dataset, rows: SFTRows, name: str) -> None:
@@ -175,11 +239,13 @@ def pack_with_scores(
 def spread_scores_over_tokens(dataset: Dataset, num_proc: int | None = None) -> Dataset:
     """Replace each per-row score column by a list repeating it once per token (for padding-free rows)."""
 
+    keys = [key for key in SEQUENCE_COLUMNS if key in dataset.column_names]
+
     def spread(row: dict) -> dict:
         n = len(row["input_ids"])
-        return {key: [row[key]] * n for key in SCORE_COLUMNS}
+        return {key: [row[key]] * n for key in keys}
 
-    dataset = dataset.select_columns(["input_ids", "labels", *SCORE_COLUMNS])
+    dataset = dataset.select_columns(["input_ids", "labels", *keys])
     return dataset.map(spread, num_proc=num_proc, desc="Attaching PoFT scores to tokens")
 
 

@@ -117,6 +117,7 @@ def test_output_columns_ids_and_ref_score(aligned, tmp_path):
     assert scored.column_names == [
         "prompt_id", "messages", "extra", "id", "fingerprint", "response_bytes",
         "a_logp_sum", "a_n_tokens", "a_truncated", "b_logp_sum", "b_n_tokens", "b_truncated", "ref_score",
+        "score_provenance",
     ]  # fmt: skip
     assert scored["id"] == [f"p{i}" for i in range(8)]
     assert scored["fingerprint"] == [row_fingerprint(r["messages"]) for r in rows]

@@ -64,7 +64,9 @@ def test_an_infinite_gradient_stops_before_the_update(tiny, tmp_path):
     trainer = PoFTTrainer(
         model=model, args=config(tmp_path, beta=1e30), train_dataset=Dataset.from_list(tiny["rows"])
     )
-    with pytest.raises(NonFiniteTrainingError, match=r"step 1: the gradient norm is (inf|nan)"):
+    with pytest.raises(
+        NonFiniteTrainingError, match=r"step 1: the gradient norm is (inf|nan).*rows in this step: row \d+"
+    ):
         trainer.train()
     for name, value in model.state_dict().items():
         assert torch.equal(value, before[name]), name
@@ -139,3 +141,72 @@ def test_report_to_tensorboard_writes_events(tiny, tmp_path):
     args = config(tmp_path, max_steps=1, report_to=["tensorboard"])
     PoFTTrainer(model=tiny["model"], args=args, train_dataset=Dataset.from_list(tiny["rows"])).train()
     assert list(tmp_path.rglob("events.out.tfevents.*"))
+
+
+# ---- scores: range and provenance (item 2 and 3) --------------------------------------------------------------
+
+
+def test_a_score_beyond_float32_is_a_bad_row(tiny, tmp_path):
+    """1e39 is finite in float64 (the check passed) and inf in the float32 loss."""
+    rows = [dict(r) for r in tiny["rows"][:8]]
+    rows[2]["ref_score"] = 1e39
+    with pytest.raises(ValueError, match=r"row 2 \(id=tiny-2\): ref_score beyond float32 range"):
+        PoFTTrainer(
+            model=tiny["model"],
+            args=config(tmp_path, on_bad_row="error"),
+            train_dataset=Dataset.from_list(rows),
+        )
+
+
+def test_bi_poft_without_its_label_column_is_an_error(tiny, tmp_path):
+    with pytest.raises(ValueError, match="bi-PoFT needs a 'label' column"):
+        PoFTTrainer(
+            model=tiny["model"],
+            args=config(tmp_path, objective="bi_poft"),
+            train_dataset=Dataset.from_list(tiny["rows"]).remove_columns("label"),
+        )
+
+
+@pytest.fixture(scope="module")
+def scored(tiny, tmp_path_factory):
+    """The training rows scored by `poft score`'s code with two different aligned models (and max_length 40)."""
+    from poft.scoring import score_dataset
+
+    root = tmp_path_factory.mktemp("provenance")
+    rows = [{"id": r["id"], "messages": r["messages"]} for r in tiny["rows"]]
+    first = score_dataset(
+        Dataset.from_list(rows), [f"a={tiny['model']}"], root / "a", max_length=40, progress=False
+    )
+    second = score_dataset(Dataset.from_list(rows), [f"b={tiny['model']}"], root / "b", progress=False)
+    return {"a": first, "b": second, "root": root}
+
+
+def test_scores_carry_how_they_were_made_and_training_checks_it(tiny, scored, tmp_path, capsys):
+    from datasets import concatenate_datasets
+
+    provenance = json.loads(scored["a"]["score_provenance"][0])
+    assert (
+        provenance["normalization"] == "token"
+        and provenance["max_length"] == 40
+        and "a" in provenance["models"]
+    )
+    with pytest.raises(ValueError, match="made with normalization='token'.*score_normalization='byte'"):
+        PoFTTrainer(
+            model=tiny["model"], args=config(tmp_path, score_normalization="byte"), train_dataset=scored["a"]
+        )
+    keep = [c for c in scored["a"].column_names if c in scored["b"].column_names]
+    mixed = concatenate_datasets([scored["a"].select_columns(keep), scored["b"].select_columns(keep)])
+    with pytest.raises(ValueError, match="reference scores come from 2 different `poft score` runs"):
+        PoFTTrainer(model=tiny["model"], args=config(tmp_path), train_dataset=mixed)
+
+
+def test_training_says_when_it_cuts_rows_the_scorer_saw_whole(tiny, scored, tmp_path, capsys):
+    PoFTTrainer(model=tiny["model"], args=config(tmp_path, max_length=24), train_dataset=scored["b"])
+    out = capsys.readouterr().out
+    assert "rows are cut at max_length=24 in training but were scored whole" in out
+
+
+def test_scores_from_elsewhere_train_with_one_line_saying_so(tiny, tmp_path, capsys):
+    rows = [{**r, "ref_score": -1.0} for r in tiny["rows"][:8]]
+    PoFTTrainer(model=tiny["model"], args=config(tmp_path), train_dataset=Dataset.from_list(rows))
+    assert "no 'score_provenance' column (scores not written by `poft score`)" in capsys.readouterr().out
