@@ -150,7 +150,13 @@ def load_weights(model: AlignedModel, dtype: torch.dtype, device: torch.device) 
     path, kwargs = model.from_pretrained_args()
     if "gguf_file" in kwargs:
         kwargs.update(_dequantized())
-    network = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs).to(device).eval()
+    try:
+        network = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs).to(device).eval()
+    except Exception as e:  # a weight file cut short or damaged (safetensors' own error type), ...
+        cause = " ".join(str(e).split())
+        raise AlignedModelError(
+            f"aligned model {model.alias} ({model.path}): could not load its weights: {cause}"
+        ) from e
     _check_chunked_head(network, model.alias)
     return network
 
@@ -176,6 +182,9 @@ def _check_chunked_head(network: torch.nn.Module, alias: str) -> None:
         head = network.get_output_embeddings()
         ours = chunked_token_log_probs(hidden, head.weight, labels, head.bias, softcap(network), 4)
         full = torch.log_softmax(full[0], dim=-1).gather(-1, labels[:, None]).squeeze(-1)
+    if not torch.isfinite(full).all():
+        raise ValueError(f"{alias}: the model's logits are NaN or infinite: its weights hold NaN/inf (a damaged or "
+                         "diverged checkpoint)")  # fmt: skip
     if not torch.allclose(full, ours, rtol=1e-2, atol=5e-2):  # loose for bf16; a missed scale is far off
         raise ValueError(
             f"{alias}: the model transforms its logits after the LM head (scaling or soft-capping); "

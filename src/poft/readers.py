@@ -442,7 +442,13 @@ def read_rows(source: str | Path | Dataset, split: str = "train", config: str | 
         return RawRows(name, list(loaded.column_names), table=loaded)
     if path.suffix.lower() in _FILE_BUILDERS or name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise FileNotFoundError(f"{name}: no such file or folder")
-    table = load_dataset(name, name=config, split=split)
+    try:
+        table = load_dataset(name, name=config, split=split)
+    except ConnectionError as e:  # datasets: "Couldn't reach 'x' on the Hub (OfflineModeIsEnabled)"
+        offline = "the Hub is offline: HF_HUB_OFFLINE=1" if "OfflineModeIsEnabled" in str(e) else str(e)
+        raise FileNotFoundError(
+            f"{name}: no such file or folder here, and no Hub dataset of that name ({offline})"
+        ) from e
     return RawRows(name, list(table.column_names), table=table)
 
 
