@@ -1,25 +1,32 @@
-"""`poft demo --mini` end to end through the CLI: artefacts exist and are well formed (seconds, offline)."""
+"""`poft demo --mini` end to end through the CLI: artefacts exist and are well formed; the tables of two fresh
+processes are identical; the learning-rate tuning runs on validation prompts (seconds, offline)."""
 
 import json
 import math
 import os
 import random
+import subprocess
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
+from datasets import Dataset  # noqa: E402
 
 from poft.cli import main  # noqa: E402
-from poft.demo.controls import main as controls_main  # noqa: E402
+from poft.demo.config import MINI, DemoConfig  # noqa: E402
+from poft.demo.methods import METHODS, method_rows  # noqa: E402
 from poft.demo.noise import corrupt_chars, make_noisy_rows  # noqa: E402
+from poft.demo.run import plan_runs  # noqa: E402
 from poft.demo.tasks import SKILLS, is_correct, make_splits  # noqa: E402
+from poft.demo.tune import main as tune_main  # noqa: E402
 
 
 def test_splits_are_disjoint_and_deterministic():
-    a, b = make_splits(3, 120, 60, 30), make_splits(3, 120, 60, 30)
+    a, b = make_splits(3, 120, 60, 30, 20, 90), make_splits(3, 120, 60, 30, 20, 90)
     assert a == b
-    prompts = [{e.prompt for e in split} for split in (a.train, a.aligned, a.test)]
-    assert sum(map(len, prompts)) == 210 == len(set().union(*prompts))
+    prompts = [{e.prompt for e in split} for split in (a.train, a.aligned, a.test, a.val, a.pretrain)]
+    assert sum(map(len, prompts)) == 320 == len(set().union(*prompts))
     assert {e.skill for e in a.train} == set(SKILLS)
     assert all(is_correct(e, f" {e.answer}\n") for e in a.test)
 
@@ -35,6 +42,26 @@ def test_noise_rows_are_labelled_and_corrupted():
     assert corrupt_chars("abc", random.Random(0), rate=0.0) != "abc"
 
 
+def test_method_rows_filter_by_ref_score_and_fix_tau():
+    data = Dataset.from_list([{"ref_score": s, "i": i} for i, s in enumerate([-1.0, -9.0, -0.5, -3.0, -7.0])])
+    assert method_rows(METHODS["top40_sft"], data)["i"] == [0, 2]  # the top 40 %, kept in input order
+    assert method_rows(METHODS["poft_fixed_tau"], data)["ref_score"] == [100.0] * 5
+    assert method_rows(METHODS["poft"], data)["ref_score"] == data["ref_score"]
+
+
+def test_plan_skips_bi_poft_without_noise_and_tuning_labels_rates():
+    config = DemoConfig(noise_levels=(0.0, 0.5), methods=("sft", "bi_poft_soft"))
+    assert [(p.noise, p.method) for p in plan_runs(config)] == [
+        (0.0, "sft"),
+        (0.5, "sft"),
+        (0.5, "bi_poft_soft"),
+    ]
+    tuned = plan_runs(config, grid=(1e-3, 1e-2))
+    assert [p.label for p in tuned if p.noise == 0.5] == ["sft@0.001", "sft@0.01", "bi_poft_soft@0.001",
+                                                          "bi_poft_soft@0.01"]  # fmt: skip
+    assert {p.learning_rate for p in tuned} == {1e-3, 1e-2}
+
+
 def test_demo_mini_writes_well_formed_artefacts(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--mini", "--output", str(out)]) == 0
@@ -44,34 +71,61 @@ def test_demo_mini_writes_well_formed_artefacts(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert set(results) == {"runs"}
     runs = results["runs"]
-    assert {(r["method"], r["noise"]) for r in runs} == {("sft", 0.5), ("poft", 0.5), ("bi_poft", 0.5)}
+    assert {(r["method"], r["noise"]) for r in runs} == {(m, 0.5) for m in MINI["methods"]}
     for run in runs:
-        assert set(run) == {"method", "noise", "seed", "epoch", "metrics"}
+        assert set(run) == {"method", "noise", "seed", "epoch", "learning_rate", "metrics"}
         assert isinstance(run["seed"], int) and run["epoch"] == 1
         assert set(run["metrics"]) == {"accuracy", "sampled_accuracy", "clean_nll"}
         assert 0.0 <= run["metrics"]["accuracy"] <= 1.0
         assert 0.0 <= run["metrics"]["sampled_accuracy"] <= 1.0
         assert math.isfinite(run["metrics"]["clean_nll"]) and run["metrics"]["clean_nll"] > 0
+    details = json.loads((out / "details.json").read_text())
+    assert set(details["models"]) == {"base", "a", "b"}
 
     for name in ("accuracy_vs_epoch.png", "ref_scores.png", "poft_weights.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out / "report.md").read_text()
-    for name in ("accuracy_vs_epoch.png", "ref_scores.png", "poft_weights.png", "| bi_poft |"):
+    for name in ("accuracy_vs_epoch.png", "ref_scores.png", "poft_weights.png", "| bi_poft_soft |"):
         assert name in report
 
-    # the second run reuses the cached aligned models and scores
+    # the second run reuses the cached base, aligned models and scores, and gives the same table
     assert main(["demo", "--mini", "--output", str(out)]) == 0
-    assert "reusing aligned models" in capsys.readouterr().out
-
-    # the control runs behind RESULTS.md (python -m poft.demo.controls) run on the same cache
-    assert controls_main(["--output", str(out), "--mini"]) == 0
-    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 0.5 |")]
-    assert [line.split(" | ")[1] for line in table] == ["sft", "poft_tau1", "poft"]
-    for line in table:
-        accuracy, sampled, nll = (float(x) for x in line.split(" | ")[2:5])
-        assert 0 <= accuracy <= 1 and 0 <= sampled <= 1 and math.isfinite(nll) and nll > 0
+    again = capsys.readouterr().out
+    assert "reusing the base and aligned models" in again
+    assert _table(again) == _table(printed)
 
 
-def test_controls_refuse_a_folder_without_the_demo_cache(tmp_path):
-    with pytest.raises(SystemExit, match="no cached aligned models"):
-        controls_main(["--output", str(tmp_path), "--mini"])
+def test_tune_mini_evaluates_validation_prompts_and_chooses_a_rate_per_method(tmp_path, capsys):
+    out = tmp_path / "tune"
+    assert (
+        tune_main(["--output", str(out), "--mini", "--methods", "sft", "poft", "--grid", "1e-3", "1e-2"]) == 0
+    )
+    chosen = json.loads((out / "tune.json").read_text())
+    assert set(chosen) == {"sft", "poft"}
+    for c in chosen.values():
+        assert c["learning_rate"] in (1e-3, 1e-2)
+        assert c["val_accuracy"] == max(c["by_rate"].values())
+    assert "Val metrics after the last epoch" in (out / "report.md").read_text()
+
+
+def _table(printed: str) -> list[str]:
+    return [line for line in printed.splitlines() if line.startswith("| ")]
+
+
+@pytest.mark.slow
+def test_two_fresh_processes_with_different_hash_seeds_give_identical_tables(tmp_path):
+    """Reproducibility: the same reduced configuration, run twice from scratch (no shared cache) in fresh
+    processes with different PYTHONHASHSEED, prints the same results table to the last digit."""
+    tables = []
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed, "HF_HUB_OFFLINE": "1"}
+        out = tmp_path / f"run{hash_seed}"
+        done = subprocess.run(
+            [sys.executable, "-m", "poft", "demo", "--mini", "--output", str(out)],
+            env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        tables.append(_table(done.stdout))
+        tables.append(json.loads((out / "details.json").read_text())["models"])
+    assert tables[0] and tables[0] == tables[2]
+    assert tables[1] == tables[3]  # the base and aligned models too

@@ -5,8 +5,8 @@ subcommand of the installed CLI and must work from `pip install poft` with no ch
 also the integration test that drives the library's real paths (PoFTTrainer, `poft score`'s
 score_dataset, the scorer's log-prob sums) on real, tiny models. It costs nothing when unused: nothing
 imports it until `poft demo` runs. Modules, bottom to top (no import cycles; tests/unit/test_import_graph.py):
-console (progress bar, quiet libraries) -> config, tasks, noise -> train, evaluate -> parallel -> assets ->
-report, plots -> run -> controls (`python -m poft.demo.controls`: the control runs behind RESULTS.md).
+console (progress bar, quiet libraries) -> methods -> config, tasks, noise -> train, evaluate -> parallel ->
+assets -> report, plots -> run -> tune (`python -m poft.demo.tune`: the learning-rate choice behind config.py).
 """
 
 from .config import FULL, MINI, DemoConfig

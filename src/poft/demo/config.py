@@ -1,8 +1,10 @@
-"""The demo's settings: one dataclass, every field with help text; `--full` and `--mini` are presets.
+"""The demo's settings: one dataclass, every field with help text; `--full`, `--mini` and the tuning grid are presets.
 
-Default sizes were measured to finish in under 5 minutes on 2 CPU cores shared with other jobs (see
-RESULTS.md): ~460k-parameter Llamas (hidden 128, 2 layers), prompts+answers of ~22 tokens, 2,000
-training rows, 5 epochs; `--full` is 3 seeds x 8 epochs on the same data and aligned models.
+Sizes were chosen so that `make demo` (1 seed, every method, noise 0 / 0.3 / 0.5) fits in 5 minutes on 2 quiet
+CPU cores including building the cached models (RESULTS.md has the measured times): ~0.5M-parameter Llamas
+(hidden 128, 2 layers), ~20-token conversations, a pretrained base, 400 training rows, 20 epochs: small data
+and many epochs, so that plain SFT has the time to memorise the noisy rows (the paper's 10-epoch Alpaca/Dolly
+runs), and PoFT has to earn its stability.
 """
 
 from __future__ import annotations
@@ -12,7 +14,26 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-METHODS = ("sft", "poft", "bi_poft")
+from .methods import METHODS
+
+DEFAULT_METHODS = ("sft", "dft", "poft", "poft_fixed_tau", "top40_sft", "top40_poft")
+DEFAULT_METHODS += ("bi_poft_soft", "bi_poft_signed")
+
+# Each method's learning rate, chosen on the VALIDATION prompts by `python -m poft.demo.tune` (seed 0, noise
+# 0 / 0.3 / 0.5, grid TUNE_GRID, the best mean last-epoch validation accuracy over the noise levels; the test
+# prompts are never looked at). RESULTS.md has the tuning table.
+LEARNING_RATES = {
+    "sft": 3e-3,
+    "dft": 3e-3,
+    "poft": 3e-3,
+    "poft_fixed_tau": 3e-3,
+    "top40_sft": 3e-3,
+    "top40_poft": 3e-3,
+    "bi_poft_soft": 3e-3,
+    "bi_poft_margin": 3e-3,
+    "bi_poft_signed": 3e-3,
+}
+TUNE_GRID = (1e-3, 3e-3, 1e-2)
 
 
 @dataclass
@@ -23,44 +44,62 @@ class DemoConfig:
         default="demo_output", metadata={"help": "folder for results, plots, report and cache"}
     )
     seeds: int = field(
-        default=1, metadata={"help": "training seeds 0..N-1 (noise draw, target init, data order)"}
+        default=1, metadata={"help": "training seeds 0..N-1 (noise draw, data order, sampling)"}
     )
     noise_levels: tuple[float, ...] = field(
         default=(0.0, 0.3, 0.5), metadata={"help": "shares of noisy training rows, one experiment each"}
     )
-    methods: tuple[str, ...] = field(default=METHODS, metadata={"help": "losses to compare (same settings)"})
-    rebuild: bool = field(default=False, metadata={"help": "rebuild cached aligned models and scores"})
+    methods: tuple[str, ...] = field(
+        default=DEFAULT_METHODS, metadata={"help": f"methods to compare, of {tuple(METHODS)}"}
+    )
+    rebuild: bool = field(default=False, metadata={"help": "rebuild cached models and scores"})
     data_seed: int = field(default=0, metadata={"help": "seed of the task data (prompts and splits)"})
     # data
-    n_train: int = field(default=2000, metadata={"help": "target training rows (clean + noisy)"})
-    n_aligned: int = field(
-        default=3000, metadata={"help": "clean rows the aligned models train on (disjoint)"}
-    )
-    n_test: int = field(default=200, metadata={"help": "held-out test prompts"})
+    n_train: int = field(default=400, metadata={"help": "target training rows (clean + noisy)"})
+    n_aligned: int = field(default=2000, metadata={"help": "clean rows the aligned models train on"})
+    n_pretrain: int = field(default=6000, metadata={"help": "clean conversations in the base's pretraining"})
+    n_val: int = field(default=200, metadata={"help": "validation prompts (learning-rate choice only)"})
+    n_test: int = field(default=300, metadata={"help": "held-out test prompts (reported)"})
     char_rate: float = field(
         default=0.2, metadata={"help": "per-character edit probability in corrupted rows"}
     )
     # models
     hidden_size: int = field(default=128, metadata={"help": "hidden size of every tiny Llama"})
     num_layers: int = field(default=2, metadata={"help": "layers of every tiny Llama"})
-    vocab_size: int = field(default=512, metadata={"help": "BPE vocabulary of the target / aligned model A"})
-    aligned_vocab_size: int = field(default=448, metadata={"help": "BPE vocabulary of aligned model B"})
-    aligned_epochs: int = field(default=6, metadata={"help": "epochs of plain SFT for each aligned model"})
-    # target training (identical for every method)
-    epochs: int = field(default=5, metadata={"help": "target training epochs (evaluated after each)"})
-    learning_rate: float = field(default=3e-3, metadata={"help": "peak learning rate (cosine, 5% warm-up)"})
+    vocab_size: int = field(default=512, metadata={"help": "BPE vocabulary of the target / aligned model a"})
+    aligned_vocab_size: int = field(default=448, metadata={"help": "BPE vocabulary of aligned model b"})
+    pretrain_epochs: int = field(default=6, metadata={"help": "epochs of the base's pretraining"})
+    aligned_epochs: int = field(
+        default=5, metadata={"help": "epochs of SFT of aligned model a (from the base; b: 2x, from scratch)"}
+    )
+    asset_learning_rate: float = field(
+        default=3e-3, metadata={"help": "learning rate of pretraining and of the aligned models"}
+    )
+    # target training (identical for every method but the learning rate)
+    epochs: int = field(default=20, metadata={"help": "target training epochs (evaluated after each)"})
+    learning_rate: float | None = field(
+        default=None, metadata={"help": "one peak learning rate for every method (default: LEARNING_RATES)"}
+    )
     batch_size: int = field(default=32, metadata={"help": "rows per optimizer step"})
     beta: float = field(default=1.0, metadata={"help": "PoFT beta (paper: 1)"})
     gamma: float = field(default=0.0, metadata={"help": "PoFT gamma (paper: 0)"})
+    undesirable_target: float = field(default=0.1, metadata={"help": "bi_poft_soft: target P"})
+    undesirable_margin: float = field(default=2.0, metadata={"help": "bi_poft_margin: margin"})
+    undesirable_weight: float = field(default=1.0, metadata={"help": "bi-PoFT: weight of undesirable rows"})
     normalization: str = field(default="token", metadata={"help": "score normalisation: token|byte|none"})
+    eval_split: str = field(default="test", metadata={"help": "prompts evaluated each epoch: test | val"})
     workers: int = field(
         default=2, metadata={"help": "parallel training processes, 1 torch thread each (1 = in-process)"}
     )
 
+    def lr(self, method: str) -> float:
+        return self.learning_rate if self.learning_rate is not None else LEARNING_RATES[method]
+
     def asset_key(self) -> str:
-        """Hash of the fields the aligned models depend on: a changed field builds new ones."""
-        fields = ("data_seed", "n_train", "n_aligned", "n_test", "hidden_size", "num_layers", "vocab_size")
-        fields += ("aligned_vocab_size", "aligned_epochs", "learning_rate", "batch_size")
+        """Hash of the fields the base and aligned models depend on: a changed field builds new ones."""
+        fields = ("data_seed", "n_train", "n_aligned", "n_pretrain", "n_val", "n_test", "hidden_size")
+        fields += ("num_layers", "vocab_size", "aligned_vocab_size", "pretrain_epochs", "aligned_epochs")
+        fields += ("asset_learning_rate", "batch_size")
         blob = json.dumps({k: getattr(self, k) for k in fields}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -68,14 +107,18 @@ class DemoConfig:
         return dataclasses.asdict(self)
 
 
-FULL = {"seeds": 3, "epochs": 8}  # same data and aligned models as the default run (cache reused)
+FULL = {"seeds": 3}  # the default run is its seed 0 (same data and cached models)
 MINI = {
     "n_train": 48,
     "n_aligned": 48,
+    "n_pretrain": 48,
+    "n_val": 12,
     "n_test": 12,
     "noise_levels": (0.5,),
+    "methods": ("sft", "poft", "top40_sft", "bi_poft_soft"),
     "hidden_size": 32,
     "epochs": 1,
+    "pretrain_epochs": 1,
     "aligned_epochs": 1,
     "batch_size": 16,
     "workers": 1,

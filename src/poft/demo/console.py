@@ -1,6 +1,6 @@
 """What the demo prints: one progress bar over the whole run, and libraries kept quiet around it.
 
-The bottom of the demo package (imports no other demo module): the parent process (run.py, controls.py)
+The bottom of the demo package (imports no other demo module): the parent process (run.py, tune.py)
 and every worker process (parallel.py) set up their console from here.
 """
 

@@ -18,9 +18,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .report import aggregate  # noqa: E402
+from .report import aggregate, method_order  # noqa: E402
 
-COLORS = {"sft": "tab:gray", "poft": "tab:blue", "bi_poft": "tab:green"}
+COLORS = {"sft": "black", "dft": "tab:gray", "poft": "tab:blue", "poft_fixed_tau": "tab:cyan",
+          "top40_sft": "tab:brown", "top40_poft": "tab:purple", "bi_poft_soft": "tab:green",
+          "bi_poft_margin": "tab:olive", "bi_poft_signed": "tab:red"}  # fmt: skip
 KIND_COLORS = {"clean": "tab:blue", "mismatch": "tab:red", "chars": "tab:orange"}
 METRICS = (
     ("accuracy", "greedy accuracy"),
@@ -41,7 +43,7 @@ def write_plots(out: Path, results: dict, details: dict) -> list[Path]:
 def plot_metrics(runs: list[dict], path: Path) -> None:
     stats = aggregate(runs)
     noises = sorted({n for n, _, _ in stats})
-    methods = [m for m in ("sft", "poft", "bi_poft") if any(k[1] == m for k in stats)]
+    methods = sorted({k[1] for k in stats}, key=method_order)
     fig, axes = plt.subplots(len(METRICS), len(noises), figsize=(4 * len(noises), 8), squeeze=False)
     for col, noise in enumerate(noises):
         for row, (metric, label) in enumerate(METRICS):
@@ -52,15 +54,20 @@ def plot_metrics(runs: list[dict], path: Path) -> None:
                     continue
                 mean = np.array([stats[noise, method, e][metric][0] for e in epochs])
                 std = np.array([stats[noise, method, e][metric][1] for e in epochs])
-                ax.plot(epochs, mean, marker="o", color=COLORS[method], label=method)
-                ax.fill_between(epochs, mean - std, mean + std, color=COLORS[method], alpha=0.15)
+                color = COLORS.get(method.split("@")[0])
+                ax.plot(epochs, mean, marker="o", markersize=3, color=color, label=method)
+                ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.1)
             ax.set_xlabel("epoch")
             ax.set_ylabel(label)
             ax.grid(alpha=0.3)
             if row == 0:
                 ax.set_title(f"noise {noise:g}")
     handles = {h.get_label(): h for ax in axes.flat for h in ax.get_lines()}
-    axes[0][0].legend([handles[m] for m in methods if m in handles], [m for m in methods if m in handles])
+    axes[0][0].legend(
+        [handles[m] for m in methods if m in handles],
+        [m for m in methods if m in handles],
+        fontsize="x-small",
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

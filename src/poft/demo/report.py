@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .methods import METHODS
+
 METRIC_NAMES = ("accuracy", "sampled_accuracy", "clean_nll")
 
 
@@ -32,21 +34,33 @@ def _cell(mean: float, std: float, n: int) -> str:
     return f"{mean:.3f} ± {std:.3f}" if n > 1 else f"{mean:.3f}"
 
 
+def method_order(label: str) -> tuple[int, str]:
+    """Table order: methods as listed in methods.METHODS; `method@lr` labels (tuning) by method, then label."""
+    names = list(METHODS)
+    name = label.split("@")[0]
+    return (names.index(name) if name in names else len(names), label)
+
+
 def results_table(runs: list[dict]) -> str:
     """Markdown table: one row per (noise, method), last-epoch metrics and the best epoch's accuracy."""
     stats = aggregate(runs)
+    lrs = {(r["noise"], r["method"]): r.get("learning_rate") for r in runs}
     lines = [
-        "| noise | method | accuracy (greedy) | sampled accuracy (T=1) | clean NLL | best-epoch accuracy | seeds |",
-        "|---|---|---|---|---|---|---|",
+        "| noise | method | lr | accuracy (greedy) | sampled accuracy (T=1) | clean NLL | best-epoch accuracy | seeds |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    order = {"sft": 0, "poft": 1, "bi_poft": 2}
-    for noise, method in sorted({(n, m) for n, m, _ in stats}, key=lambda k: (k[0], order.get(k[1], 9))):
+    keys = sorted({(n, m) for n, m, _ in stats}, key=lambda k: (k[0], method_order(k[1])))
+    for noise, method in keys:
         epochs = sorted(e for n, m, e in stats if (n, m) == (noise, method))
         last = stats[noise, method, epochs[-1]]
         best = max(epochs, key=lambda e: stats[noise, method, e]["accuracy"][0])
         cells = [_cell(*last[m]) for m in METRIC_NAMES]
         best_cell = f"{stats[noise, method, best]['accuracy'][0]:.3f} (epoch {best})"
-        lines.append(f"| {noise:g} | {method} | {' | '.join(cells)} | {best_cell} | {last['accuracy'][2]} |")
+        lr = lrs[noise, method]
+        lr_cell = f"{lr:g}" if lr is not None else "-"
+        lines.append(
+            f"| {noise:g} | {method} | {lr_cell} | {' | '.join(cells)} | {best_cell} | {last['accuracy'][2]} |"
+        )
     return "\n".join(lines)
 
 
@@ -59,7 +73,7 @@ def reading(runs: list[dict]) -> list[str]:
         if (noise, "sft", last) not in stats:
             continue
         sft = stats[noise, "sft", last]
-        for method in ("poft", "bi_poft"):
+        for method in sorted({m for n, m, _ in stats if n == noise and m != "sft"}, key=method_order):
             if (noise, method, last) in stats:
                 other = stats[noise, method, last]
                 deltas = [other[m][0] - sft[m][0] for m in METRIC_NAMES]
@@ -99,25 +113,26 @@ def write_report(out: Path, results: dict, details: dict, plots: list[Path]) -> 
     table = results_table(results["runs"])
     print(table)
     config = details["config"]
-    aligned = [
-        f"| {alias} | {m['accuracy']:.3f} | {m['sampled_accuracy']:.3f} | {m['clean_nll']:.3f} |"
-        for alias, m in details["aligned_models"].items()
+    models = [
+        f"| {'base (the target before training)' if name == 'base' else 'aligned ' + name} | "
+        f"{m['accuracy']:.3f} | {m['sampled_accuracy']:.3f} | {m['clean_nll']:.3f} |"
+        for name, m in details["models"].items()
     ]
     text = [
-        "# poft demo: SFT vs PoFT vs bi-PoFT on noisy synthetic data",
+        "# poft demo: SFT, PoFT and baselines on noisy synthetic data",
         "",
-        f"Held-out metrics after the last epoch ({config['epochs']} epochs), mean ± std over "
+        f"{config['eval_split'].capitalize()} metrics after the last epoch ({config['epochs']} epochs), mean ± std over "
         f"{config['seeds']} seed(s); wall time {details['wall_seconds']:.0f} s.",
         "",
         table,
         "",
         *reading(results["runs"]),
         "",
-        "## Aligned models (held-out, the same test prompts)",
+        "## The base and the aligned models (validation prompts)",
         "",
-        "| aligned model | accuracy | sampled accuracy | clean NLL |",
+        "| model | accuracy | sampled accuracy | clean NLL |",
         "|---|---|---|---|",
-        *aligned,
+        *models,
         "",
         "## Reference scores and PoFT weights by training-row kind (seed 0 for r_ref; weights over seeds)",
         "",

@@ -1,14 +1,18 @@
 """`poft demo`: the paper's noise experiment at toy scale, end to end through the library's code paths.
 
 Top to bottom:
-1. task data (tasks.py): six checkable skills; target-train / aligned-train / test prompts are disjoint;
-2. aligned models (assets.py): two tiny LMs trained by SFT on clean data, two tokenizers, cached;
-3. noisy data (noise.py) per noise level and seed; scored by the aligned models through
+1. task data (tasks.py): six checkable skills; pretraining / aligned / target-train / validation / test prompts
+   are disjoint;
+2. the target's pretrained base and two aligned models clearly stronger than it (assets.py), cached;
+3. noisy data (noise.py) per noise level and seed, scored by the aligned models through
    `poft.scoring.score_dataset` (the code path of `poft score`), which writes `ref_score`;
-4. the SAME initial target (one per seed) trained with SFT, PoFT and bi-PoFT, identical settings,
-   evaluated on held-out prompts after every epoch (evaluate.py);
+4. the SAME initial target (the base) trained with every method (methods.py) for the same number of epochs,
+   each at its own learning rate (config.LEARNING_RATES, chosen on the validation prompts by
+   `python -m poft.demo.tune`), evaluated on held-out test prompts after every epoch (evaluate.py);
 5. results.json, details.json, plots and report.md (report.py, plots.py).
 bi-PoFT at noise 0 is skipped: every row is desirable there, so it is PoFT exactly.
+Every number is a function of the configuration: runs are seeded, single-threaded, and the tables of two
+fresh processes are identical (tests/integration/test_demo.py checks it across PYTHONHASHSEED).
 """
 
 from __future__ import annotations
@@ -22,34 +26,53 @@ from pathlib import Path
 import torch
 from datasets import Dataset, load_from_disk
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..loss import poft_weight
 from ..scoring import score_dataset
-from ..tiny import build_model
-from .assets import Assets, asset_steps, build_assets
+from .assets import Assets, asset_steps, build_assets, splits_of
 from .config import DemoConfig
 from .console import Progress, quiet_libraries
 from .evaluate import HeldOut, encode_all, evaluate, response_scores
+from .methods import METHODS, method_rows
 from .noise import make_noisy_rows
 from .parallel import run_jobs
 from .plots import write_plots
 from .report import write_report
-from .tasks import make_splits
 from .train import steps_per_run, train
 
-TARGET_INIT_SEED = 1000  # the target's init seed is TARGET_INIT_SEED + training seed
+
+@dataclass(frozen=True)
+class Planned:
+    """One target run: `method` at `learning_rate` on the rows of (seed, noise); `label` names it in tables."""
+
+    seed: int
+    noise: float
+    method: str
+    learning_rate: float
+    label: str
 
 
-def plan_runs(config: DemoConfig) -> list[tuple[int, float, str]]:
-    """(seed, noise, method) for every target training run, in the order they run."""
-    return [
-        (seed, noise, method)
-        for seed in range(config.seeds)
-        for noise in config.noise_levels
-        for method in config.methods
-        if not (method == "bi_poft" and noise == 0)
-    ]
+def plan_runs(config: DemoConfig, grid: tuple[float, ...] | None = None) -> list[Planned]:
+    """Every target training run, in the order they run: each method at its learning rate, or (tuning) at
+    every learning rate of `grid`, labelled `method@lr`."""
+    plan = []
+    for seed in range(config.seeds):
+        for noise in config.noise_levels:
+            for method in config.methods:
+                if METHODS[method].needs_noise and noise == 0:
+                    continue
+                if grid is None:
+                    plan.append(Planned(seed, noise, method, config.lr(method), method))
+                else:
+                    plan += [Planned(seed, noise, method, lr, f"{method}@{lr:g}") for lr in grid]
+    return plan
+
+
+def run_rows(config: DemoConfig, method: str) -> int:
+    """How many rows `method` trains on (for the progress bar's total)."""
+    keep = METHODS[method].keep_top
+    return config.n_train if keep is None else int(keep * config.n_train + 0.5)
 
 
 def score_rows(rows: list[dict], assets: Assets, folder: Path, normalization: str):
@@ -62,23 +85,26 @@ def score_rows(rows: list[dict], assets: Assets, folder: Path, normalization: st
         )  # fmt: skip
 
 
-def run_demo(config: DemoConfig) -> dict:
-    """Run the whole demo; returns {"runs": [...]} as written to OUTPUT/results.json."""
+def run_demo(config: DemoConfig, grid: tuple[float, ...] | None = None) -> dict:
+    """Run the whole demo; returns {"runs": [...]} as written to OUTPUT/results.json.
+
+    With `grid` (python -m poft.demo.tune) every method runs at every learning rate of the grid."""
     started = time.time()
     torch.set_num_threads(1)  # see parallel.py
     quiet_libraries()
     out = Path(config.output)
     out.mkdir(parents=True, exist_ok=True)
-    splits = make_splits(config.data_seed, config.n_train, config.n_aligned, config.n_test)
-    plan = plan_runs(config)
-    total = asset_steps(config) + len(plan) * steps_per_run(config.n_train, config.batch_size, config.epochs)
+    splits = splits_of(config)
+    plan = plan_runs(config, grid)
+    steps = sum(steps_per_run(run_rows(config, p.method), config.batch_size, config.epochs) for p in plan)
     print(
         f"poft demo: {len(splits.train)} training rows, {len(splits.aligned)} aligned-model rows, "
-        f"{len(splits.test)} held-out prompts; noise levels {list(config.noise_levels)}, methods "
+        f"{len(splits.pretrain)} pretraining conversations, {len(splits.val)} validation and "
+        f"{len(splits.test)} test prompts; noise levels {list(config.noise_levels)}, methods "
         f"{list(config.methods)}, seeds 0..{config.seeds - 1}: {len(plan)} target runs x {config.epochs} epochs"
     )
-    progress = Progress(total)
-    progress.write("[1/4] aligned models")
+    progress = Progress(asset_steps(config) + steps)
+    progress.write("[1/4] the target's pretrained base and the aligned models")
     assets = build_assets(config, splits, progress)
 
     progress.write("[2/4] noisy training data, scored by the aligned models (poft score)")
@@ -95,16 +121,10 @@ def run_demo(config: DemoConfig) -> dict:
     progress.write(f"[3/4] target runs: {len(plan)} x {config.epochs} epochs, evaluated after each epoch")
     progress.describe(f"target runs ({config.workers} workers)")
     jobs = [
-        TargetJob(
-            config,
-            seed,
-            noise,
-            method,
-            str(score_folders[seed, noise]),
-            str(assets.folder / "target-tokenizer"),
-        )
-        for seed, noise, method in plan
-    ]
+        TargetJob(config, p, str(score_folders[p.seed, p.noise]), str(assets.folder / "target-tokenizer"),
+                  str(assets.base))
+        for p in plan
+    ]  # fmt: skip
     finished = run_jobs(
         train_target, jobs, config.workers, progress, on_done=lambda r: _report_run(r, progress)
     )
@@ -118,7 +138,7 @@ def run_demo(config: DemoConfig) -> dict:
     (out / "results.json").write_text(json.dumps(results, indent=1))
     details = {
         "config": config.to_dict(),
-        "aligned_models": assets.aligned_metrics,
+        "models": assets.metrics,
         "ref_scores": _ref_score_rows(scored),
         "poft_weights": weights,
         "wall_seconds": round(time.time() - started, 1),
@@ -132,45 +152,41 @@ def run_demo(config: DemoConfig) -> dict:
 
 @dataclass(frozen=True)
 class TargetJob:
-    """One target training run: (seed, noise, method) on the scored rows saved at `scores`."""
+    """One target training run (`run`) on the scored rows saved at `scores`, starting from the `base` folder."""
 
     config: DemoConfig
-    seed: int
-    noise: float
-    method: str
+    run: Planned
     scores: str
     tokenizer: str
+    base: str
 
 
 def train_target(job: TargetJob, sink) -> dict:
-    """Worker: the seed's initial target trained with `job.method`; evaluated (and PoFT weights) every epoch."""
-    config = job.config
-    splits = make_splits(config.data_seed, config.n_train, config.n_aligned, config.n_test)
+    """Worker: the base trained with the job's method; evaluated (and PoFT's weights measured) every epoch."""
+    config, run = job.config, job.run
+    method = METHODS[run.method]
+    splits = splits_of(config)
     tokenizer = AutoTokenizer.from_pretrained(job.tokenizer)
-    data = load_from_disk(job.scores)
-    model = build_model(
-        tokenizer,
-        hidden_size=config.hidden_size,
-        num_layers=config.num_layers,
-        seed=TARGET_INIT_SEED + job.seed,
-    )
-    held_out = HeldOut.build(tokenizer, splits.test)
-    encoded = encode_all(tokenizer, list(data["messages"])) if job.method == "poft" else []
+    data = method_rows(method, load_from_disk(job.scores))
+    model = AutoModelForCausalLM.from_pretrained(job.base)
+    held_out = HeldOut.build(tokenizer, splits.val if config.eval_split == "val" else splits.test)
+    measure_weights = run.method == "poft"
+    encoded = encode_all(tokenizer, list(data["messages"])) if measure_weights else []
     runs, weights = [], []
 
     def on_epoch(epoch: int, trained) -> None:
-        metrics = evaluate(trained, tokenizer, held_out, seed=job.seed)
-        runs.append(
-            {"method": job.method, "noise": job.noise, "seed": job.seed, "epoch": epoch, "metrics": metrics}
-        )
-        if job.method == "poft":
-            tau = _weights(trained, tokenizer.pad_token_id, data, encoded, config, keep_rows=job.seed == 0)
-            weights.append({"noise": job.noise, "seed": job.seed, "epoch": epoch, **tau})
+        metrics = evaluate(trained, tokenizer, held_out, seed=run.seed)
+        runs.append({"method": run.label, "noise": run.noise, "seed": run.seed, "epoch": epoch,
+                     "learning_rate": run.learning_rate, "metrics": metrics})  # fmt: skip
+        if measure_weights:
+            tau = _weights(trained, tokenizer.pad_token_id, data, encoded, config, keep_rows=run.seed == 0)
+            weights.append({"noise": run.noise, "seed": run.seed, "epoch": epoch, **tau})
 
-    work_dir = Path(config.output) / "work" / f"{job.method}-{job.noise}-{job.seed}"
+    work_dir = Path(config.output) / "work" / f"{run.label}-{run.noise}-{run.seed}"
     train(
-        model, tokenizer, data, objective=job.method, epochs=config.epochs, seed=job.seed, config=config,
-        work_dir=work_dir, sink=sink, on_epoch=on_epoch,
+        model, tokenizer, data, objective=method.objective, epochs=config.epochs,
+        learning_rate=run.learning_rate, seed=run.seed, config=config, work_dir=work_dir, sink=sink,
+        on_epoch=on_epoch, loss_type=method.loss_type, bi_poft_variant=method.bi_poft_variant,
     )  # fmt: skip
     return {"runs": runs, "weights": weights}
 
@@ -179,7 +195,7 @@ def _report_run(result: dict, progress: Progress) -> None:
     last = result["runs"][-1]
     m = last["metrics"]
     progress.write(
-        f"  {last['method']:7s} noise={last['noise']:<4} seed={last['seed']}: accuracy {m['accuracy']:.3f}, "
+        f"  {last['method']:14s} noise={last['noise']:<4} seed={last['seed']}: accuracy {m['accuracy']:.3f}, "
         f"sampled {m['sampled_accuracy']:.3f}, clean NLL {m['clean_nll']:.3f}"
     )
 

@@ -6,10 +6,13 @@ tiny transformers learn in a few hundred steps, and every answer has exactly one
 exact-match accuracy is a fair metric. Items are whole words / digits separated by spaces, so a small
 BPE trained on the task text gives one token per item and answers stay short (< 12 tokens).
 
-Skills: repeat, reverse, sort (digits), look-up (in-context key=value table), count, last.
+Skills: repeat (2-3 words), first, last, sort (digits), look-up (in-context key=value table), count. (An
+earlier version had `reverse` and 3-5-word `repeat`: ~0.5M-parameter models did not learn them within the
+demo's budget, so they only added noise to the accuracies.)
 
-Splits: `make_splits` draws the target's training prompts, the aligned models' training prompts and the
-held-out test prompts from one stream without repeats, so the three sets share no prompt.
+Splits: `make_splits` draws the held-out test prompts, the validation prompts (learning-rate choice), the
+aligned models' training prompts, the target's training prompts and the pretraining corpus of the target's
+base model from one stream without repeats, so no two sets share a prompt.
 """
 
 from __future__ import annotations
@@ -45,13 +48,13 @@ def _items(rng: random.Random, pool: list[str], lo: int = 3, hi: int = 5) -> lis
 
 
 def _repeat(rng: random.Random) -> Example:
-    items = _items(rng, WORDS)
+    items = _items(rng, WORDS, 2, 3)
     return Example("repeat", "repeat: " + " ".join(items), " ".join(items))
 
 
-def _reverse(rng: random.Random) -> Example:
+def _first(rng: random.Random) -> Example:
     items = _items(rng, WORDS)
-    return Example("reverse", "reverse: " + " ".join(items), " ".join(reversed(items)))
+    return Example("first", "first: " + " ".join(items), items[0])
 
 
 def _sort(rng: random.Random) -> Example:
@@ -79,7 +82,7 @@ def _last(rng: random.Random) -> Example:
 
 SKILLS: dict[str, Callable[[random.Random], Example]] = {
     "repeat": _repeat,
-    "reverse": _reverse,
+    "first": _first,
     "sort": _sort,
     "lookup": _lookup,
     "count": _count,
@@ -102,20 +105,27 @@ def generate(rng: random.Random, n: int, seen: set[str]) -> list[Example]:
 
 @dataclass(frozen=True)
 class Splits:
-    """Disjoint prompt sets: the target's training data, the aligned models' data, held-out test prompts."""
+    """Disjoint prompt sets: the target's training data, the aligned models' data, validation and test
+    prompts, and the base model's pretraining corpus."""
 
     train: list[Example]
     aligned: list[Example]
     test: list[Example]
+    val: list[Example]
+    pretrain: list[Example]
 
 
-def make_splits(seed: int, n_train: int, n_aligned: int, n_test: int) -> Splits:
+def make_splits(
+    seed: int, n_train: int, n_aligned: int, n_test: int, n_val: int = 0, n_pretrain: int = 0
+) -> Splits:
     """Deterministic from `seed`; no prompt appears in two splits."""
     rng, seen = random.Random(seed), set()
     test = generate(rng, n_test, seen)
+    val = generate(rng, n_val, seen)
     aligned = generate(rng, n_aligned, seen)
     train = generate(rng, n_train, seen)
-    return Splits(train, aligned, test)
+    pretrain = generate(rng, n_pretrain, seen)
+    return Splits(train, aligned, test, val, pretrain)
 
 
 def is_correct(example: Example, response: str) -> bool:

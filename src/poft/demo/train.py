@@ -1,9 +1,9 @@
 """Training through PoFTTrainer: each optimizer step reported to the demo's progress bar, an evaluation after
 every epoch.
 
-Every model in the demo (aligned models and targets) is trained here by `PoFTTrainer`, so the demo
-exercises the library's real training path: aligned models with objective='sft' on clean data, the
-target with 'sft', 'poft' and 'bi_poft'. One `train()` call per run keeps a single optimizer and cosine
+Every model in the demo (the base, the aligned models and the targets) is trained here by `PoFTTrainer`, so
+the demo exercises the library's real training path: the base and the aligned models with objective='sft', the
+target with each method's objective / loss_type / bi-PoFT variant (methods.py). One `train()` call per run keeps a single optimizer and cosine
 schedule across epochs; a callback evaluates at each epoch end.
 """
 
@@ -45,11 +45,15 @@ def train(
     *,
     objective: str,
     epochs: int,
+    learning_rate: float,
     seed: int,
     config: DemoConfig,
     work_dir: Path,
     sink=None,
     on_epoch: Callable[[int, PreTrainedModel], None] | None = None,
+    loss_type: str = "nll",
+    bi_poft_variant: str = "soft",
+    max_length: int = 64,
 ) -> PreTrainedModel:
     """Train `model` in place with `objective`; `on_epoch(epoch, model)` runs after each epoch.
 
@@ -57,16 +61,21 @@ def train(
     args = PoFTConfig(
         output_dir=str(work_dir),
         objective=objective,
+        loss_type=loss_type,
+        bi_poft_variant=bi_poft_variant,
+        undesirable_target=config.undesirable_target,
+        undesirable_margin=config.undesirable_margin,
+        undesirable_weight=config.undesirable_weight,
         beta=config.beta,
         gamma=config.gamma,
         score_normalization=config.normalization,
-        learning_rate=config.learning_rate,
+        learning_rate=learning_rate,
         lr_scheduler_type="cosine",
         warmup_steps=0.05,
         weight_decay=0.0,
         num_train_epochs=epochs,
         per_device_train_batch_size=config.batch_size,
-        max_length=64,
+        max_length=max_length,
         seed=seed,
         data_seed=seed,
         save_strategy="no",
