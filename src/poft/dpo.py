@@ -66,6 +66,18 @@ class PoFTDPOTrainer(DPOTrainer):
     """TRL's DPOTrainer (with a PoFTDPOConfig); pairs the model's chat template cannot render verbatim are
     dropped or named first (`check_pair_templates`)."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        from .records import RunRecord
+
+        self.add_callback(RunRecord(self.args.output_dir))  # log.jsonl, trainer_state.json, curves.png
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """`resume_from_checkpoint`: a folder, or `last` / `true` = the latest complete checkpoint."""
+        from .checkpoints import resolve_resume
+
+        return super().train(resolve_resume(resume_from_checkpoint, self.args.output_dir), *args, **kwargs)
+
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         if isinstance(dataset, Dataset) and set(PREFERENCE_COLUMNS) <= set(dataset.column_names):
             dataset = check_pair_templates(dataset, processing_class, args.on_bad_row, dataset_name)

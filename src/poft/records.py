@@ -22,7 +22,9 @@ from transformers import TrainerCallback
 LOG_FILE = "log.jsonl"
 CURVES_FILE = "curves.png"
 STATE_FILE = "trainer_state.json"
-CURVE_KEYS = ("loss", "poft/weight", "poft/margin", "poft/win_rate", "poft/nll", "grad_norm")
+CURVE_KEYS = (
+    "loss", "poft/weight", "poft/margin", "poft/win_rate", "poft/nll", "rewards/margins", "rewards/accuracies", "grad_norm",
+)  # fmt: skip
 
 
 class RunRecord(TrainerCallback):

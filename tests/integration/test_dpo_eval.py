@@ -53,6 +53,8 @@ def test_dpo_from_a_poft_checkpoint(model_dir, tmp_path):
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     losses = [h["loss"] for h in history if "loss" in h]
     assert len(losses) == 3
+    logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in logged if "loss" in r] == losses and (out / "curves.png").exists()
     # the precomputed reference is the PoFT checkpoint itself, so at the first step policy == reference:
     # every implicit reward is 0 and the sigmoid DPO loss is exactly log 2
     assert losses[0] == pytest.approx(math.log(2), abs=1e-4)
