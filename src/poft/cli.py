@@ -4,11 +4,20 @@ Every subcommand takes `--config options.yaml` plus `--key value` overrides (eit
 `--max_length`); the options and their help live in `poft.configs` (train and dpo: TRL's config classes).
 The library modules do the work, imported when a command runs, so `poft --help` and `poft <command> --help`
 stay fast (`poft train --help` and `poft dpo --help` need TRL's training configs: a few seconds).
+
+How a command ends (`main`): a user error is one line on stderr, `poft <command>: error: ...`, exit 2 for
+options that cannot be used (argparse's convention) and 1 for a failure (a missing file, a bad row, a model
+without a chat template, ...); an error poft does not expect is one line too, marked internal. Ctrl-C says
+what was kept and how to resume, exit 130. `poft --debug <command>` (or POFT_DEBUG=1) shows tracebacks and
+the library warnings that are otherwise filtered (`quiet_libraries`).
 """
 
 import argparse
+import logging
 import os
+import re
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -27,6 +36,26 @@ from .configs import (
 
 class UsageError(Exception):
     """Options that parse but cannot be run together: the command exits 2 with argparse's message."""
+
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # `name` or `org/name`
+
+
+def check_model_path(option: str, path: str) -> None:
+    """A model that is neither a local file or folder nor a Hub id is named as missing: transformers would say
+    "Repo id must use alphanumeric chars" (`./missing`) or that it could not reach the Hub. A Hub id is left
+    to transformers, unless the Hub is offline and the HF cache has no copy of it."""
+    if Path(path).expanduser().exists():
+        return
+    if not HUB_ID.fullmatch(path) or path.lower().endswith(".gguf"):
+        raise FileNotFoundError(f"{option} {path}: no such file or folder")
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(path, "config.json"), str):
+        raise FileNotFoundError(
+            f"{option} {path}: no such file or folder here, and no Hub model of that name in the HF cache "
+            "(the Hub is offline: HF_HUB_OFFLINE=1)"
+        )
 
 
 def model_init_kwargs(config, model_args) -> dict:
@@ -53,6 +82,7 @@ def run_train(script_args, config, model_args, format_args: DatasetFormatArgumen
         raise UsageError(
             "--dataset_name is required (a JSON/JSONL/Parquet/CSV file, a save_to_disk folder or a Hub id)"
         )
+    check_model_path("--model_name_or_path", model_args.model_name_or_path)
     config.model_init_kwargs = model_init_kwargs(config, model_args)
 
     def rows(split: str):  # read once; the trainer reports unreadable and untrainable rows together
@@ -69,6 +99,11 @@ def run_train(script_args, config, model_args, format_args: DatasetFormatArgumen
         f"poft: objective={config.objective} beta={config.beta} gamma={config.gamma} "
         f"normalization={config.score_normalization}, {len(trainer.train_dataset)} training rows"
     )
+    if len(trainer.train_dataset) == 0:  # torch would say "num_samples=0"
+        raise ValueError(
+            f"{script_args.dataset_name}: no row is left to train on (the lines above say why rows were "
+            "dropped)"
+        )
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     trainer.save_model(config.output_dir)
     trainer.accelerator.print(f"poft: model saved to {config.output_dir}")
@@ -86,6 +121,7 @@ def run_dpo(script_args, config, model_args) -> int:
         raise UsageError(
             "--model_name_or_path (the PoFT checkpoint) and --dataset_name (preference pairs) are required"
         )
+    check_model_path("--model_name_or_path", model_args.model_name_or_path)
     config.model_init_kwargs = model_init_kwargs(config, model_args)
 
     def pairs(split: str):
@@ -110,18 +146,16 @@ def run_dpo(script_args, config, model_args) -> int:
 
 def run_score(config: ScoreConfig) -> int:
     """`poft score --dataset D --model M1 [--model M2 ...] --output DIR`: aligned-model scores + ref_score."""
+    from .aligned import parse_model_spec
     from .scoring import score_dataset
 
-    try:
-        score_dataset(config.dataset, config.model, config.output, split=config.split,
-                      max_length=config.max_length, batch_tokens=config.batch_tokens, dtype=config.dtype,
-                      normalization=config.normalization, on_bad_row=config.on_bad_row, format=config.format,
-                      progress=config.progress, rows_per_shard=config.rows_per_shard,
-                      flush_seconds=config.flush_seconds)  # fmt: skip
-    except (ValueError, OSError) as e:  # RowError, ChatTemplateError, RunMismatchError, AlignedModelError
-        # OSError: a full disk, an unwritable output folder, a missing input file: one line, no traceback
-        print(f"poft score: error: {e}", file=sys.stderr)
-        return 1
+    for spec in config.model:
+        check_model_path("--model", parse_model_spec(spec)[1])
+    score_dataset(config.dataset, config.model, config.output, split=config.split,
+                  max_length=config.max_length, batch_tokens=config.batch_tokens, dtype=config.dtype,
+                  normalization=config.normalization, on_bad_row=config.on_bad_row, format=config.format,
+                  progress=config.progress, rows_per_shard=config.rows_per_shard,
+                  flush_seconds=config.flush_seconds)  # fmt: skip
     return 0
 
 
@@ -129,11 +163,7 @@ def run_inspect(config: InspectConfig) -> int:
     """`poft inspect DIR [--output OUT]`: score statistics, correlations, histograms, lowest/highest rows."""
     from .inspection import inspect_scores, summary_table
 
-    try:
-        summary = inspect_scores(config.dir, config.output, k=config.k, by_label=config.by_label)
-    except ValueError as e:  # an unfinished or unscored folder, an unknown --by-label column: one line
-        print(f"poft inspect: error: {e}", file=sys.stderr)
-        return 1
+    summary = inspect_scores(config.dir, config.output, k=config.k, by_label=config.by_label)
     print(summary_table(summary))
     print("\n" + summary["extremes_text"])
     print(f"\npoft: wrote {len(summary['figures'])} figures, summary.json and extremes.txt to "
@@ -147,15 +177,10 @@ def run_filter(config: FilterConfig) -> int:
     from .readers import load_sft_dataset
 
     if Path(config.output).resolve() == Path(config.dir).resolve():
-        print("poft filter: error: --output must differ from the input", file=sys.stderr)
-        return 1
-    try:
-        dataset = load_sft_dataset(config.dir, config.split, format=config.format)
-        filter_dataset(dataset, config.output, by=config.by, keep_top=config.keep_top,
-                       min_score=config.min_score, source=config.dir)  # fmt: skip
-    except ValueError as e:  # RowError included: a bad file, row or column, named
-        print(f"poft filter: error: {e}", file=sys.stderr)
-        return 1
+        raise ValueError("--output must differ from the input")
+    dataset = load_sft_dataset(config.dir, config.split, format=config.format)
+    filter_dataset(dataset, config.output, by=config.by, keep_top=config.keep_top,
+                   min_score=config.min_score, source=config.dir)  # fmt: skip
     return 0
 
 
@@ -166,14 +191,12 @@ def run_eval(config: EvalConfig) -> int:
     batch_size = int(config.batch_size) if config.batch_size.isdigit() else config.batch_size
     limit = int(config.limit) if config.limit is not None and config.limit >= 1 else config.limit
     output = config.output or str(Path(config.model) / "eval")
-    try:
-        tasks = parse_tasks(config.tasks, config.num_fewshot)
-        report = evaluate_model(config.model, tasks, output, include_path=config.include_path,
-                                batch_size=batch_size, device=config.device, dtype=config.dtype,
-                                limit=limit, apply_chat_template=config.apply_chat_template)  # fmt: skip
-    except (ImportError, ValueError) as e:
-        print(f"poft eval: error: {e}", file=sys.stderr)
-        return 1
+    tasks = parse_tasks(config.tasks, config.num_fewshot)
+    check_model_path("--model", config.model)
+    quiet_git_hash()
+    report = evaluate_model(config.model, tasks, output, include_path=config.include_path,
+                            batch_size=batch_size, device=config.device, dtype=config.dtype,
+                            limit=limit, apply_chat_template=config.apply_chat_template)  # fmt: skip
     print(results_table(report))
     print(f"poft: results written to {Path(output) / 'results.json'}")
     return 0
@@ -247,12 +270,24 @@ COMMANDS = {
 }  # fmt: skip
 
 
+def usage_exit(prog: str):
+    """argparse's `error`, on one line: `poft score: error: ... (see `poft score --help`)`, exit 2. The usage
+    block argparse prints first is left out: for `poft train` it is 160 lines of TRL's options."""
+
+    def error(message: str):
+        print(f"{prog}: error: {message} (see `{prog} --help`)", file=sys.stderr)
+        sys.exit(2)
+
+    return error
+
+
 def command_parser(name: str) -> argparse.ArgumentParser:
     """TRL's parser over the command's option dataclasses, plus `--config` (and the bare-word positional)."""
     from trl import TrlParser
 
     command = COMMANDS[name]
     parser = TrlParser(command.options(), prog=f"poft {name}", description=command.help)
+    parser.error = usage_exit(parser.prog)
     # TrlParser reads --config itself before argparse sees the arguments: this entry is for --help only
     parser.add_argument("--config", default=argparse.SUPPRESS, metavar="YAML",
                         help="Options from a YAML file (keys are the option names); the command line overrides it.")  # fmt: skip
@@ -263,10 +298,14 @@ def command_parser(name: str) -> argparse.ArgumentParser:
 
 
 def top_parser() -> argparse.ArgumentParser:
-    """`poft --help` (the table's one-line helps) and `poft --version`; the command's parser does the rest."""
+    """`poft --help` (the table's one-line helps), `poft --version` and `poft --debug <command>`; the
+    command's parser does the rest."""
     top = argparse.ArgumentParser(prog="poft", description="Preference-Oriented Supervised Fine-Tuning.",
                                   epilog="`poft <command> --help` lists a command's options.")  # fmt: skip
+    top.error = usage_exit(top.prog)
     top.add_argument("--version", action="version", version=f"poft {__version__}")
+    top.add_argument("--debug", action="store_true",
+                     help="Show tracebacks and library warnings (also POFT_DEBUG=1); give it before the command.")  # fmt: skip
     sub = top.add_subparsers(dest="command", metavar="<command>", required=True)
     for name, command in COMMANDS.items():
         sub.add_parser(name, help=command.help, add_help=False)
@@ -290,8 +329,106 @@ def parse_command(argv: list[str]) -> Parsed:
     try:
         options = parser.parse_args_and_config(args=argv[1:])
     except (ValueError, OSError) as e:  # an unreadable --config, unknown keys in it, a refused combination
-        parser.error(str(e))
+        parser.error(" ".join(str(e).split()))
     return Parsed(name, parser, options)
+
+
+def not_deepspeed_cpu_fallback(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Setting accelerator to CPU")
+
+
+def quiet_libraries() -> None:
+    """Filter the warnings every run printed that a user can do nothing about, before the libraries load.
+    Only these lines, by their text: poft's own warnings and every other library warning stay."""
+    # DeepSpeed (imported by transformers / accelerate when installed) on any machine without a GPU
+    logging.getLogger("DeepSpeed").addFilter(not_deepspeed_cpu_fallback)
+    # TRL's configs default `gradient_checkpointing=True`: transformers' deprecated name for
+    # `activation_checkpointing`, so every run warned (poft's recipes use the new name)
+    warnings.filterwarnings("ignore", "`gradient_checkpointing` is deprecated", FutureWarning)
+    # transformers asks the DataLoader to pin memory; torch warns when there is no GPU to pin it for
+    warnings.filterwarnings("ignore", "'pin_memory' argument is set as true but no accelerator", UserWarning)
+
+
+def quiet_git_hash() -> None:
+    """lm-eval records `git describe` of the working folder and lets git print "fatal: not a git repository"
+    outside one: the same hash (or None), without git's stderr."""
+    import subprocess
+
+    try:
+        from lm_eval import evaluator
+    except ImportError:  # evaluate_model says how to install it
+        return
+
+    def git_hash() -> str | None:
+        try:
+            done = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True, check=True)
+        except (OSError, subprocess.CalledProcessError):
+            return None
+        return done.stdout.strip()
+
+    evaluator.get_git_commit_hash = git_hash
+
+
+def error_line(error: Exception, model: str | None = None) -> str:
+    """The one line a user sees for an error: the message of poft's own errors and of the errors that name
+    what is wrong (ValueError, OSError, ImportError); any other error is marked internal. `model`: the model
+    the command loads, for library errors that do not name it."""
+    message = " ".join(str(error).split())  # library messages span lines
+    if isinstance(error, OSError) and error.errno is not None and error.strerror:
+        # "[Errno 13] Permission denied: 'out'" -> "out: Permission denied"; poft's OutputWriteError and
+        # CheckpointWriteError keep their sentence, without "[Errno 28]"
+        message = f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+        if isinstance(error, PermissionError) or error.errno == 30:  # EROFS: a read-only file system
+            message += " (choose a folder you can write to)"
+        elif error.errno == 28 and "run" not in error.strerror:  # ENOSPC, unless poft said what to do
+            message += " (free some space, then run the same command again)"
+        return message
+    if type(error).__name__ == "SafetensorError":  # a weight file cut short or damaged
+        return (
+            f"the weights of {model or 'the model'} cannot be read ({message}): copy or download them again"
+        )
+    if type(error).__name__ == "OutOfMemoryError":
+        return (
+            f"out of memory ({message}): use smaller batches (--per_device_train_batch_size, --batch-tokens)"
+        )
+    if type(error).__module__.startswith("poft.") or isinstance(error, (ValueError, OSError, ImportError)):
+        return message
+    return (
+        f"internal error: {type(error).__name__}: {message} (run `poft --debug ...` for the traceback; "
+        "please report it)"
+    )
+
+
+def model_of(name: str, options: tuple | None) -> str | None:
+    """The model `train`, `dpo` and `eval` load (`score` names its aligned models itself)."""
+    if options and name in ("train", "dpo"):
+        return options[2].model_name_or_path
+    return options[0].model if options and name == "eval" else None
+
+
+def interrupted_line(name: str, options: tuple | None) -> str:
+    """What Ctrl-C leaves and how to go on, per command."""
+    if name == "score" and options:
+        return (
+            f"interrupted; the finished shards in {options[0].output} are kept: run the same command again "
+            "to resume"
+        )
+    if name in ("train", "dpo") and options:
+        config = options[1]
+        if getattr(config.save_strategy, "value", config.save_strategy) == "no":
+            return (
+                "interrupted; save_strategy is 'no', so no checkpoint was saved: the same command starts over"
+            )
+        return (
+            f"interrupted; the checkpoints saved so far in {config.output_dir} are kept: run the same "
+            "command with --resume_from_checkpoint last to resume"
+        )
+    if name == "demo" and options:
+        return (
+            f"interrupted; aligned models already cached in {options[0].output}/assets are kept: the same "
+            "command reuses them"
+        )
+    return "interrupted; nothing to resume: run the same command again"
 
 
 def end_run(code: int) -> int:
@@ -315,15 +452,43 @@ def end_run(code: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    debug = os.environ.get("POFT_DEBUG", "") not in ("", "0")
+    while argv[:1] == ["--debug"]:
+        debug, argv = True, argv[1:]
     if not argv:
         top_parser().print_help()
         return 2
-    parsed = parse_command(argv)
+    if not debug:
+        quiet_libraries()
+    name, options = argv[0], None
     try:
+        parsed = parse_command(argv)
+        name, options = parsed.name, parsed.options
         code = COMMANDS[parsed.name].run(*parsed.options)
     except UsageError as e:
         parsed.parser.error(str(e))
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        return interrupted(name, options)
+    except Exception as e:
+        if debug:
+            raise
+        print(f"poft {name}: error: {error_line(e, model_of(name, options))}", file=sys.stderr)
+        code = 1
     return end_run(code)
+
+
+def interrupted(name: str, options: tuple | None) -> int:
+    """Ctrl-C: one line (from one process of a multi-process run), exit 130. A multi-process run leaves at
+    once: its peers are interrupted too, and waiting for the process group could hang."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"\npoft {name}: {interrupted_line(name, options)}", file=sys.stderr)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    return 130
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,7 @@ HEAVY = ("torch", "transformers", "trl", "datasets")
 LIGHT_COMMANDS = [name for name in COMMANDS if name not in ("train", "dpo")]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 TRAINING = ["--output_dir", "out", "--report_to", "none", "--bf16", "false"]  # TRL asks for bf16 by default
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def imported_after(code: str) -> list[str]:
@@ -201,3 +203,43 @@ def test_dpo_passes_trust_remote_code_to_the_model_like_train():
         _, config, model, *_ = options(*argv, *TRAINING)
         kwargs = model_init_kwargs(config, model)
         assert kwargs["trust_remote_code"] is True and kwargs["revision"] == model.model_revision
+
+
+def test_usage_errors_are_one_line_pointing_at_help(capsys):
+    """argparse's usage block (160 lines for `poft train`) is left out: the error and where the help is."""
+    for argv in (["score", "--dataset", "d", "--output", "o"], ["nope"], ["filter", "s", "--output", "o"]):
+        err = usage_error(capsys, *argv)
+        assert len(err.strip().splitlines()) == 1 and err.rstrip().endswith("--help`)"), err
+    err = usage_error(capsys, "train", "--dataset_name", "d.jsonl", *TRAINING)
+    assert err.strip().splitlines() == [
+        "poft train: error: --model_name_or_path is required (a local folder or a Hub id) "
+        "(see `poft train --help`)"
+    ]
+
+
+def test_debug_is_a_flag_before_the_command(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "--debug" in capsys.readouterr().out
+    assert "required: --model" in usage_error(capsys, "--debug", "score", "--dataset", "d", "--output", "o")
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_use_no_deprecated_option(path):
+    """The recipes name `activation_checkpointing` (transformers' `gradient_checkpointing` is deprecated)."""
+    import warnings
+
+    from trl import ModelConfig, ScriptArguments, TrlParser
+
+    from poft.dpo import PoFTDPOConfig
+    from poft.trainer import PoFTConfig
+
+    config = PoFTDPOConfig if "_dpo_" in path.name else PoFTConfig
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        TrlParser((ScriptArguments, config, ModelConfig)).parse_args_and_config(
+            args=["--config", str(path), "--use_cpu", "true"]
+        )
+    assert [
+        str(w.message) for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))
+    ] == []
