@@ -460,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not debug:
         quiet_libraries()
-    name, options = argv[0], None
+    name, options, stopped = argv[0], None, False
     try:
         parsed = parse_command(argv)
         name, options = parsed.name, parsed.options
@@ -470,12 +470,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if debug:
             raise
-        return interrupted(name, options)
+        stopped = True  # said below: leaving this block frees the interrupted frames (progress bars close)
     except Exception as e:
         if debug:
             raise
         print(f"poft {name}: error: {error_line(e, model_of(name, options))}", file=sys.stderr)
         code = 1
+    if stopped:
+        return interrupted(name, options)
     return end_run(code)
 
 
