@@ -495,7 +495,10 @@ def read_sft(
     source_name = name or raw.source
     if len(raw) == 0 and not raw.bad:
         raise ValueError(f"{source_name}: no rows")
-    fmt = format or detect_format(raw.columns or ["messages"])
+    try:
+        fmt = format or detect_format(raw.columns or ["messages"])
+    except ValueError as e:  # name the file: the message is the only line a command prints
+        raise ValueError(f"{source_name}: {e}") from e
     required = [c for c in SOURCE_COLUMNS[fmt] if c != "input"]
     missing = [c for c in required if c not in raw.columns]
     if missing and len(raw):

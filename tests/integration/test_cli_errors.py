@@ -120,6 +120,17 @@ def test_missing_dataset_is_not_a_network_problem(files, capsys):
     assert line == "poft train: error: nope.jsonl: no such file or folder"
 
 
+def test_a_file_of_unknown_format_is_named(files, capsys):
+    text = files["root"] / "text.jsonl"
+    text.write_text('{"text": "hello"}\n')
+    line = one_line_error(
+        capsys, ["score", "--dataset", str(text), "--model", files["model"], "--output", "s"]
+    )
+    assert line.startswith(
+        f"poft score: error: {text}: cannot tell the data format from the columns ['text']"
+    )
+
+
 # ------------------------------------------------------------------- the project's own messages, one line
 
 
