@@ -460,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not debug:
         quiet_libraries()
-    name, options, stopped = argv[0], None, False
+    name, options, stopped, failed = argv[0], None, False, None
     try:
         parsed = parse_command(argv)
         name, options = parsed.name, parsed.options
@@ -474,10 +474,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if debug:
             raise
-        print(f"poft {name}: error: {error_line(e, model_of(name, options))}", file=sys.stderr)
-        code = 1
+        failed, code = error_line(e, model_of(name, options)), 1
     if stopped:
         return interrupted(name, options)
+    if failed:  # after the progress bars of the failed frames closed, so that it is the last line
+        print(f"poft {name}: error: {failed}", file=sys.stderr)
     return end_run(code)
 
 
