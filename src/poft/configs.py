@@ -60,8 +60,12 @@ class ScoreConfig:
     max_length: int | None = field(
         default=None, metadata={"help": "Truncate longer conversations to this many tokens (counted)."}
     )
-    batch_tokens: int = field(
-        default=16384, metadata={"help": "Padded tokens per batch; does not change the scores."}
+    batch_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "Tokens per packed batch (rows run packed, no padding); does not change fp32 scores. "
+            "Unset: chosen for the device and dtype (CPU 2048; GPU 16384, 32768 in bf16/fp16)."
+        },
     )
     dtype: str = field(
         default="auto",

@@ -13,6 +13,7 @@ and `token_log_probs_reference` is the plain formula the tests compare both agai
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -119,6 +120,31 @@ def token_budget_batches(lengths: Sequence[int], batch_tokens: int) -> list[list
     return batches
 
 
+def packed_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
+    """Group positions into packed batches, longest first, of at most `batch_tokens` real tokens each
+    (nothing is padded); a sequence longer than the budget gets a batch of its own. Deterministic."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    total = 0
+    for i in order:
+        if batches and total + lengths[i] <= batch_tokens:
+            batches[-1].append(i)
+            total += lengths[i]
+        else:
+            batches.append([i])
+            total = lengths[i]
+    return batches
+
+
+def default_batch_tokens(device: torch.device, dtype: torch.dtype) -> int:
+    """Packed tokens per batch when none is given. On CPU small packs are as fast per token as large ones
+    (the attention runs per sequence; the LM head in chunks) and keep memory low: 2048, measured on SmolLM2
+    fp32/bf16 (BENCHMARKS.md). On a GPU large packs fill the device: 16384 (32768 in 16-bit)."""
+    if device.type == "cpu":
+        return 2048
+    return 32768 if dtype in (torch.bfloat16, torch.float16) else 16384
+
+
 def full_logits_logprob_sum(
     model: torch.nn.Module, input_ids: Sequence[int], response_mask: Sequence[int]
 ) -> float:
@@ -129,6 +155,120 @@ def full_logits_logprob_sum(
     log_probs = torch.log_softmax(logits, dim=-1).gather(-1, ids[0, 1:, None]).squeeze(-1)
     mask = torch.tensor(list(response_mask)[1:], dtype=torch.bool, device=logits.device)
     return float(log_probs[mask].double().sum())
+
+
+def packed_logprob_sums(
+    model: torch.nn.Module,
+    sequences: Sequence[tuple[np.ndarray, np.ndarray]],
+    *,
+    chunk_size: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`batch_logprob_sums` without padding: the batch's sequences packed into one row.
+
+    `position_ids` restart at 0 for each sequence, so every token keeps the position it has alone. On CPU
+    with sdpa the attention runs per sequence (`varlen_sdpa_attention`: causal, no mask, compute follows
+    the real tokens); elsewhere transformers reads the packing off `position_ids` (varlen flash-attention,
+    or a block-diagonal mask with sdpa / eager, e.g. Gemma-2's soft-capped eager attention). A token is scored when it is a response token and not the
+    first of its sequence (nothing in its sequence predicts it). Same values as the padded path and the
+    one-example reference (tested).
+    """
+    device = model.device
+    lengths = [len(ids) for ids, _ in sequences]
+    input_ids = torch.from_numpy(np.concatenate([ids for ids, _ in sequences]).astype(np.int64))
+    response = torch.from_numpy(np.concatenate([mask for _, mask in sequences]).astype(bool))
+    position_ids = torch.cat([torch.arange(n) for n in lengths])
+    input_ids, response, position_ids = input_ids.to(device), response.to(device), position_ids.to(device)
+    kwargs = {}
+    if len(sequences) > 1:
+        kwargs["position_ids"] = position_ids[None]
+        if device.type == "cpu" and model.config._attn_implementation == "sdpa":
+            bounds = torch.tensor([0, *np.cumsum(lengths)], dtype=torch.int32)
+            kwargs.update(cu_seq_lens_q=bounds, cu_seq_lens_k=bounds, max_length_q=max(lengths))
+            kwargs["max_length_k"] = max(lengths)
+    with _attention(model, VARLEN_SDPA if "cu_seq_lens_q" in kwargs else None):
+        hidden = model.get_decoder()(input_ids=input_ids[None], use_cache=False, **kwargs)
+    hidden = hidden.last_hidden_state[0, :-1]
+    scored = response[1:] & (position_ids[1:] != 0)
+    sequence_of = torch.repeat_interleave(
+        torch.arange(len(lengths), device=device), torch.tensor(lengths, device=device)
+    )
+    rows = sequence_of[1:][scored]
+    head = model.get_output_embeddings()
+    log_probs = chunked_token_log_probs(
+        hidden[scored], head.weight, input_ids[1:][scored], head.bias, softcap(model), chunk_size
+    )
+    sums = torch.zeros(len(lengths), dtype=torch.float64, device=device).index_add_(
+        0, rows, log_probs.double()
+    )
+    counts = torch.zeros(len(lengths), dtype=torch.int64, device=device).index_add_(
+        0, rows, torch.ones_like(rows)
+    )
+    return sums.cpu().numpy(), counts.cpu().numpy()
+
+
+VARLEN_SDPA = "poft_varlen_sdpa"
+
+
+def varlen_sdpa_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    *,
+    cu_seq_lens_q: torch.Tensor,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Attention of one packed row [1, heads, tokens, dim], sequence by sequence (`cu_seq_lens_q` bounds):
+    what varlen flash-attention does, with torch's sdpa. The block-diagonal mask transformers builds for
+    sdpa instead costs tokens^2 for the whole row; here each sequence costs its own length^2, causal with no
+    mask (the fast path). Sliding-window layers (`sliding_window`) mask sequences longer than the window, as
+    transformers does: a query sees the keys less than `sliding_window` positions back."""
+    if kwargs.get("softcap") is not None:
+        raise ValueError("attention soft-capping is not supported by the packed CPU attention")
+    window = kwargs.get("sliding_window")  # what the layer passes every attention function (None: full)
+    bounds = cu_seq_lens_q.tolist()
+    pieces = []
+    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+        q, k, v = query[:, :, start:end], key[:, :, start:end], value[:, :, start:end]
+        mask = None
+        if window is not None and end - start > window:
+            i = torch.arange(end - start, device=query.device)
+            mask = (i[None] <= i[:, None]) & (i[:, None] - i[None] < window)
+        pieces.append(
+            torch.nn.functional.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                is_causal=mask is None,
+                scale=scaling,
+                enable_gqa=q.shape[1] != k.shape[1],
+                dropout_p=dropout,
+            )  # fmt: skip
+        )
+    return torch.cat(pieces, dim=2).transpose(1, 2).contiguous(), None
+
+
+@contextmanager
+def _attention(model: torch.nn.Module, implementation: str | None):
+    """Run `model` with attention `implementation` (registered with transformers on first use), then
+    restore its own; None leaves it unchanged."""
+    if implementation is None:
+        yield
+        return
+    from transformers import AttentionInterface
+
+    # a name transformers has no mask function for: it builds no mask (the attention reads the bounds)
+    AttentionInterface.register(implementation, varlen_sdpa_attention)
+    own = model.config._attn_implementation
+    model.config._attn_implementation = implementation
+    try:
+        yield
+    finally:
+        model.config._attn_implementation = own
 
 
 def batch_logprob_sums(

@@ -13,13 +13,14 @@ Route of a dataset, each module entered once, top to bottom:
     readers.read_sft     rows -> validated conversations (bad rows refused or skipped, recorded)
     aligned              each model's tokenizer, chat format and identity (the run identity)
     chat.ChatFormat      each conversation -> input ids + response mask, under that model's template
-    logprobs             token-budget batches, decoder once, LM head on response positions only
+    logprobs             packed batches (no padding), decoder once, LM head on response positions only
     shards               finished rows written as shards; then merged in row order, saved, manifest last
 
 Why it is fast (the official code pads everything to 4096 tokens, keeps full-vocabulary logits and loops
-per example, PAPER.md mistake 4): rows are sorted by length and batched by a token budget, longest first,
-so padding is small and an out-of-memory shows at once; the LM head runs only on response positions and in
-chunks, so [batch x length x vocab] logits never exist; inference mode; bf16 on GPU.
+per example, PAPER.md mistake 4): rows are sorted by length and packed by a token budget, longest first,
+each batch one row with positions restarting per sequence, so nothing is padded and an out-of-memory shows
+at once; the LM head runs only on response positions and in chunks, so [batch x length x vocab] logits
+never exist; inference mode; bf16 on GPU.
 
 Why it can be trusted: finished rows are written as shards as they complete, so a killed run resumes where
 it stopped; under `torchrun` / `accelerate launch` each process (accelerate's `PartialState`) scores its
@@ -47,7 +48,7 @@ from .aligned import (
 )
 from .chat import ChatTemplateError, response_bytes
 from .configs import NORMALIZATIONS, ON_BAD_ROW
-from .logprobs import batch_logprob_sums, token_budget_batches
+from .logprobs import default_batch_tokens, packed_batches, packed_logprob_sums
 from .readers import SFTRows, read_sft
 from .shards import (
     OutputWriteError,
@@ -66,7 +67,7 @@ def score_dataset(
     *,
     split: str = "train",
     max_length: int | None = None,
-    batch_tokens: int = 16384,
+    batch_tokens: int | None = None,
     dtype: str = "auto",
     normalization: str = "token",
     on_bad_row: str = "error",
@@ -82,7 +83,8 @@ def score_dataset(
         models: "PATH_OR_HUB_ID" (alias = basename) or "ALIAS=PATH_OR_HUB_ID" per aligned model.
         output: folder for shards, the scored dataset and manifest.json; re-running resumes.
         max_length: truncate longer conversations (counted in the manifest); None = no limit.
-        batch_tokens: padded tokens per batch (batch size x longest sequence); does not change scores.
+        batch_tokens: tokens per packed batch (a batch's rows run as one row, no padding); does not change
+            fp32 scores. None: chosen for the device and dtype (`logprobs.default_batch_tokens`).
         dtype: "auto" (bf16 on GPU and on CPUs with bf16 instructions, else fp32), "float32", "bfloat16" or
             "float16".
         normalization: how `ref_score` normalises each model's sum: "token" (paper), "byte" or "none".
@@ -106,6 +108,7 @@ def score_dataset(
         raise ValueError(f"models share the alias {clashes}; name them with --model ALIAS=PATH")
     state, started_group = _process_state()
     torch_dtype = resolve_dtype(dtype, state.device)
+    batch_tokens = batch_tokens or default_batch_tokens(state.device, torch_dtype)
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -284,7 +287,6 @@ def _score_share(
         )
     vocab = network.get_output_embeddings().weight.shape[0]
     chunk_size = max(1, (1 << 26) // vocab)  # <= 256 MiB of fp32 logits per chunk
-    pad_id = model.chat.tokenizer.pad_token_id or 0
     buffer: dict[str, list] = {"rows": [], "sums": [], "counts": [], "truncated": []}
     tokens = buffered_tokens = 0
     started = last_flush = time.perf_counter()
@@ -304,13 +306,13 @@ def _score_share(
             last_flush, buffered_tokens = now, 0
 
     with torch.inference_mode():
-        for batch in token_budget_batches([len(e[0]) for e in encoded], batch_tokens):
+        for batch in packed_batches([len(e[0]) for e in encoded], batch_tokens):
             # whole batches are skipped (a partly finished one only when the run identity allowed a change)
             batch = [i for i in batch if rows[i] not in done]
             if not batch:
                 continue
-            sums, counts = batch_logprob_sums(
-                network, [encoded[i][:2] for i in batch], pad_id=pad_id, chunk_size=chunk_size
+            sums, counts = packed_logprob_sums(
+                network, [encoded[i][:2] for i in batch], chunk_size=chunk_size
             )
             n_batch_tokens = sum(len(encoded[i][0]) for i in batch)
             tokens += n_batch_tokens

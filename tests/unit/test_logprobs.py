@@ -96,3 +96,17 @@ def test_chunked_log_probs_equal_full_log_softmax(chunk_size, softcap):
         ours = chunked_token_log_probs(hidden, head.weight, labels, None, softcap, chunk_size)
     assert torch.allclose(ours.double(), expected, rtol=1e-5, atol=1e-5)
     assert math.isclose(float(ours.sum()), float(expected.sum()), rel_tol=1e-5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 50), min_size=1, max_size=40), st.integers(1, 200))
+def test_packed_batches(lengths, budget):
+    from poft.logprobs import packed_batches
+
+    batches = packed_batches(lengths, budget)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    flat = [lengths[i] for b in batches for i in b]
+    assert flat == sorted(flat, reverse=True)  # longest first
+    for b in batches:  # real tokens within the budget, or one sequence alone
+        assert len(b) == 1 or sum(lengths[i] for i in b) <= budget
+    assert batches == packed_batches(lengths, budget)  # deterministic: a resume re-forms the same batches
