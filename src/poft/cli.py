@@ -425,8 +425,8 @@ def interrupted_line(name: str, options: tuple | None) -> str:
         )
     if name == "demo" and options:
         return (
-            f"interrupted; aligned models already cached in {options[0].output}/assets are kept: the same "
-            "command reuses them"
+            f"interrupted; the aligned models cached in {options[0].output}/assets (once built) are kept: "
+            "the same command reuses them"
         )
     return "interrupted; nothing to resume: run the same command again"
 

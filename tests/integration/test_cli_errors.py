@@ -17,7 +17,13 @@ import torch
 from poft.cli import COMMANDS, Command, main
 
 CPU = ["--report_to", "none", "--bf16", "false", "--save_strategy", "no", "--max_steps", "1"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "CUDA_VISIBLE_DEVICES": "",
+    "HF_HUB_OFFLINE": "1",
+    "PYTHONUNBUFFERED": "1",
+}
 
 
 @pytest.fixture(scope="module")
