@@ -98,13 +98,13 @@ class PoFTConfig(SFTConfig):
         metadata={"help": "bi-PoFT only: boolean column, true = desirable (+1), false = undesirable (-1)."},
     )
     bi_poft_variant: str = field(
-        default="soft",
+        default="margin",
         metadata={
             "help": "bi-PoFT only: the loss on undesirable rows (m = beta*(r_theta - r_ref) + gamma). 'soft': "
             "Bradley-Terry with target P = `undesirable_target`, -[P logsig(m) + (1-P) logsig(-m)]: the push stops "
             "at m = logit(P) (bounded); 'margin': -logsig(-max(m, -undesirable_margin)): the push stops at "
             "m = -margin; 'signed': the original -logsig(-beta*(r_theta - r_ref) + gamma), which keeps pushing. "
-            "See docs/method.md.",
+            "Default 'margin': the best of the three on the demo's validation prompts (docs/method.md).",
             "choices": list(BI_POFT_VARIANTS),
         },
     )
