@@ -106,6 +106,16 @@ class ScoreConfig:
     )
     progress: bool = field(default=True, metadata={"help": "Show a progress bar (--no-progress: none)."})
 
+    def __post_init__(self):
+        for name in ("max_length", "batch_tokens", "rows_per_shard"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(
+                    f"--{name.replace('_', '-')} must be a positive number of tokens/rows, got {value}"
+                )
+        if not self.flush_seconds > 0:
+            raise ValueError(f"--flush-seconds must be > 0, got {self.flush_seconds}")
+
 
 @dataclass
 class InspectConfig:

@@ -371,6 +371,7 @@ def test_cli_reads_the_file_once_and_names_bad_lines_with_the_rest(tiny, tmp_pat
     assert len(reads) == 1
     dropped = [x for x in capsys.readouterr().out.splitlines() if x.startswith("poft: dropped")]
     assert len(dropped) == 1 and "dropped 5 of 9 rows" in dropped[0] and "2 bad conversation" in dropped[0]
+    monkeypatch.setenv("POFT_DEBUG", "1")  # the error itself, not the CLI's one line
     with pytest.raises(
         ValueError,
         match=r"5 of 9 rows cannot be trained on: line 1 \(id=tiny-0\).*line 4 .*; line 6 \(id=None\): bad conversation \(malformed JSON",

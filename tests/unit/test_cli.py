@@ -118,6 +118,8 @@ def test_score_usage_errors(capsys):
     assert "invalid choice: 'int8'" in err
     err = usage_error(capsys, "score", "--dataset", "d", "--model", "m", "--output", "o", "--nope", "1")
     assert "poft score: error:" in err and "--nope" in err
+    err = usage_error(capsys, "score", "--dataset", "d", "--model", "m", "--output", "o", "--max-length", "-3")
+    assert "--max-length must be a positive number" in err  # was accepted, and scored nothing sensible
 
 
 def test_config_file_errors_are_usage_errors(tmp_path, capsys):
