@@ -238,6 +238,16 @@ class DemoArguments:
     def __post_init__(self):
         if self.full and self.mini:
             raise ValueError("argument --mini: not allowed with argument --full")
+        for name in ("seeds", "epochs"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(
+                    f"--{name} must be at least 1, got {value}"
+                )  # epochs 0 ran 8 min, then failed
+        if self.noise_levels is not None and not all(0 <= x < 1 for x in self.noise_levels):
+            raise ValueError(f"--noise_levels must be shares in [0, 1), got {self.noise_levels}")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise ValueError(f"--learning_rate must be > 0, got {self.learning_rate}")
 
 
 @dataclass

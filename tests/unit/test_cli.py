@@ -118,8 +118,11 @@ def test_score_usage_errors(capsys):
     assert "invalid choice: 'int8'" in err
     err = usage_error(capsys, "score", "--dataset", "d", "--model", "m", "--output", "o", "--nope", "1")
     assert "poft score: error:" in err and "--nope" in err
-    err = usage_error(capsys, "score", "--dataset", "d", "--model", "m", "--output", "o", "--max-length", "-3")
+    err = usage_error(
+        capsys, "score", "--dataset", "d", "--model", "m", "--output", "o", "--max-length", "-3"
+    )
     assert "--max-length must be a positive number" in err  # was accepted, and scored nothing sensible
+    assert "--epochs must be at least 1" in usage_error(capsys, "demo", "--epochs", "0")
 
 
 def test_config_file_errors_are_usage_errors(tmp_path, capsys):
