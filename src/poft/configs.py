@@ -64,7 +64,7 @@ class ScoreConfig:
         default=None,
         metadata={
             "help": "Tokens per packed batch (rows run packed, no padding); does not change fp32 scores. "
-            "Unset: chosen for the device and dtype (CPU 2048; GPU 16384, 32768 in bf16/fp16)."
+            "Unset: chosen for the device and dtype (CPU 8192; GPU 16384, 32768 in bf16/fp16)."
         },
     )
     dtype: str = field(

@@ -5,15 +5,18 @@ backward pass, plus a log-softmax copy. The official PoFT code does exactly that
 applied to `chunk_size` positions at a time; with gradients, each chunk is recomputed in the backward
 pass (activation checkpointing), so at most one chunk of logits is alive at any moment.
 
-Training uses TRL's fused LM head (`model(..., fused_lm_head=True)`), which does the same in tiles;
-`chunked_token_log_probs` serves the paths where that head is not available (the scorer, custom models),
-and `token_log_probs_reference` is the plain formula the tests compare both against.
+Training uses TRL's fused LM head (`model(..., fused_lm_head=True)`) where it has a kernel (Triton);
+`chunked_token_log_probs` serves the scorer and training everywhere else (`response_log_probs`: TRL's
+CPU fallback projects every position), and `token_log_probs_reference` is the plain formula the tests
+compare both against. The scorer packs each batch into one row (`packed_logprob_sums`), so its compute
+follows the real tokens, not padding.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -137,11 +140,12 @@ def packed_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]
 
 
 def default_batch_tokens(device: torch.device, dtype: torch.dtype) -> int:
-    """Packed tokens per batch when none is given. On CPU small packs are as fast per token as large ones
-    (the attention runs per sequence; the LM head in chunks) and keep memory low: 2048, measured on SmolLM2
-    fp32/bf16 (BENCHMARKS.md). On a GPU large packs fill the device: 16384 (32768 in 16-bit)."""
+    """Packed tokens per batch when none is given. Packing pads nothing, so a larger pack only means fewer,
+    larger calls: on CPU 8192 (faster than 2048 and 512 on SmolLM2 fp32, BENCHMARKS.md; the attention runs
+    per sequence and the LM head in chunks, so memory stays small). On a GPU large packs fill the device:
+    16384 (32768 in 16-bit; not measured on GPU)."""
     if device.type == "cpu":
-        return 2048
+        return 8192
     return 32768 if dtype in (torch.bfloat16, torch.float16) else 16384
 
 
@@ -305,3 +309,52 @@ def batch_logprob_sums(
         0, rows, log_probs.double()
     )
     return sums.cpu().numpy(), scored.sum(-1).cpu().numpy()
+
+
+@dataclass
+class ResponseLogProbs:
+    """What compute_loss reads of a forward: per-token log-probs of the labels [B, T-1] (0 where the label
+    is -100) and the label mask; token accuracy and entropy only where TRL's fused kernel computes them."""
+
+    log_probs: torch.Tensor
+    label_mask: torch.Tensor
+    is_top1: torch.Tensor | None = None
+    entropy: torch.Tensor | None = None
+
+
+def response_log_probs(model: torch.nn.Module, inputs: dict) -> ResponseLogProbs:
+    """Per-token log-probs of the response labels, with gradients, without [tokens x vocab] logits kept.
+
+    Where TRL's fused LM head has a kernel (Triton on CUDA / XPU), it is used (`fused_lm_head=True`).
+    Elsewhere (CPU, GPUs without Triton) its fallback would project every position and compute entropy
+    and top-1 in full tiles; instead the model runs with no logits (`logits_to_keep` empty: its own forward,
+    so DDP / PEFT wrappers stay in the path), and `logprobs.chunked_token_log_probs` projects only the
+    response positions, a checkpointed chunk at a time (same values and gradients, tested). Models that
+    scale their logits after the head (TRL's fused head knows those) keep the fused head.
+    """
+    from accelerate.utils import extract_model_from_parallel
+    from trl.kernels.chunked_logprob import _use_triton
+
+    device = inputs["input_ids"].device
+    inner = extract_model_from_parallel(model)  # DDP / DeepSpeed wrappers hold the model; calls go to `model`
+    head = inner.get_output_embeddings()
+    if _use_triton(device) or _scales_logits(inner.config):
+        outputs = model(**inputs, fused_lm_head=True)
+        return ResponseLogProbs(outputs.log_probs, outputs.label_mask, outputs.is_top1, outputs.entropy)
+    features = {k: v for k, v in inputs.items() if k != "labels"}
+    features["use_cache"] = False  # a cache turns off transformers' packed-sequence isolation
+    empty = torch.empty(0, dtype=torch.long, device=device)
+    hidden = model(**features, logits_to_keep=empty, output_hidden_states=True).hidden_states[-1]
+    labels = inputs["labels"][:, 1:].to(head.weight.device)
+    log_probs = chunked_token_log_probs(
+        hidden[:, :-1].to(head.weight.device), head.weight, labels, head.bias, softcap(inner),
+        chunk_size=max(1, (1 << 25) // head.weight.shape[0]),  # <= 128 MiB of fp32 logits per chunk
+    )  # fmt: skip
+    return ResponseLogProbs(log_probs, labels != -100)
+
+
+def _scales_logits(config) -> bool:
+    """Whether a model multiplies its logits after the head (the attributes TRL's fused head reads)."""
+    text = config.get_text_config()
+    scales = ("logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
+    return any(getattr(text, name, None) not in (None, 1, 1.0) for name in scales)

@@ -131,6 +131,7 @@ def score_dataset(
     if state.is_main_process:
         remove_stale_temporaries(output)
     stats = {}
+    encodings: dict = {}  # models sharing tokenizer and template share their rows' encodings
     for model in aligned:
         done = finished_rows(output, model.alias)
         state.wait_for_everyone()  # every process has read the finished set before anyone writes new shards
@@ -147,7 +148,7 @@ def score_dataset(
         stats[model.alias] = _score_share(
             model, network, [messages[r] for r in share], share, output, done=done, max_length=max_length,
             batch_tokens=batch_tokens, rank=state.process_index, rows_per_shard=rows_per_shard,
-            flush_seconds=flush_seconds, progress=progress and state.is_main_process,
+            flush_seconds=flush_seconds, progress=progress and state.is_main_process, encodings=encodings,
         )  # fmt: skip
         del network
     all_stats = _gather(stats, state)
@@ -270,6 +271,7 @@ def _score_share(
     rows_per_shard: int,
     flush_seconds: float,
     progress: bool,
+    encodings: dict | None = None,
 ) -> dict:
     """Score `rows` (whose conversations are `messages`) with one model, except the rows in `done`; a shard
     every `rows_per_shard` rows or `flush_seconds` (always after a whole batch), so a kill loses at most that
@@ -277,7 +279,13 @@ def _score_share(
     ones."""
     from tqdm.auto import tqdm
 
-    encoded = _encode_rows(model, messages, rows, max_length)
+    tokenizer = model.chat.tokenizer
+    key = (model.tokenizer_hash, model.template_hash, repr(tokenizer.special_tokens_map), max_length)
+    encodings = {} if encodings is None else encodings
+    if key not in encodings:  # only the last one is kept (240k rows of one tokenizer are enough memory)
+        encodings.clear()
+        encodings[key] = _encode_rows(model, messages, rows, max_length)
+    encoded = encodings[key]
     context = getattr(network.config, "max_position_embeddings", None)
     longest = max(len(e[0]) for e in encoded)
     if context is not None and longest > context:

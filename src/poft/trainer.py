@@ -34,6 +34,7 @@ from trl import SFTConfig, SFTTrainer
 from .checkpoints import resolve_resume
 from .configs import ON_BAD_ROW
 from .device import fit_training_args, say_once
+from .logprobs import response_log_probs
 from .loss import (
     BI_POFT_VARIANTS,
     NORMALIZATIONS,
@@ -410,8 +411,7 @@ class PoFTTrainer(SFTTrainer):
         if rows is not None and model.training:
             self._batch_rows.extend(rows.tolist())
         inputs["use_cache"] = False
-        # TRL's fused head: per-token log-probs [B, T-1] of the labels, computed in chunks without the logits
-        outputs = model(**inputs, fused_lm_head=True)
+        outputs = response_log_probs(model, inputs)  # log-probs [B, T-1] of the labels, no full logits kept
         padding_free = "attention_mask" not in inputs and "position_ids" in inputs  # one row, many sequences
         if padding_free:
             sums, counts = packed_sequence_logprob_sums(
@@ -472,6 +472,7 @@ class PoFTTrainer(SFTTrainer):
                 outputs.entropy.detach().sum().float() if outputs.entropy is not None else counts.sum() * 0.0,
             ]
         )
+        token_metrics = outputs.is_top1 is not None  # TRL's fused kernel computes them, the chunked path not
         stats = self.accelerator.gather(stats[None]).sum(0)
         n, n_tokens = stats[7].clamp(min=1), stats[6].clamp(min=1)
         mode = "train" if self.model.training else "eval"
@@ -482,5 +483,6 @@ class PoFTTrainer(SFTTrainer):
         metrics["poft/win_rate"].append((stats[3] / n).item())
         metrics["poft/weight"].append((stats[4] / n).item())
         metrics["poft/nll"].append((stats[5] / n_tokens).item())
-        metrics["mean_token_accuracy"].append((stats[8] / n_tokens).item())
-        metrics["entropy"].append((stats[9] / n_tokens).item())
+        if token_metrics:
+            metrics["mean_token_accuracy"].append((stats[8] / n_tokens).item())
+            metrics["entropy"].append((stats[9] / n_tokens).item())

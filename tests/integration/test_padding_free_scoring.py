@@ -91,3 +91,22 @@ def test_one_sequence_and_no_response_tokens():
                                            chunk_size=4)  # fmt: skip
     assert count == 16 and alone == pytest.approx(full_logits_logprob_sum(model, ids, [1] * 17), rel=1e-5)
     assert counts.tolist() == [0, 2] and sums[0] == 0.0
+
+
+def test_models_sharing_tokenizer_and_template_encode_once(tiny_model, tmp_path, monkeypatch):
+    """Two aligned models with the same tokenizer and template: the rows are encoded once, scores unchanged."""
+    from datasets import Dataset
+
+    import poft.scoring as scoring
+
+    path = tiny_model("chatml", hidden_size=32)
+    calls = []
+    encode = scoring._encode_rows
+    monkeypatch.setattr(scoring, "_encode_rows", lambda *a, **k: calls.append(1) or encode(*a, **k))
+    rows = [{"messages": [{"role": "user", "content": "hi " * (i + 1)}, {"role": "assistant", "content": "ok " * i + "."}]}
+            for i in range(6)]  # fmt: skip
+    scored = scoring.score_dataset(
+        Dataset.from_list(rows), [f"a={path}", f"b={path}"], tmp_path / "o", progress=False
+    )
+    assert len(calls) == 1
+    assert scored["a_logp_sum"] == scored["b_logp_sum"] and scored["a_n_tokens"] == scored["b_n_tokens"]
