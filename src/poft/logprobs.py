@@ -169,12 +169,13 @@ def packed_logprob_sums(
 ) -> tuple[np.ndarray, np.ndarray]:
     """`batch_logprob_sums` without padding: the batch's sequences packed into one row.
 
-    `position_ids` restart at 0 for each sequence, so every token keeps the position it has alone. On CPU
-    with sdpa the attention runs per sequence (`varlen_sdpa_attention`: causal, no mask, compute follows
-    the real tokens); elsewhere transformers reads the packing off `position_ids` (varlen flash-attention,
-    or a block-diagonal mask with sdpa / eager, e.g. Gemma-2's soft-capped eager attention). A token is scored when it is a response token and not the
-    first of its sequence (nothing in its sequence predicts it). Same values as the padded path and the
-    one-example reference (tested).
+    `position_ids` restart at 0 for each sequence, so every token keeps the position it has alone. With
+    sdpa (the default) the attention runs per sequence (`varlen_sdpa_attention`: causal, no mask, compute
+    follows the real tokens, not tokens^2 of the whole row); with flash-attention transformers reads the
+    packing off `position_ids` (varlen kernels), with eager (e.g. Gemma-2's soft-capped attention) it builds
+    a block-diagonal mask. A token is scored when it is a response token and not the first of its sequence
+    (nothing in its sequence predicts it). Same values as the padded path and the one-example reference
+    (tested).
     """
     device = model.device
     lengths = [len(ids) for ids, _ in sequences]
@@ -185,7 +186,7 @@ def packed_logprob_sums(
     kwargs = {}
     if len(sequences) > 1:
         kwargs["position_ids"] = position_ids[None]
-        if device.type == "cpu" and model.config._attn_implementation == "sdpa":
+        if model.config._attn_implementation == "sdpa":
             bounds = torch.tensor([0, *np.cumsum(lengths)], dtype=torch.int32)
             kwargs.update(cu_seq_lens_q=bounds, cu_seq_lens_k=bounds, max_length_q=max(lengths))
             kwargs["max_length_k"] = max(lengths)
