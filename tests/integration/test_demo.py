@@ -92,6 +92,7 @@ def test_demo_mini_writes_well_formed_artefacts(tmp_path, capsys):
     assert main(["demo", "--mini", "--output", str(out)]) == 0
     again = capsys.readouterr().out
     assert "reusing the base and aligned models" in again
+    assert f"{len(MINI['methods'])} of {len(MINI['methods'])} runs reused" in again
     assert _table(again) == _table(printed)
 
 
@@ -129,3 +130,23 @@ def test_two_fresh_processes_with_different_hash_seeds_give_identical_tables(tmp
         tables.append(json.loads((out / "details.json").read_text())["models"])
     assert tables[0] and tables[0] == tables[2]
     assert tables[1] == tables[3]  # the base and aligned models too
+
+
+def test_claims_table_differences_and_drops_per_seed():
+    """poft minus sft per seed: seed 0: 0.5 - 0.4 = +0.1, seed 1: 0.6 - 0.3 = +0.3 -> +0.200 ± 0.100 (2/2);
+    drop from best: sft seed 0 curve [0.2, 0.6, 0.4] -> 0.2, seed 1 [0.5, 0.3, 0.3] -> 0.2; poft never drops."""
+    from poft.demo.report import claims_table
+
+    curves = {("sft", 0): [0.2, 0.6, 0.4], ("sft", 1): [0.5, 0.3, 0.3], ("poft", 0): [0.1, 0.3, 0.5],
+              ("poft", 1): [0.2, 0.4, 0.6]}  # fmt: skip
+    runs = [
+        {"method": m, "noise": 0.3, "seed": s, "epoch": e + 1, "metrics": {"accuracy": a}}
+        for (m, s), accs in curves.items()
+        for e, a in enumerate(accs)
+    ]
+    lines = claims_table(runs)
+    assert (
+        "| PoFT vs SFT (paper: parity on clean data, a gap growing with noise): poft minus sft | +0.200 ± 0.100 (2/2 seeds) |"
+        in lines
+    )
+    assert "| sft | 0.200 ± 0.000 |" in lines and "| poft | 0.000 ± 0.000 |" in lines

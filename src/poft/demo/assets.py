@@ -58,6 +58,7 @@ def _n_documents(config: DemoConfig) -> int:
 
 def asset_steps(config: DemoConfig) -> int:
     base = steps_per_run(_n_documents(config), config.batch_size, config.pretrain_epochs)
+    base *= CONVERSATIONS_PER_DOCUMENT  # a pretraining step holds that many conversations per row (train.py)
     aligned = steps_per_run(config.n_aligned, config.batch_size, config.aligned_epochs)
     return base + aligned * 3  # a: aligned_epochs from the base; b: twice as many from scratch
 
@@ -109,7 +110,7 @@ def pretrain_base(config: DemoConfig, folder: Path, sink) -> dict:
     train(
         model, tok, Dataset.from_list(documents), objective="sft", epochs=config.pretrain_epochs,
         learning_rate=config.asset_learning_rate, seed=BASE_SEED, config=config,
-        work_dir=folder / "work" / "base", sink=sink, max_length=128,
+        work_dir=folder / "work" / "base", sink=sink, max_length=128, step_units=CONVERSATIONS_PER_DOCUMENT,
     )  # fmt: skip
     model.save_pretrained(folder / "base")
     tok.save_pretrained(folder / "base")

@@ -84,6 +84,70 @@ def reading(runs: list[dict]) -> list[str]:
     return lines
 
 
+def _per_seed(runs: list[dict]) -> dict[tuple[float, str, int], list[float]]:
+    """(noise, method, seed) -> greedy accuracy per epoch, in epoch order."""
+    curves: dict[tuple[float, str, int], dict[int, float]] = {}
+    for run in runs:
+        curves.setdefault((run["noise"], run["method"], run["seed"]), {})[run["epoch"]] = run["metrics"][
+            "accuracy"
+        ]
+    return {key: [c[e] for e in sorted(c)] for key, c in curves.items()}
+
+
+def _mean_std(values: list[float]) -> str:
+    return f"{np.mean(values):+.3f} ± {np.std(values):.3f}"
+
+
+# (claim of the paper, method, minus method): last-epoch greedy accuracy differences, same noise level
+COMPARISONS = (
+    ("PoFT vs SFT (paper: parity on clean data, a gap growing with noise)", "poft", "sft"),
+    ("what r_ref adds (PoFT vs the same loss, tau fixed)", "poft", "poft_fixed_tau"),
+    ("PoFT vs DFT", "poft", "dft"),
+    ("filtering helps SFT (paper)", "top40_sft", "sft"),
+    ("filtering stacks with PoFT (paper)", "top40_poft", "top40_sft"),
+    ("PoFT vs filtering + SFT", "poft", "top40_sft"),
+    ("bounded bi-PoFT (soft) vs PoFT, same rows", "bi_poft_soft", "poft"),
+    ("bounded bi-PoFT (margin) vs PoFT, same rows", "bi_poft_margin", "poft"),
+    ("original bi-PoFT vs PoFT, same rows", "bi_poft_signed", "poft"),
+)
+
+
+def claims_table(runs: list[dict]) -> list[str]:
+    """Per-seed differences of last-epoch greedy accuracy (mean ± std over seeds, wins), and each method's drop
+    from its best epoch to its last (the paper's over-fitting signature), per noise level."""
+    curves = _per_seed(runs)
+    noises = sorted({n for n, _, _ in curves})
+    seeds = sorted({s for _, _, s in curves})
+    lines = ["| comparison (accuracy, last epoch) | " + " | ".join(f"noise {n:g}" for n in noises) + " |"]
+    lines.append("|---|" + "---|" * len(noises))
+    for claim, a, b in COMPARISONS:
+        cells = []
+        for noise in noises:
+            pairs = [(curves[noise, a, s][-1], curves[noise, b, s][-1]) for s in seeds
+                     if (noise, a, s) in curves and (noise, b, s) in curves]  # fmt: skip
+            wins = sum(x > y for x, y in pairs)
+            cells.append(
+                f"{_mean_std([x - y for x, y in pairs])} ({wins}/{len(pairs)} seeds)" if pairs else "-"
+            )
+        if any(c != "-" for c in cells):
+            lines.append(f"| {claim}: {a} minus {b} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "| drop from the best epoch to the last (accuracy) | "
+        + " | ".join(f"noise {n:g}" for n in noises)
+        + " |",
+    ]
+    lines.append("|---|" + "---|" * len(noises))
+    for method in sorted({m for _, m, _ in curves}, key=method_order):
+        cells = []
+        for noise in noises:
+            drops = [max(curves[noise, method, s]) - curves[noise, method, s][-1] for s in seeds
+                     if (noise, method, s) in curves]  # fmt: skip
+            cells.append(f"{np.mean(drops):.3f} ± {np.std(drops):.3f}" if drops else "-")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _kind_means(details: dict) -> list[str]:
     lines = [
         "| noise | row kind | rows | mean r_ref | mean PoFT weight, last epoch |",
@@ -127,6 +191,10 @@ def write_report(out: Path, results: dict, details: dict, plots: list[Path]) -> 
         table,
         "",
         *reading(results["runs"]),
+        "",
+        "## The paper's claims, per seed (differences: mean ± std over seeds, and on how many seeds it is > 0)",
+        "",
+        *claims_table(results["runs"]),
         "",
         "## The base and the aligned models (validation prompts)",
         "",

@@ -17,6 +17,8 @@ fresh processes are identical (tests/integration/test_demo.py checks it across P
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import shutil
 import time
@@ -118,16 +120,26 @@ def run_demo(config: DemoConfig, grid: tuple[float, ...] | None = None) -> dict:
             scored[seed, noise] = score_rows(rows, assets, score_folders[seed, noise], config.normalization)
     _print_ref_scores(scored, progress)
 
-    progress.write(f"[3/4] target runs: {len(plan)} x {config.epochs} epochs, evaluated after each epoch")
+    progress.write(
+        f"[3/4] target runs: {len(plan)} x {config.epochs} epochs, evaluated on the {config.eval_split} prompts "
+        f"after every {config.eval_every} epoch(s) and the last"
+    )
     progress.describe(f"target runs ({config.workers} workers)")
     jobs = [
         TargetJob(config, p, str(score_folders[p.seed, p.noise]), str(assets.folder / "target-tokenizer"),
                   str(assets.base))
         for p in plan
     ]  # fmt: skip
-    finished = run_jobs(
-        train_target, jobs, config.workers, progress, on_done=lambda r: _report_run(r, progress)
-    )
+    finished = _cached_runs(jobs, assets.folder, progress)
+    to_run = [i for i, result in enumerate(finished) if result is None]
+    if len(to_run) < len(jobs):
+        progress.write(
+            f"  {len(jobs) - len(to_run)} of {len(jobs)} runs reused from {assets.folder / 'runs'}"
+        )
+    on_done = lambda r: _report_run(r, progress)  # noqa: E731
+    fresh = run_jobs(train_target, [jobs[i] for i in to_run], config.workers, progress, on_done=on_done)
+    for i, result in zip(to_run, fresh, strict=True):
+        finished[i] = result
     runs = [run for result in finished for run in result["runs"]]
     weights = [w for result in finished for w in result["weights"]]
     progress.close()
@@ -160,6 +172,10 @@ class TargetJob:
     tokenizer: str
     base: str
 
+    @property
+    def cache(self) -> Path:
+        return _run_cache_path(self, Path(self.scores).parent.parent)
+
 
 def train_target(job: TargetJob, sink) -> dict:
     """Worker: the base trained with the job's method; evaluated (and PoFT's weights measured) every epoch."""
@@ -175,6 +191,8 @@ def train_target(job: TargetJob, sink) -> dict:
     runs, weights = [], []
 
     def on_epoch(epoch: int, trained) -> None:
+        if epoch % config.eval_every and epoch != config.epochs:
+            return
         metrics = evaluate(trained, tokenizer, held_out, seed=run.seed)
         runs.append({"method": run.label, "noise": run.noise, "seed": run.seed, "epoch": epoch,
                      "learning_rate": run.learning_rate, "metrics": metrics})  # fmt: skip
@@ -188,7 +206,38 @@ def train_target(job: TargetJob, sink) -> dict:
         learning_rate=run.learning_rate, seed=run.seed, config=config, work_dir=work_dir, sink=sink,
         on_epoch=on_epoch, loss_type=method.loss_type, bi_poft_variant=method.bi_poft_variant,
     )  # fmt: skip
-    return {"runs": runs, "weights": weights}
+    result = {"runs": runs, "weights": weights}
+    job.cache.write_text(json.dumps(result))  # as each run ends, so a killed demo keeps its finished runs
+    return result
+
+
+def _run_cache_path(job: TargetJob, folder: Path) -> Path:
+    """A finished run is a pure function of these settings (seeded, single-threaded): its results are cached
+    under the assets' folder, so `--full` after the default run, or a new learning rate for one method,
+    trains only what changed. The settings that cannot change a run's numbers are left out of the key."""
+    settings = {k: v for k, v in job.config.to_dict().items() if k not in _NOT_IN_RUN_KEY}
+    blob = json.dumps({"settings": settings, "run": dataclasses.asdict(job.run)}, sort_keys=True)
+    folder = folder / "runs"
+    folder.mkdir(exist_ok=True)
+    return (
+        folder
+        / f"{job.run.label}-{job.run.noise}-{job.run.seed}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}.json"
+    )
+
+
+_NOT_IN_RUN_KEY = {"output", "seeds", "noise_levels", "methods", "rebuild", "workers", "learning_rate"}
+
+
+def _cached_runs(jobs: list[TargetJob], folder: Path, progress: Progress) -> list[dict | None]:
+    """Each job's cached result, or None; the progress bar is advanced by the cached runs' steps."""
+    out = []
+    for job in jobs:
+        path = _run_cache_path(job, folder)
+        out.append(json.loads(path.read_text()) if path.exists() else None)
+        if out[-1] is not None:
+            rows = run_rows(job.config, job.run.method)
+            progress.bar.update(steps_per_run(rows, job.config.batch_size, job.config.epochs))
+    return out
 
 
 def _report_run(result: dict, progress: Progress) -> None:

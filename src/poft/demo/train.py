@@ -26,12 +26,12 @@ def steps_per_run(n_rows: int, batch_size: int, epochs: int) -> int:
 
 
 class _StepCallback(TrainerCallback):
-    def __init__(self, sink, on_epoch: Callable[[int, PreTrainedModel], None] | None):
-        self.sink, self.on_epoch = sink, on_epoch
+    def __init__(self, sink, on_epoch: Callable[[int, PreTrainedModel], None] | None, units: int):
+        self.sink, self.on_epoch, self.units = sink, on_epoch, units
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.sink is not None:
-            self.sink.update(1)
+            self.sink.update(self.units)
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
         if self.on_epoch is not None:
@@ -54,10 +54,12 @@ def train(
     loss_type: str = "nll",
     bi_poft_variant: str = "soft",
     max_length: int = 64,
+    step_units: int = 1,
 ) -> PreTrainedModel:
     """Train `model` in place with `objective`; `on_epoch(epoch, model)` runs after each epoch.
 
-    `sink.update(1)` is called after every optimizer step (the progress bar, or a queue in a worker)."""
+    `sink.update(step_units)` is called after every optimizer step (the progress bar, or a queue in a worker);
+    a step over rows `step_units` times longer than a conversation counts that many times, so the bar's ETA holds."""
     args = PoFTConfig(
         output_dir=str(work_dir),
         objective=objective,
@@ -91,6 +93,6 @@ def train(
     )
     trainer = PoFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     trainer.remove_callback(PrinterCallback)  # the demo prints its own progress
-    trainer.add_callback(_StepCallback(sink, on_epoch))
+    trainer.add_callback(_StepCallback(sink, on_epoch, step_units))
     trainer.train()
     return trainer.model
