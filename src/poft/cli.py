@@ -203,7 +203,7 @@ def run_eval(config: EvalConfig) -> int:
 
 
 def run_demo(args: DemoArguments) -> int:
-    """`poft demo`: the offline noise experiment (SFT vs PoFT vs bi-PoFT on tiny models), with a report."""
+    """`poft demo`: the offline noise experiment (SFT, PoFT, filtering, DFT and bi-PoFT from a pretrained tiny base), with a report."""
     import dataclasses
 
     from .demo import FULL, MINI, DemoConfig
@@ -265,7 +265,7 @@ COMMANDS = {
                     lambda: (EvalConfig,), run_eval),
     "tiny-example": Command("write a tiny model and a small scored dataset (offline)",
                             lambda: (TinyExampleConfig,), run_tiny_example),
-    "demo": Command("offline end-to-end experiment: SFT vs PoFT vs bi-PoFT on noisy data, with a report",
+    "demo": Command("offline end-to-end experiment: SFT, PoFT and baselines on noisy data, with a report",
                     lambda: (DemoArguments,), run_demo),
 }  # fmt: skip
 

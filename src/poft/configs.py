@@ -218,7 +218,8 @@ class DemoArguments:
         default="demo_output", metadata={"help": "Folder for results, plots, report and cached models."}
     )
     full: bool = field(
-        default=False, metadata={"help": "The larger run for RESULTS.md (3 seeds x 8 epochs)."}
+        default=False,
+        metadata={"help": "The larger run for RESULTS.md (3 seeds of sft, poft and bounded bi-PoFT)."},
     )
     mini: bool = field(default=False, metadata={"help": "A seconds-long smoke run (tests)."})
     seeds: int | None = field(
@@ -227,11 +228,12 @@ class DemoArguments:
     noise_levels: list[float] | None = field(
         default=None, metadata={"help": "Shares of noisy training rows (default 0 0.3 0.5)."}
     )
-    epochs: int | None = field(
-        default=None, metadata={"help": "Target training epochs (default 5, --full 8)."}
-    )
+    epochs: int | None = field(default=None, metadata={"help": "Target training epochs (default 20)."})
     learning_rate: float | None = field(
-        default=None, metadata={"help": "Peak learning rate for every method (default 3e-3)."}
+        default=None,
+        metadata={
+            "help": "One peak learning rate for every method (default: each method's own, chosen on validation prompts by python -m poft.demo.tune)."
+        },
     )
     rebuild: bool = field(default=False, metadata={"help": "Rebuild the cached aligned models and scores."})
 
