@@ -49,6 +49,7 @@ from .loss import (
 from .readers import SFTRows
 from .records import RunRecord
 from .training_data import (
+    FLOAT32_MAX,
     ROW_COLUMN,
     SCORE_COLUMNS,
     SEQUENCE_COLUMNS,
@@ -59,7 +60,6 @@ from .training_data import (
 )
 
 OBJECTIVES = ("poft", "bi_poft", "sft")
-FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 TRL_LOSS_TYPES = ("nll", "dft", "chunked_nll")  # SFTConfig.loss_type ('chunked_nll': TRL's deprecated 'nll')
 
 

@@ -31,7 +31,7 @@ SCORE_COLUMNS = ("poft_ref_score", "poft_direction", "poft_response_bytes")
 ROW_COLUMN = "poft_row"  # optional in pre-tokenised rows
 SEQUENCE_COLUMNS = (*SCORE_COLUMNS, ROW_COLUMN)  # one value per sequence, carried through packing
 PROVENANCE_COLUMN = "score_provenance"  # shards.PROVENANCE_COLUMN, written by `poft score`
-FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max; the one bound for scores and beta/gamma
 
 
 def _encode_row(
