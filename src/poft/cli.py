@@ -73,6 +73,7 @@ def run_train(script_args, config, model_args, format_args: DatasetFormatArgumen
     """`poft train --config recipe.yaml [--key value ...]`: PoFTTrainer on the rows of `--dataset_name`."""
     from trl import get_peft_config
 
+    from .device import fit_cpu_threads
     from .readers import read_sft
     from .trainer import PoFTTrainer
 
@@ -84,6 +85,8 @@ def run_train(script_args, config, model_args, format_args: DatasetFormatArgumen
         )
     check_model_path("--model_name_or_path", model_args.model_name_or_path)
     config.model_init_kwargs = model_init_kwargs(config, model_args)
+    if config.use_cpu:  # set by PoFTConfig where there is no GPU
+        fit_cpu_threads()
 
     def rows(split: str):  # read once; the trainer reports unreadable and untrainable rows together
         return read_sft(
@@ -115,6 +118,7 @@ def run_dpo(script_args, config, model_args) -> int:
     """`poft dpo --config recipe.yaml [--key value ...]`: TRL's DPOTrainer from a PoFT checkpoint."""
     from trl import get_peft_config
 
+    from .device import fit_cpu_threads
     from .dpo import PoFTDPOTrainer, load_preferences
 
     if not model_args.model_name_or_path or not script_args.dataset_name:
@@ -123,6 +127,8 @@ def run_dpo(script_args, config, model_args) -> int:
         )
     check_model_path("--model_name_or_path", model_args.model_name_or_path)
     config.model_init_kwargs = model_init_kwargs(config, model_args)
+    if config.use_cpu:  # set by PoFTDPOConfig where there is no GPU
+        fit_cpu_threads()
 
     def pairs(split: str):
         return load_preferences(script_args.dataset_name, split, script_args.dataset_config)
@@ -146,11 +152,16 @@ def run_dpo(script_args, config, model_args) -> int:
 
 def run_score(config: ScoreConfig) -> int:
     """`poft score --dataset D --model M1 [--model M2 ...] --output DIR`: aligned-model scores + ref_score."""
+    import torch
+
     from .aligned import parse_model_spec
+    from .device import fit_cpu_threads
     from .scoring import score_dataset
 
     for spec in config.model:
         check_model_path("--model", parse_model_spec(spec)[1])
+    if not torch.cuda.is_available():  # scoring computes on the CPU (score_dataset's device)
+        fit_cpu_threads()
     score_dataset(config.dataset, config.model, config.output, split=config.split,
                   max_length=config.max_length, batch_tokens=config.batch_tokens, dtype=config.dtype,
                   normalization=config.normalization, on_bad_row=config.on_bad_row, format=config.format,

@@ -6,12 +6,17 @@ defaults stopped on a CPU-only machine. Here, before TRL's checks run:
 - no GPU (CUDA, MPS or XPU) and `use_cpu` not set: train on the CPU (`use_cpu=True`);
 - `bf16` not set (TRL's None) on the CPU: bf16 autocast where the CPU has bf16 instructions (AMX or
   AVX512-BF16: 2-3x faster matmuls), float32 elsewhere.
+On the CPU, `poft score`, `train` and `dpo` also set torch's threads from the CPUs this process may use
+(`cpu_threads`: affinity, cgroup quota, processes per node), not from the machine's core count.
 What was chosen is printed once. Values the user set are never changed.
 """
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
@@ -70,3 +75,100 @@ def say_once(text: str | None) -> None:
     if text and text not in _SAID and os.environ.get("RANK", "0") == "0":
         _SAID.add(text)
         print(f"poft: {text}")
+
+
+@dataclass(frozen=True)
+class CpuThreads:
+    """The intra-op threads for this process and where the number comes from (`cpu_threads`)."""
+
+    threads: int
+    affinity: int  # CPUs this process may run on (sched_getaffinity)
+    quota: float | None  # CPUs the cgroup's quota allows (None: no quota)
+    processes: int  # processes on this node (torchrun's LOCAL_WORLD_SIZE)
+    user: str | None = None  # the user's own setting (OMP_NUM_THREADS=...), which is kept
+
+    def sentence(self) -> str:
+        quota = "none" if self.quota is None else f"{self.quota:g} CPUs"
+        source = f"{self.user}, the user's setting" if self.user else f"affinity {self.affinity}"
+        plural = "es" if self.processes != 1 else ""
+        threads = "thread" if self.threads == 1 else "threads"
+        return (
+            f"{self.threads} CPU {threads} ({source}, cgroup quota {quota}, {self.processes} process{plural})"
+        )
+
+
+def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs the cgroup's quota allows (quota / period), None when none is set or none can be read.
+
+    cgroup v2: `cpu.max` ("max 100000" = none, "200000 100000" = 2 CPUs); v1: `cpu/cpu.cfs_quota_us` (-1 =
+    none) over `cpu/cpu.cfs_period_us` (also under `cpu,cpuacct/`)."""
+    try:
+        fields = (root / "cpu.max").read_text().split()
+        if len(fields) == 2 and fields[0] != "max":
+            return _quota(int(fields[0]), int(fields[1]))
+        if fields:
+            return None
+    except (OSError, ValueError):
+        pass
+    for folder in ("cpu", "cpu,cpuacct"):
+        try:
+            quota = int((root / folder / "cpu.cfs_quota_us").read_text())
+            period = int((root / folder / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        return _quota(quota, period)
+    return None
+
+
+def _quota(quota: int, period: int) -> float | None:
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def cpu_threads(
+    affinity: Collection[int] | None = None,
+    cgroup_root: Path = Path("/sys/fs/cgroup"),
+    environ: Mapping[str, str] | None = None,
+) -> CpuThreads:
+    """Threads for this process: the CPUs it may run on (`os.sched_getaffinity`), capped by the cgroup's CPU
+    quota when one is set, shared by the processes on this node (torchrun's LOCAL_WORLD_SIZE); at least 1.
+
+    torch's own default counts the machine's cores, so in a container limited to 2 CPUs of 64, or under
+    `taskset`, or with 8 processes per node, it runs many times more threads than there are CPUs to run
+    them (every op then waits for the slowest, preempted thread). A user's OMP_NUM_THREADS wins.
+    The arguments default to this process's affinity, the system's cgroup files and os.environ."""
+    environ = os.environ if environ is None else environ
+    if affinity is None:
+        affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    n_affinity = max(1, len(affinity))
+    quota = cgroup_cpu_quota(cgroup_root)
+    processes = max(1, _int(environ.get("LOCAL_WORLD_SIZE")) or 1)
+    user = _int(environ.get("OMP_NUM_THREADS"))
+    if user is not None and user >= 1:
+        return CpuThreads(user, n_affinity, quota, processes, user=f"OMP_NUM_THREADS={user}")
+    cpus = n_affinity if quota is None else min(n_affinity, max(1, math.floor(quota)))
+    return CpuThreads(max(1, cpus // processes), n_affinity, quota, processes)
+
+
+def _int(text: str | None) -> int | None:
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def fit_cpu_threads(plan: CpuThreads | None = None) -> CpuThreads:
+    """Set torch's intra-op threads for a process that computes on the CPU (`cpu_threads`), and say so once.
+
+    Only `poft score`, `poft train` and `poft dpo` call it, from the command line, where no user code ran
+    before: a Python caller keeps whatever its process uses (its own torch.set_num_threads wins). With several
+    processes on the node it also sets OMP_NUM_THREADS (the user did not), because accelerate's multi-process
+    CPU default (physical cores / processes, blind to affinity and quotas) would otherwise replace it."""
+    import torch
+
+    plan = cpu_threads() if plan is None else plan
+    if plan.user is None:
+        torch.set_num_threads(plan.threads)
+        if plan.processes > 1:
+            os.environ["OMP_NUM_THREADS"] = str(plan.threads)
+    say_once(plan.sentence())
+    return plan

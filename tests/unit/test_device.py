@@ -56,3 +56,84 @@ def test_scoring_dtype_auto_is_bf16_on_cuda_and_bf16_cpus_else_float32():
     assert resolve_dtype("auto", cpu, bf16_cpu=False) == torch.float32
     assert resolve_dtype("auto", cuda, bf16_cpu=False) == torch.bfloat16
     assert resolve_dtype("float32", cpu, bf16_cpu=True) == torch.float32
+
+
+def cgroup(tmp_path, v2: str | None = None, v1: tuple[int, int] | None = None):
+    """A cgroup root with a v2 `cpu.max` and/or v1 `cpu/cpu.cfs_quota_us` + `cpu.cfs_period_us`."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    if v2 is not None:
+        (tmp_path / "cpu.max").write_text(v2 + "\n")
+    if v1 is not None:
+        (tmp_path / "cpu").mkdir()
+        (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text(f"{v1[0]}\n")
+        (tmp_path / "cpu" / "cpu.cfs_period_us").write_text(f"{v1[1]}\n")
+    return tmp_path
+
+
+def test_cgroup_quota_is_read_from_v2_and_v1_files(tmp_path):
+    from poft.device import cgroup_cpu_quota
+
+    assert cgroup_cpu_quota(cgroup(tmp_path / "a", v2="200000 100000")) == 2.0
+    assert cgroup_cpu_quota(cgroup(tmp_path / "b", v2="max 100000")) is None
+    assert cgroup_cpu_quota(cgroup(tmp_path / "c", v1=(150000, 100000))) == 1.5
+    assert cgroup_cpu_quota(cgroup(tmp_path / "d", v1=(-1, 100000))) is None
+    assert cgroup_cpu_quota(cgroup(tmp_path / "e")) is None  # no cgroup files: no quota
+    assert cgroup_cpu_quota(tmp_path / "missing") is None
+
+
+def test_threads_are_the_cpus_this_process_may_use(tmp_path):
+    from poft.device import cpu_threads
+
+    no_quota = cgroup(tmp_path / "none", v2="max 100000")
+    assert cpu_threads(range(64), no_quota, {}).threads == 64
+    assert cpu_threads({3, 5}, no_quota, {}).threads == 2  # taskset -c 3,5 on a 64-core machine
+    quota = cgroup(tmp_path / "quota", v2="200000 100000")  # docker --cpus 2 on a 64-core machine
+    plan = cpu_threads(range(64), quota, {})
+    assert (plan.threads, plan.affinity, plan.quota, plan.processes) == (2, 64, 2.0, 1)
+    assert plan.sentence() == "2 CPU threads (affinity 64, cgroup quota 2 CPUs, 1 process)"
+    assert cpu_threads(range(64), cgroup(tmp_path / "v1", v1=(150000, 100000)), {}).threads == 1  # 1.5 CPUs
+    big_quota = cgroup(tmp_path / "big", v2="800000 100000")  # 8 CPUs allowed, 2 to run on
+    assert cpu_threads(range(2), big_quota, {}).threads == 2
+
+
+def test_threads_are_shared_by_the_processes_of_a_torchrun_node(tmp_path):
+    from poft.device import cpu_threads
+
+    no_quota = cgroup(tmp_path / "none", v2="max 100000")
+    plan = cpu_threads(range(8), no_quota, {"LOCAL_WORLD_SIZE": "2", "WORLD_SIZE": "4"})  # 2 nodes x 2
+    assert (plan.threads, plan.processes) == (4, 2)
+    assert plan.sentence() == "4 CPU threads (affinity 8, cgroup quota none, 2 processes)"
+    assert cpu_threads(range(2), no_quota, {"LOCAL_WORLD_SIZE": "2"}).threads == 1
+    assert cpu_threads(range(2), no_quota, {"LOCAL_WORLD_SIZE": "3"}).threads == 1  # at least 1
+    quota = cgroup(tmp_path / "quota", v2="400000 100000")
+    assert cpu_threads(range(64), quota, {"LOCAL_WORLD_SIZE": "2"}).threads == 2
+
+
+def test_the_users_omp_num_threads_wins(tmp_path):
+    from poft.device import cpu_threads
+
+    plan = cpu_threads(range(64), cgroup(tmp_path, v2="200000 100000"), {"OMP_NUM_THREADS": "5"})
+    assert plan.threads == 5 and plan.user == "OMP_NUM_THREADS=5"
+    assert "OMP_NUM_THREADS=5, the user's setting" in plan.sentence()
+    assert cpu_threads(range(4), tmp_path, {"OMP_NUM_THREADS": ""}).user is None  # empty = unset
+
+
+def test_fit_cpu_threads_sets_torch_unless_the_user_chose(monkeypatch, capsys):
+    import os
+
+    import torch
+
+    from poft.device import CpuThreads, fit_cpu_threads
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    try:
+        fit_cpu_threads(CpuThreads(1, 2, None, 1))
+        assert torch.get_num_threads() == 1 and "OMP_NUM_THREADS" not in os.environ
+        assert "poft: 1 CPU thread (affinity 2, cgroup quota none, 1 process)" in capsys.readouterr().out
+        fit_cpu_threads(CpuThreads(7, 8, None, 1, user="OMP_NUM_THREADS=7"))
+        assert torch.get_num_threads() == 1  # the user's OMP_NUM_THREADS already decided torch's threads
+        fit_cpu_threads(CpuThreads(1, 2, None, 2))  # torchrun: accelerate must not replace it
+        assert os.environ["OMP_NUM_THREADS"] == "1"
+    finally:
+        torch.set_num_threads(before)
