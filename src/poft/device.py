@@ -128,13 +128,17 @@ def cpu_threads(
     affinity: Collection[int] | None = None,
     cgroup_root: Path = Path("/sys/fs/cgroup"),
     environ: Mapping[str, str] | None = None,
+    torch_threads: int | None = None,
+    machine_defaults: Collection[int] = (),
 ) -> CpuThreads:
     """Threads for this process: the CPUs it may run on (`os.sched_getaffinity`), capped by the cgroup's CPU
     quota when one is set, shared by the processes on this node (torchrun's LOCAL_WORLD_SIZE); at least 1.
 
     torch's own default counts the machine's cores, so in a container limited to 2 CPUs of 64, or under
     `taskset`, or with 8 processes per node, it runs many times more threads than there are CPUs to run
-    them (every op then waits for the slowest, preempted thread). A user's OMP_NUM_THREADS wins.
+    them (every op then waits for the slowest, preempted thread). The user's choice wins: OMP_NUM_THREADS,
+    or torch's current count (`torch_threads`) when it is none of the counts torch itself starts with on
+    this machine (`machine_defaults`: the machine's cores; then the user called torch.set_num_threads).
     The arguments default to this process's affinity, the system's cgroup files and os.environ."""
     environ = os.environ if environ is None else environ
     if affinity is None:
@@ -145,6 +149,10 @@ def cpu_threads(
     user = _int(environ.get("OMP_NUM_THREADS"))
     if user is not None and user >= 1:
         return CpuThreads(user, n_affinity, quota, processes, user=f"OMP_NUM_THREADS={user}")
+    if torch_threads is not None and machine_defaults and torch_threads not in machine_defaults:
+        return CpuThreads(
+            torch_threads, n_affinity, quota, processes, user=f"torch.set_num_threads({torch_threads})"
+        )
     cpus = n_affinity if quota is None else min(n_affinity, max(1, math.floor(quota)))
     return CpuThreads(max(1, cpus // processes), n_affinity, quota, processes)
 
@@ -156,18 +164,37 @@ def _int(text: str | None) -> int | None:
         return None
 
 
+def machine_core_counts() -> set[int]:
+    """The thread counts torch starts with on this machine when nobody chose one: its physical cores (cpuinfo;
+    psutil reads the same) or, where it cannot count them, its logical CPUs."""
+    counts = {os.cpu_count() or 1}
+    try:
+        import psutil  # accelerate's dependency
+
+        counts.add(psutil.cpu_count(logical=False) or 1)
+    except ImportError:
+        pass
+    return counts
+
+
+_SET_BY_POFT: set[int] = set()
+
+
 def fit_cpu_threads(plan: CpuThreads | None = None) -> CpuThreads:
     """Set torch's intra-op threads for a process that computes on the CPU (`cpu_threads`), and say so once.
 
-    Only `poft score`, `poft train` and `poft dpo` call it, from the command line, where no user code ran
-    before: a Python caller keeps whatever its process uses (its own torch.set_num_threads wins). With several
+    `poft score`, `poft train` and `poft dpo` call it when they start; a count the user set (OMP_NUM_THREADS,
+    or torch.set_num_threads before calling `poft.cli.main` in-process) is kept. With several
     processes on the node it also sets OMP_NUM_THREADS (the user did not), because accelerate's multi-process
     CPU default (physical cores / processes, blind to affinity and quotas) would otherwise replace it."""
     import torch
 
-    plan = cpu_threads() if plan is None else plan
+    if plan is None:
+        defaults = machine_core_counts() | _SET_BY_POFT  # a count poft set earlier is not the user's
+        plan = cpu_threads(torch_threads=torch.get_num_threads(), machine_defaults=defaults)
     if plan.user is None:
         torch.set_num_threads(plan.threads)
+        _SET_BY_POFT.add(plan.threads)
         if plan.processes > 1:
             os.environ["OMP_NUM_THREADS"] = str(plan.threads)
     say_once(plan.sentence())

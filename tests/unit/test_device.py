@@ -118,6 +118,17 @@ def test_the_users_omp_num_threads_wins(tmp_path):
     assert cpu_threads(range(4), tmp_path, {"OMP_NUM_THREADS": ""}).user is None  # empty = unset
 
 
+def test_torch_set_num_threads_by_the_user_wins(tmp_path):
+    """torch's count, when it is not one torch starts with on this machine (its cores), was the user's."""
+    from poft.device import cpu_threads
+
+    kept = cpu_threads(range(64), tmp_path, {}, torch_threads=3, machine_defaults={32, 64})
+    assert kept.threads == 3 and kept.user == "torch.set_num_threads(3)"
+    assert "torch.set_num_threads(3), the user's setting" in kept.sentence()
+    assert cpu_threads({0, 1}, tmp_path, {}, torch_threads=32, machine_defaults={32, 64}).threads == 2
+    assert cpu_threads({0, 1}, tmp_path, {}, torch_threads=3).threads == 2  # nothing to compare with
+
+
 def test_fit_cpu_threads_sets_torch_unless_the_user_chose(monkeypatch, capsys):
     import os
 
