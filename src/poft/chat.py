@@ -35,6 +35,7 @@ error.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
@@ -120,7 +121,46 @@ class ChatFormat:
         """Encode one conversation, as `readers.validate_messages` returns it (ChatTemplateError for templates)."""
         rendered, spans = self.render(messages)
         enc = self.tokenizer(rendered, add_special_tokens=False, return_offsets_mapping=True)
-        ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
+        return self._finish(messages, spans, enc["input_ids"], enc["offset_mapping"], max_length)
+
+    def encode_many(
+        self, conversations: Sequence[list[dict]], max_length: int | None = None
+    ) -> list[TokenizedChat | ChatTemplateError]:
+        """`encode` of each conversation, with one tokenizer call for all their renders (a fast tokenizer
+        encodes a batch on every core, outside the GIL: 2-3x faster than one call a row on 2 cores). A
+        conversation that cannot be encoded gives its ChatTemplateError in its place, so that a caller can
+        refuse or skip it. The same ids and masks as `encode`."""
+        renders: list[tuple[str, list[tuple[int, int]]] | ChatTemplateError] = []
+        for messages in conversations:
+            try:
+                renders.append(self.render(messages))
+            except ChatTemplateError as e:
+                renders.append(e)
+        texts = [r[0] for r in renders if not isinstance(r, ChatTemplateError)]
+        enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True) if texts else None
+        tokenized = iter(zip(enc["input_ids"], enc["offset_mapping"], strict=True) if enc else ())
+        encoded: list[TokenizedChat | ChatTemplateError] = []
+        for messages, render in zip(conversations, renders, strict=True):
+            if isinstance(render, ChatTemplateError):
+                encoded.append(render)
+                continue
+            ids, offsets = next(tokenized)
+            try:
+                encoded.append(self._finish(messages, render[1], ids, offsets, max_length))
+            except ChatTemplateError as e:
+                encoded.append(e)
+        return encoded
+
+    def _finish(
+        self,
+        messages: list[dict],
+        spans: list[tuple[int, int]],
+        ids: Sequence[int],
+        offsets: Sequence[tuple[int, int]],
+        max_length: int | None,
+    ) -> TokenizedChat:
+        """The render's tokens -> response mask, BOS exactly once, truncation."""
+        ids, offsets = list(ids), list(offsets)
         mask = _mask_from_spans(offsets, spans)
         if self.prepend_bos:
             ids, mask = [self.tokenizer.bos_token_id, *ids], [0, *mask]

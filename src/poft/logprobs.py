@@ -123,6 +123,12 @@ def token_budget_batches(lengths: Sequence[int], batch_tokens: int) -> list[list
     return batches
 
 
+# The packed-scoring scheme, recorded in a bf16/fp16 scoring run's identity (with the budget), where scores
+# depend slightly on which rows share a batch and on the kernels: a build whose scheme differs (how rows are
+# grouped, packed or attended) must name another one, so that it refuses to resume such a run.
+PACKING = "padding-free"
+
+
 def packed_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
     """Group positions into packed batches, longest first, of at most `batch_tokens` real tokens each
     (nothing is padded); a sequence longer than the budget gets a batch of its own. Deterministic."""

@@ -12,7 +12,11 @@ it). A row whose response was cut away entirely by `max_length` gets a NaN `ref_
 Route of a dataset, each module entered once, top to bottom:
     readers.read_sft     rows -> validated conversations (bad rows refused or skipped, recorded)
     aligned              each model's tokenizer, chat format and identity (the run identity)
-    chat.ChatFormat      each conversation -> input ids + response mask, under that model's template
+    chat.ChatFormat      each conversation -> input ids + response mask, under that model's template:
+                         once per tokenizer + template (models sharing them share the encodings), by
+                         the process that scores the row, one tokenizer call per 1024 rows; a row
+                         that cannot be encoded is refused, or left out for every model, before any
+                         scoring
     logprobs             packed batches (no padding), decoder once, LM head on response positions only
     shards               finished rows written as shards; then merged in row order, saved, manifest last
 
@@ -20,7 +24,9 @@ Why it is fast (the official code pads everything to 4096 tokens, keeps full-voc
 per example, PAPER.md mistake 4): rows are sorted by length and packed by a token budget, longest first,
 each batch one row with positions restarting per sequence, so nothing is padded and an out-of-memory shows
 at once; the LM head runs only on response positions and in chunks, so [batch x length x vocab] logits
-never exist; inference mode; bf16 on GPU.
+never exist; inference mode; bf16 on GPU. Rows are encoded before scoring, not overlapped with it: the
+check must see every row before anything is scored, and length-sorted packing needs every length before
+the first batch; encoding costs about 0.1 % of CPU scoring time (BENCHMARKS.md, items 2-3).
 
 Why it can be trusted: finished rows are written as shards as they complete, so a killed run resumes where
 it stopped; under `torchrun` / `accelerate launch` each process (accelerate's `PartialState`) scores its
@@ -46,9 +52,9 @@ from .aligned import (
     resolve_dtype,
     short_hash,
 )
-from .chat import ChatTemplateError, response_bytes
+from .chat import ChatFormat, ChatTemplateError, response_bytes
 from .configs import NORMALIZATIONS, ON_BAD_ROW
-from .logprobs import default_batch_tokens, packed_batches, packed_logprob_sums
+from .logprobs import PACKING, default_batch_tokens, packed_batches, packed_logprob_sums
 from .readers import SFTRows, read_sft
 from .shards import (
     OutputWriteError,
@@ -115,8 +121,23 @@ def score_dataset(
         raise OutputWriteError(e.errno, f"cannot create the output folder {output}: {e.strerror or e}") from e
     rows = read_sft(dataset, split, format=format, on_bad_row=on_bad_row, keep_fingerprints=False)
     aligned = load_aligned_models(models)
-    rows = _check_templates(rows, aligned, on_bad_row, report=state.is_main_process)
-    messages = list(rows.dataset["messages"])
+    groups = _encoding_groups(aligned, max_length)
+    # Each row is rendered and encoded once per group, by one process (its share of the rows as read); the
+    # encodings are the template check too (a bad row is refused, or left out for every model)
+    mine = list(range(state.process_index, len(rows.dataset), state.num_processes))
+    conversations = list(rows.dataset["messages"])
+    encodings, problems, encode_seconds = {}, {}, {}
+    for key, members in groups.items():
+        started = time.perf_counter()
+        encodings[key], bad = _encode_rows(
+            members[0].chat, [conversations[r] for r in mine], mine, max_length
+        )
+        encode_seconds[key] = time.perf_counter() - started
+        for row, problem in bad.items():
+            problems.setdefault(row, problem)  # the first model's problem, in the order of --model
+    problems = _gather_problems(problems, state)
+    rows, kept = _leave_out(rows, problems, on_bad_row, report=state.is_main_process)
+    messages = [conversations[r] for r in kept]
     fingerprints = rows.dataset["fingerprint"]  # of the text scored now (a stored one is not kept)
     identity = {
         "dataset_fingerprint": short_hash("\n".join(fingerprints) + f"\n{rows.n_rows_in}"),
@@ -126,31 +147,38 @@ def score_dataset(
         "dtype": str(torch_dtype).removeprefix("torch."),
     }
     if torch_dtype != torch.float32:  # bf16/fp16 scores move slightly with batch composition: record it
-        identity["batching"] = {"batch_tokens": batch_tokens, "processes": state.num_processes}
+        identity["batching"] = {
+            "batch_tokens": batch_tokens,
+            "processes": state.num_processes,
+            "packing": PACKING,
+        }
     check_run_config(output, identity, write=state.is_main_process)
     if state.is_main_process:
         remove_stale_temporaries(output)
+    # This process scores the rows it encoded that are kept: fixed by the run (not by what is left), so a
+    # resumed run scores every row in the same batch as an uninterrupted one (identical scores in any dtype)
+    share = [j for j, r in enumerate(kept) if r % state.num_processes == state.process_index]
     stats = {}
-    encodings: dict = {}  # models sharing tokenizer and template share their rows' encodings
     for model in aligned:
+        key = _encoding_key(model, max_length)
         done = finished_rows(output, model.alias)
         state.wait_for_everyone()  # every process has read the finished set before anyone writes new shards
-        # Each process's share and its batches are fixed by the run (not by what is left), so a resumed run
-        # scores every row in the same batch as an uninterrupted one: identical scores in any dtype.
-        share = list(range(state.process_index, len(messages), state.num_processes))
         if state.is_main_process and done:
             left = len(messages) - len(done)
             print(f"poft: {model.alias}: resuming, {len(done)} rows already scored, {left} to go")
+        stats[model.alias] = {"rows": 0, "tokens": 0, "seconds": encode_seconds.pop(key, 0.0)}
         if all(r in done for r in share):
-            stats[model.alias] = {"rows": 0, "tokens": 0, "seconds": 0.0}
             continue
         network = load_weights(model, torch_dtype, state.device)
-        stats[model.alias] = _score_share(
-            model, network, [messages[r] for r in share], share, output, done=done, max_length=max_length,
+        scored = _score_share(
+            model, network, [encodings[key][kept[j]] for j in share], share, output, done=done,
             batch_tokens=batch_tokens, rank=state.process_index, rows_per_shard=rows_per_shard,
-            flush_seconds=flush_seconds, progress=progress and state.is_main_process, encodings=encodings,
+            flush_seconds=flush_seconds, progress=progress and state.is_main_process,
         )  # fmt: skip
+        stats[model.alias] = {**scored, "seconds": scored["seconds"] + stats[model.alias]["seconds"]}
         del network
+        if model is groups[key][-1]:
+            del encodings[key]  # its last model is scored
     all_stats = _gather(stats, state)
     if state.is_main_process:
         run = {
@@ -177,21 +205,16 @@ def score_dataset(
     return scored
 
 
-def _check_templates(rows: SFTRows, aligned: list[AlignedModel], on_bad_row: str, report: bool) -> SFTRows:
-    """Refuse, or leave out for every model, the rows some model's chat template cannot render with each
-    message verbatim in order (`chat.ChatFormat.render`: a dropped, moved or rewritten message, or a template
-    error). Errors name row, id and model; skipped rows join the reader's bad rows (manifest `bad_rows`).
-    One render per row and model, before anything is scored, so every model scores the same rows."""
-    bad: dict[int, str] = {}
-    for i, conversation in enumerate(rows.dataset["messages"]):
-        for model in aligned:
-            try:
-                model.chat.render(conversation)
-            except ChatTemplateError as e:
-                bad[i] = str(e)
-                break
-    if not bad:
-        return rows
+def _leave_out(
+    rows: SFTRows, problems: dict[int, str], on_bad_row: str, report: bool
+) -> tuple[SFTRows, list[int]]:
+    """Refuse, or leave out for every model, the rows some model's chat template cannot encode (`_encode_rows`:
+    a message dropped, moved or rewritten, a template error, two BOS tokens), before anything is scored, so
+    that every model scores the same rows. Errors name row, id and model; skipped rows join the reader's bad
+    rows (manifest `bad_rows`). Returns the rows kept and their indices in `rows`."""
+    if not problems:
+        return rows, list(range(len(rows.dataset)))
+    bad = dict(sorted(problems.items()))
     ids = rows.dataset.select(list(bad))["id"]
     records = [
         {"row": rows.where[i], "id": row_id, "problem": problem}
@@ -209,7 +232,31 @@ def _check_templates(rows: SFTRows, aligned: list[AlignedModel], on_bad_row: str
         print(f"poft: {what}, skipped: {named}")
     every_bad = sorted([*rows.bad, *records], key=lambda b: (b["row"].split()[0], int(b["row"].split()[1])))
     dataset = rows.dataset.select(kept)
-    return dataclasses.replace(rows, dataset=dataset, bad=every_bad, where=[rows.where[i] for i in kept])
+    kept_rows = dataclasses.replace(rows, dataset=dataset, bad=every_bad, where=[rows.where[i] for i in kept])
+    return kept_rows, kept
+
+
+def _encoding_key(model: AlignedModel, max_length: int | None) -> tuple:
+    """Models with equal keys encode every row identically (tokenizer, template, special tokens, truncation)."""
+    tokens = repr(model.chat.tokenizer.special_tokens_map)
+    return (model.tokenizer_hash, model.template_hash, tokens, max_length)
+
+
+def _encoding_groups(aligned: list[AlignedModel], max_length: int | None) -> dict[tuple, list[AlignedModel]]:
+    """The models by encoding key, in the order of their first model."""
+    groups: dict[tuple, list[AlignedModel]] = {}
+    for model in aligned:
+        groups.setdefault(_encoding_key(model, max_length), []).append(model)
+    return groups
+
+
+def _gather_problems(problems: dict[int, str], state) -> dict[int, str]:
+    """Every process's bad rows (each process encoded its own share of the rows), on every process."""
+    if state.num_processes == 1:
+        return problems
+    from accelerate.utils import gather_object
+
+    return {row: problem for part in gather_object([problems]) for row, problem in part.items()}
 
 
 def _process_state():
@@ -243,49 +290,44 @@ def _gather(stats: dict, state) -> list[dict]:
 
 
 def _encode_rows(
-    model: AlignedModel, messages: list[list[dict]], rows: list[int], max_length: int | None
-) -> list:
-    """(input_ids, response_mask, truncated) per row, as compact numpy arrays (240k rows fit in memory)."""
-    encoded = []
-    for row, conversation in zip(rows, messages, strict=True):
-        try:
-            chat = model.chat.encode(conversation, max_length)
-        except ChatTemplateError as e:
-            raise ChatTemplateError(f"{e} (dataset row {row})") from e
-        ids = np.asarray(chat.input_ids, dtype=np.int32)
-        encoded.append((ids, np.asarray(chat.response_mask, dtype=np.uint8), chat.truncated))
-    return encoded
+    chat: ChatFormat, messages: list[list[dict]], rows: list[int], max_length: int | None, chunk: int = 1024
+) -> tuple[dict[int, tuple], dict[int, str]]:
+    """Encode `messages` (the conversations of `rows`) under one chat format, `chunk` rows per tokenizer call:
+    (input_ids, response_mask, truncated) per row as compact numpy arrays (240k rows fit in memory), and the
+    problem of each row that cannot be encoded (`ChatFormat.encode_many`), both by row."""
+    encoded: dict[int, tuple] = {}
+    problems: dict[int, str] = {}
+    for start in range(0, len(rows), chunk):
+        part = chat.encode_many(messages[start : start + chunk], max_length)
+        for row, enc in zip(rows[start : start + chunk], part, strict=True):
+            if isinstance(enc, ChatTemplateError):
+                problems[row] = str(enc)
+                continue
+            ids = np.asarray(enc.input_ids, dtype=np.int32)
+            encoded[row] = (ids, np.asarray(enc.response_mask, dtype=np.uint8), enc.truncated)
+    return encoded, problems
 
 
 def _score_share(
     model: AlignedModel,
     network: torch.nn.Module,
-    messages: list[list[dict]],
+    encoded: list[tuple],
     rows: list[int],
     output: Path,
     *,
     done: set[int],
-    max_length: int | None,
     batch_tokens: int,
     rank: int,
     rows_per_shard: int,
     flush_seconds: float,
     progress: bool,
-    encodings: dict | None = None,
 ) -> dict:
-    """Score `rows` (whose conversations are `messages`) with one model, except the rows in `done`; a shard
+    """Score `rows` (whose encodings are `encoded`) with one model, except the rows in `done`; a shard
     every `rows_per_shard` rows or `flush_seconds` (always after a whole batch), so a kill loses at most that
     much. Batches are formed over all of `rows`, so a resume re-forms the same batches and skips finished
     ones."""
     from tqdm.auto import tqdm
 
-    tokenizer = model.chat.tokenizer
-    key = (model.tokenizer_hash, model.template_hash, repr(tokenizer.special_tokens_map), max_length)
-    encodings = {} if encodings is None else encodings
-    if key not in encodings:  # only the last one is kept (240k rows of one tokenizer are enough memory)
-        encodings.clear()
-        encodings[key] = _encode_rows(model, messages, rows, max_length)
-    encoded = encodings[key]
     context = getattr(network.config, "max_position_embeddings", None)
     longest = max(len(e[0]) for e in encoded)
     if context is not None and longest > context:

@@ -177,9 +177,36 @@ def test_bf16_resume_equals_an_uninterrupted_run_bit_for_bit(tiny_model, tmp_pat
     resumed = score_dataset(rows_dataset(rows), [model], out, **kwargs)
     assert resumed["llama3_logp_sum"] == full["llama3_logp_sum"]
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["dtype"] == "bfloat16" and manifest["batching"] == {"batch_tokens": 300, "processes": 1}
+    batching = {"batch_tokens": 300, "processes": 1, "packing": "padding-free"}
+    assert manifest["dtype"] == "bfloat16" and manifest["batching"] == batching
     with pytest.raises(RunMismatchError, match="batching"):
         score_dataset(rows_dataset(rows), [model], out, **{**kwargs, "batch_tokens": 200})
+
+
+def test_bf16_run_of_another_packing_scheme_is_not_resumed(tiny_model, tmp_path, monkeypatch):
+    """The packed-scoring scheme is part of a bf16 run's identity: a run begun by a build that batched or
+    packed otherwise (here: one that recorded no scheme, as the padded scorer did, or another scheme's name)
+    is refused, not completed with scores of a different batching."""
+    import poft.scoring
+
+    model = tiny_model("llama3", [" ".join(WORDS) * 3], vocab_size=380, hidden_size=128, seed=1)
+    rows = rows_dataset(make_rows(6, seed=5))
+    kwargs = {"dtype": "bfloat16", "batch_tokens": 300, "progress": False}
+    out = tmp_path / "out"
+    score_dataset(rows, [model], out, **kwargs)
+    config = json.loads((out / "scoring_config.json").read_text())
+    assert config["batching"]["packing"] == "padding-free"
+    del config["batching"]["packing"]  # what the build before padding-free scoring recorded
+    (out / "scoring_config.json").write_text(json.dumps(config))
+    (out / "manifest.json").unlink()
+    with pytest.raises(RunMismatchError, match="batching.*'packing': 'padding-free'"):
+        score_dataset(rows, [model], out, **kwargs)
+    fresh = tmp_path / "fresh"
+    score_dataset(rows, [model], fresh, **kwargs)
+    (fresh / "manifest.json").unlink()  # as if killed before the end
+    monkeypatch.setattr(poft.scoring, "PACKING", "another-scheme")  # a later build's scheme
+    with pytest.raises(RunMismatchError, match="batching.*'packing': 'another-scheme'"):
+        score_dataset(rows, [model], fresh, **kwargs)
 
 
 def test_dtype_auto_follows_the_cpu(aligned, tmp_path, monkeypatch, capsys):

@@ -9,6 +9,7 @@ from datasets import Dataset
 from poft.chat import ChatTemplateError
 from poft.dpo import PoFTDPOConfig, PoFTDPOTrainer
 from poft.scoring import score_dataset
+from poft.shards import shard_files
 from poft.trainer import PoFTConfig, PoFTTrainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -99,3 +100,32 @@ def test_dpo_drops_the_pair_or_names_it(models, tmp_path, capsys):
         ChatTemplateError, match=r"pair 1: prompt \+ chosen: .*dropped messages\[2\] \(role tool\)"
     ):
         PoFTDPOTrainer(model=models["zephyr"], args=args, train_dataset=pairs)
+
+
+def test_score_skips_a_row_that_encodes_to_two_bos_tokens(tiny_model, tmp_path, capsys):
+    """Two BOS tokens at the start of one row (here a template adding a second BOS to some rows) stopped the
+    run when that model's rows were encoded (after the models before it had scored), even under skip; it is
+    now a bad row like the others: named before anything is scored, or left out for every model."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "bang"
+    shutil.copytree(tiny_model("llama3", vocab_size=300, hidden_size=16, num_layers=1), folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = (
+        "{% if messages[0]['content'].startswith('!') %}{{ bos_token }}{% endif %}" + tokenizer.chat_template
+    )
+    tokenizer.save_pretrained(folder)
+    rows = [{"id": f"r{i}", "messages": [{"role": "user", "content": text}, {"role": "assistant", "content": "ok"}]}
+            for i, text in enumerate(["hello", "! hello", "bye"])]  # fmt: skip
+    with pytest.raises(ChatTemplateError, match=r"1 of 3 rows .*row 1 \(id=r1\): bang: .*two BOS"):
+        score_dataset(Dataset.from_list(rows), [str(folder)], tmp_path / "error", progress=False)
+    assert shard_files(tmp_path / "error", "bang") == []  # refused before anything was scored
+    scored = score_dataset(
+        Dataset.from_list(rows), [str(folder)], tmp_path / "skip", on_bad_row="skip", progress=False
+    )
+    assert scored["id"] == ["r0", "r2"]
+    manifest = json.loads((tmp_path / "skip" / "manifest.json").read_text())
+    [record] = manifest["bad_rows"]
+    assert record["id"] == "r1" and "two BOS" in record["problem"]

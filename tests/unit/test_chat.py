@@ -140,6 +140,37 @@ def test_double_bos_is_an_error():
         ChatFormat.from_tokenizer(tokenizer, "double").encode(CONVERSATIONS[0])
 
 
+# Llama-3's template, plus a second BOS for conversations whose first content starts with "!": per row
+DOUBLE_BOS_IF_BANG = "{% if messages[0]['content'].startswith('!') %}{{ bos_token }}{% endif %}"
+
+
+@pytest.mark.parametrize("family", ["chatml", "llama3", "zephyr"])
+def test_encode_many_equals_encode_row_by_row_with_errors_in_place(family):
+    """One tokenizer call for many rows gives each row's `encode` exactly; a row that cannot be encoded (a
+    dropped tool message, two BOS tokens) gives its error in its place and the rows after it are unmoved."""
+    tokenizer = build_tokenizer(family)
+    tokenizer.chat_template = DOUBLE_BOS_IF_BANG + tokenizer.chat_template
+    chat = ChatFormat.from_tokenizer(tokenizer, family)
+    tool = [{"role": "user", "content": "weather?"}, {"role": "assistant", "content": "looking"},
+            {"role": "tool", "content": "sunny"}, {"role": "assistant", "content": "sunny"}]  # fmt: skip
+    bang = [{"role": "user", "content": "! shout"}, {"role": "assistant", "content": "ok"}]
+    rows = [*CONVERSATIONS, tool, bang, *CONVERSATIONS[::-1]]
+    for max_length in (None, 9):
+        many = chat.encode_many(rows, max_length)
+        assert len(many) == len(rows)
+        for messages, encoded in zip(rows, many, strict=True):
+            try:
+                expected = chat.encode(messages, max_length)
+            except ChatTemplateError as e:
+                assert isinstance(encoded, ChatTemplateError) and str(encoded) == str(e)
+            else:
+                assert encoded == expected
+    errors = [str(e) for e in chat.encode_many(rows) if isinstance(e, ChatTemplateError)]
+    if family != "chatml":  # the chat template of chatml adds no BOS at all
+        assert any("two BOS" in e for e in errors)
+    assert chat.encode_many([]) == []
+
+
 def test_trimmed_leading_newlines_do_not_take_the_headers_newlines(tokenizers):
     """Regression: Llama-3's template trims contents; an answer starting with "\\n\\n" used to match the
     header's own "\\n\\n", which then counted as response."""
