@@ -281,6 +281,9 @@ COMMANDS = {
 }  # fmt: skip
 
 
+TRL_COMMANDS = ("train", "dpo")  # the commands whose options are TRL's config classes
+
+
 def usage_exit(prog: str):
     """argparse's `error`, on one line: `poft score: error: ... (see `poft score --help`)`, exit 2. The usage
     block argparse prints first is left out: for `poft train` it is 160 lines of TRL's options."""
@@ -293,11 +296,15 @@ def usage_exit(prog: str):
 
 
 def command_parser(name: str) -> argparse.ArgumentParser:
-    """TRL's parser over the command's option dataclasses, plus `--config` (and the bare-word positional)."""
-    from trl import TrlParser
-
+    """The parser over the command's option dataclasses, plus `--config` (and the bare-word positional):
+    TRL's for train and dpo (TRL's config classes), poft's own (`poft.options`, same conventions) for the
+    others, which then never import TRL."""
     command = COMMANDS[name]
-    parser = TrlParser(command.options(), prog=f"poft {name}", description=command.help)
+    if name in TRL_COMMANDS:
+        from trl import TrlParser as Parser
+    else:
+        from .options import OptionParser as Parser
+    parser = Parser(command.options(), prog=f"poft {name}", description=command.help)
     parser.error = usage_exit(parser.prog)
     # TrlParser reads --config itself before argparse sees the arguments: this entry is for --help only
     parser.add_argument("--config", default=argparse.SUPPRESS, metavar="YAML",

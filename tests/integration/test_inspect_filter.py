@@ -225,3 +225,24 @@ def test_inspect_refuses_a_folder_poft_score_did_not_finish(tmp_path):
     (tmp_path / "scoring_config.json").write_text("{}")
     with pytest.raises(ValueError, match="did not finish"):
         read_scored(tmp_path)
+
+
+def test_inspect_and_filter_of_a_scored_folder_import_no_torch_transformers_or_trl(scored, tmp_path):
+    """`poft inspect` / `poft filter` of a scored folder read a table: they run without importing torch,
+    transformers or TRL (their parser is poft's own, `poft.options`), in a fresh process."""
+    import subprocess
+    import sys
+
+    folder = str(scored["root"] / "scores")
+    check = (
+        "import sys; from poft.cli import main; code = main(sys.argv[1:]); "
+        "print(sorted(m for m in ('torch', 'transformers', 'trl', 'accelerate') if m in sys.modules))"
+    )
+    for argv in (
+        ["inspect", folder, "--output", str(tmp_path / "audit")],
+        ["filter", folder, "--keep-top", "0.5", "--output", str(tmp_path / "kept")],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-c", check, *argv], capture_output=True, text=True, check=True
+        )
+        assert done.stdout.strip().splitlines()[-1] == "[]", (argv[0], done.stdout[-500:], done.stderr[-500:])

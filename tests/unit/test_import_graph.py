@@ -85,3 +85,71 @@ def test_poft_has_no_import_cycle():
     assert {"poft.trainer", "poft.demo.run", "poft.demo.parallel"} <= set(graph)
     assert "poft.loss" in graph["poft.trainer"]  # the graph really holds the imports
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+HEAVY = ("torch", "transformers", "trl", "datasets", "accelerate")
+
+
+def external_imports(root: Path, package: str) -> dict[str, set[str]]:
+    """module -> the top-level names of the packages outside `package` it imports (at any depth)."""
+    files = {module_name(p, root): p for p in sorted((root / package).rglob("*.py"))}
+    found: dict[str, set[str]] = {}
+    for name, path in files.items():
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                names.add(node.module.split(".")[0])
+        found[name] = names - {package}
+    return found
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        node = todo.pop()
+        if node not in seen:
+            seen.add(node)
+            todo.extend(graph.get(node, ()))
+    return seen
+
+
+def test_inspect_and_filter_reach_no_torch_transformers_or_trl():
+    """Everything `poft inspect` and `poft filter` can import, lazy imports included, through poft's modules:
+    datasets, numpy, pandas, matplotlib (a table and its figures), never torch, transformers or TRL."""
+    graph, external = import_graph(SRC, "poft"), external_imports(SRC, "poft")
+    for start in ("poft.inspection", "poft.filtering", "poft.options", "poft.configs"):
+        packages = set().union(*(external[m] for m in reachable(graph, start)))
+        assert not packages & {"torch", "transformers", "trl", "accelerate"}, (start, sorted(packages))
+    assert not set().union(*(external[m] for m in reachable(graph, "poft.options"))) & set(HEAVY)
+
+
+def imported_by(argv: list[str]) -> tuple[list[str], float]:
+    """The heavy packages a fresh `poft ARGV` process imported, and its seconds (from `import poft.cli`)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, time; t = time.perf_counter(); from poft.cli import main\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules), time.perf_counter() - t)"
+    )
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True)
+    heavy, seconds = done.stdout.strip().splitlines()[-1].rsplit(" ", 1)
+    return ast.literal_eval(heavy), float(seconds)
+
+
+def test_help_and_the_cli_module_import_nothing_heavy():
+    """`import poft.cli`, `poft --help` and the help of every command but train and dpo (TRL's configs)
+    import none of torch, transformers, TRL, datasets, accelerate: ~0.1-0.3 s instead of 8 s (with TRL's
+    parser, `poft inspect --help` imported TRL: 0.3-0.7 s)."""
+    assert imported_by([])[0] == []
+    for argv in (
+        ["--help"],
+        ["inspect", "--help"],
+        ["filter", "--help"],
+        ["score", "--help"],
+        ["eval", "--help"],
+    ):
+        assert imported_by(argv)[0] == [], argv

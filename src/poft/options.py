@@ -1,0 +1,144 @@
+"""The command-line parser of poft's own option dataclasses (`poft score`, `inspect`, `filter`, `eval`, `demo`,
+`tiny-example`), without TRL.
+
+`poft train` and `poft dpo` parse TRL's config classes with TRL's own parser (`trl.TrlParser`). The other
+commands need nothing of TRL, and importing it costs about 0.35 s (it reads every installed package's
+metadata), so `poft inspect --help` and `poft inspect DIR` on a scored folder would pay for a library they
+do not use. This parser follows TrlParser's conventions for the field types poft's dataclasses use, so
+both kinds of command read the same way:
+- every field is `--name` and, with underscores, also `--na-me`, plus its metadata's `aliases`; the rest
+  of its metadata (help, choices, action) goes to argparse; a field without a default is required; defaults show in `--help`;
+- `bool`: `--flag`, `--flag true|false|yes|no|1|0`, and `--no-flag` / `--no_flag` when it defaults to True;
+- `T | None` (T not str): "none" / "null" give None; `list[T]`: one or more values;
+- `--config FILE.yaml`: its keys replace the defaults (the command line overrides them), its `env` mapping
+  is set in the environment, an unknown key is an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import types
+from collections.abc import Callable, Iterable
+from typing import Any, Union, get_type_hints
+
+
+def string_to_bool(value: str | bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value.lower() in ("yes", "true", "t", "y", "1"):
+        return True
+    if value.lower() in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(
+        f"Truthy value expected: got {value} but expected one of yes/no, true/false, t/f, y/n, 1/0 (case insensitive)."
+    )
+
+
+def none_or(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    """`kind`, except that "none" / "null" (any case) give None."""
+
+    def convert(value: str) -> Any:
+        return None if isinstance(value, str) and value.lower() in ("none", "null") else kind(value)
+
+    convert.__name__ = getattr(kind, "__name__", "value")  # argparse names the type in its errors
+    return convert
+
+
+def field_arguments(field: dataclasses.Field, kind: Any) -> list[tuple[list[str], dict]]:
+    """The `add_argument` calls (option strings, keyword arguments) for one dataclass field of type `kind`."""
+    names = [f"--{field.name}"] + ([f"--{field.name.replace('_', '-')}"] if "_" in field.name else [])
+    kwargs = dict(field.metadata)
+    aliases = kwargs.pop("aliases", [])
+    names += [aliases] if isinstance(aliases, str) else list(aliases)
+    has_default = field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING
+    default = field.default if field.default is not dataclasses.MISSING else None
+    if field.default_factory is not dataclasses.MISSING:
+        default = field.default_factory()
+    optional = False
+    if isinstance(kind, types.UnionType) or getattr(kind, "__origin__", None) is Union:
+        inner = [a for a in kind.__args__ if a is not type(None)]
+        if len(inner) != 1:
+            raise ValueError(f"{field.name}: only `T | None` unions are supported")
+        optional, kind = True, inner[0]
+    calls = []
+    if kind is bool:
+        default = False if not has_default else default
+        calls.append(
+            (names, {**kwargs, "type": string_to_bool, "default": default, "nargs": "?", "const": True})
+        )
+        if default is True:
+            negated = [f"--no_{field.name}", f"--no-{field.name.replace('_', '-')}"]
+            calls.append((negated, {**kwargs, "action": "store_false", "dest": field.name, "default": False}))
+        return calls
+    if getattr(kind, "__origin__", None) is list:
+        kwargs.update(type=kind.__args__[0], nargs="+")
+    else:
+        kwargs["type"] = none_or(kind) if optional and kind is not str else kind
+    if has_default:
+        kwargs["default"] = default
+    else:
+        kwargs["required"] = True
+    return [(names, kwargs)]
+
+
+class OptionParser(argparse.ArgumentParser):
+    """argparse over option dataclasses, with `--config FILE.yaml` (`parse_args_and_config`)."""
+
+    def __init__(self, dataclass_types: Iterable[type], **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(**kwargs)
+        self.dataclass_types = list(dataclass_types)
+        for dtype in self.dataclass_types:
+            hints = get_type_hints(dtype)
+            for field in dataclasses.fields(dtype):
+                if field.init:
+                    for names, options in field_arguments(field, hints[field.name]):
+                        self.add_argument(*names, **options)
+
+    def parse_args_and_config(self, args: Iterable[str]) -> tuple:
+        """One instance per dataclass, from `--config FILE.yaml` (if given) and the command line."""
+        args = list(args)
+        if "--config" in args:
+            at = args.index("--config")
+            args.pop(at)
+            self.set_defaults_from(read_config(args.pop(at)))
+        namespace, unknown = self.parse_known_args(args)
+        if unknown:
+            raise ValueError(f"unrecognized arguments: {' '.join(unknown)}")
+        values = vars(namespace)
+        return tuple(
+            dtype(
+                **{f.name: values[f.name] for f in dataclasses.fields(dtype) if f.init and f.name in values}
+            )
+            for dtype in self.dataclass_types
+        )
+
+    def set_defaults_from(self, config: dict) -> None:
+        """A config file's values become the defaults (and required options are then given); unknown keys are
+        an error, named."""
+        used = set()
+        for action in self._actions:
+            if action.dest in config:
+                action.default, action.required = config[action.dest], False
+                used.add(action.dest)
+        unknown = [key for key in config if key not in used]
+        if unknown:
+            raise ValueError(f"unknown keys in the config file: {', '.join(unknown)}")
+
+
+def read_config(path: str) -> dict:
+    """A YAML mapping of option values; its `env` mapping is set in the environment."""
+    import yaml
+
+    with open(path) as file:
+        config = yaml.safe_load(file)
+    if not isinstance(config, dict):
+        raise ValueError(f"Config file {path} must contain a YAML mapping.")
+    env = config.pop("env", {})
+    if not isinstance(env, dict):
+        raise ValueError("`env` field should be a dict in the YAML file.")
+    for key, value in env.items():
+        os.environ[key] = str(value)
+    return config
