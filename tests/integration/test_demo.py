@@ -17,6 +17,8 @@ from poft.cli import main  # noqa: E402
 from poft.demo.config import MINI, DemoConfig  # noqa: E402
 from poft.demo.methods import METHODS, method_rows  # noqa: E402
 from poft.demo.noise import corrupt_chars, make_noisy_rows  # noqa: E402
+from poft.demo.publish import main as publish_main  # noqa: E402
+from poft.demo.publish import read_block  # noqa: E402
 from poft.demo.run import plan_runs  # noqa: E402
 from poft.demo.tasks import SKILLS, is_correct, make_splits  # noqa: E402
 from poft.demo.tune import main as tune_main  # noqa: E402
@@ -88,6 +90,16 @@ def test_demo_mini_writes_well_formed_artefacts(tmp_path, capsys):
     for name in ("accuracy_vs_epoch.png", "ref_scores.png", "poft_weights.png", "| bi_poft_soft |"):
         assert name in report
 
+    # RESULTS.md's block gets exactly the table the command printed (python -m poft.demo.publish)
+    results_md = tmp_path / "RESULTS.md"
+    results_md.write_text(
+        "# Results\n\n<!-- poft-demo:default begin -->\n<!-- poft-demo:default end -->\nkept\n"
+    )
+    assert publish_main(["--output", str(out), "--results", str(results_md)]) == 0
+    block = read_block(results_md.read_text(), "default")
+    assert block.startswith("| noise | method |") and "\n" + block + "\n" in printed
+    assert results_md.read_text().endswith("end -->\nkept\n")
+
     # the second run reuses the cached base, aligned models and scores, and gives the same table
     assert main(["demo", "--mini", "--output", str(out)]) == 0
     again = capsys.readouterr().out
@@ -115,21 +127,36 @@ def _table(printed: str) -> list[str]:
 
 @pytest.mark.slow
 def test_two_fresh_processes_with_different_hash_seeds_give_identical_tables(tmp_path):
-    """Reproducibility: the same reduced configuration, run twice from scratch (no shared cache) in fresh
-    processes with different PYTHONHASHSEED, prints the same results table to the last digit."""
-    tables = []
-    for hash_seed in ("1", "2"):
-        env = {**os.environ, "PYTHONHASHSEED": hash_seed, "HF_HUB_OFFLINE": "1"}
-        out = tmp_path / f"run{hash_seed}"
-        done = subprocess.run(
-            [sys.executable, "-m", "poft", "demo", "--mini", "--output", str(out)],
-            env=env, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr[-2000:]
-        tables.append(_table(done.stdout))
-        tables.append(json.loads((out / "details.json").read_text())["models"])
-    assert tables[0] and tables[0] == tables[2]
-    assert tables[1] == tables[3]  # the base and aligned models too
+    """Reproducibility: the same reduced configuration (`poft demo --mini`: the base, both aligned models, scoring,
+    sft / poft / top40_sft / bi_poft_soft), run from scratch (no shared cache) in two fresh processes with different
+    PYTHONHASHSEED, prints the same results table, and writes the same metrics, reference scores and PoFT weights
+    to the last bit. The two processes run at the same time (one per core): half the wall time, same check."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONHASHSEED"}
+    procs = {
+        seed: subprocess.Popen(
+            [sys.executable, "-m", "poft", "demo", "--mini", "--output", str(tmp_path / f"run{seed}")],
+            env={**env, "PYTHONHASHSEED": seed, "HF_HUB_OFFLINE": "1"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in ("1", "2")
+    }
+    printed = {}
+    for seed, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr[-2000:]
+        printed[seed] = stdout
+    tables = [_table(printed[seed]) for seed in ("1", "2")]
+    assert tables[0] and tables[0] == tables[1]
+    assert any("| poft |" in line for line in tables[0])
+    for name in ("results.json", "details.json"):
+        a, b = (json.loads((tmp_path / f"run{seed}" / name).read_text()) for seed in ("1", "2"))
+        if name == "details.json":  # everything but the wall time: models, ref_scores, poft_weights, config
+            a.pop("wall_seconds"), b.pop("wall_seconds")
+            a["config"].pop("output"), b["config"].pop("output")
+            assert a["poft_weights"] and a["ref_scores"]
+        assert a == b, name  # floats compared exactly (json keeps all 17 digits)
 
 
 def test_claims_table_differences_and_drops_per_seed():
