@@ -1,9 +1,13 @@
-"""`poft <command>`: a table of subcommands, each parsed by TRL's parser from its option dataclasses.
+"""`poft <command>`: a table of subcommands, each parsed from its option dataclasses (train and dpo by TRL's
+parser, the others by `poft.options`, which follows its conventions without importing TRL).
 
 Every subcommand takes `--config options.yaml` plus `--key value` overrides (either `--max-length` or
 `--max_length`); the options and their help live in `poft.configs` (train and dpo: TRL's config classes).
 The library modules do the work, imported when a command runs, so `poft --help` and `poft <command> --help`
-stay fast (`poft train --help` and `poft dpo --help` need TRL's training configs: a few seconds).
+stay fast (~0.1 s; `poft train --help` and `poft dpo --help` need TRL's training configs: a few seconds),
+and a command imports only what it uses (`poft inspect` / `poft filter` of a scored folder: no torch,
+transformers or TRL; tests/unit/test_import_graph.py). On the CPU, score, train and dpo set torch's threads
+from the CPUs the process may use (`device.fit_cpu_threads`).
 
 How a command ends (`main`): a user error is one line on stderr, `poft <command>: error: ...`, exit 2 for
 options that cannot be used (argparse's convention) and 1 for a failure (a missing file, a bad row, a model

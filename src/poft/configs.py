@@ -1,9 +1,9 @@
 """The options of `poft score`, `filter`, `inspect`, `eval`, `demo` and `tiny-example`, one dataclass each.
 
-Every field's help text is written once, here, and TRL's parser (`trl.TrlParser`) reads it: so every
-subcommand takes `--config options.yaml` plus command-line overrides, and both `--max-length` and
-`--max_length` spellings. `poft train` and `poft dpo` use TRL's own config classes (`PoFTConfig`,
-`PoFTDPOConfig`, `ModelConfig`, `ScriptArguments`) the same way.
+Every field's help text is written once, here, and poft's parser (`poft.options`, TrlParser's conventions)
+reads it: so every subcommand takes `--config options.yaml` plus command-line overrides, and both
+`--max-length` and `--max_length` spellings. `poft train` and `poft dpo` use TRL's own config classes
+(`PoFTConfig`, `PoFTDPOConfig`, `ModelConfig`, `ScriptArguments`) with TRL's parser.
 
 This module imports nothing heavy (no torch, transformers, TRL or datasets): `poft <command> --help` reads
 it, and the tuples of choices below are the one place they are typed.
