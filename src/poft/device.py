@@ -138,7 +138,7 @@ def cpu_threads(
     `taskset`, or with 8 processes per node, it runs many times more threads than there are CPUs to run
     them (every op then waits for the slowest, preempted thread). The user's choice wins: OMP_NUM_THREADS,
     or torch's current count (`torch_threads`) when it is none of the counts torch itself starts with on
-    this machine (`machine_defaults`: the machine's cores; then the user called torch.set_num_threads).
+    this machine (`machine_defaults`: `machine_core_counts`; then the user called torch.set_num_threads).
     The arguments default to this process's affinity, the system's cgroup files and os.environ."""
     environ = os.environ if environ is None else environ
     if affinity is None:
@@ -165,9 +165,12 @@ def _int(text: str | None) -> int | None:
 
 
 def machine_core_counts() -> set[int]:
-    """The thread counts torch starts with on this machine when nobody chose one: its physical cores (cpuinfo;
-    psutil reads the same) or, where it cannot count them, its logical CPUs."""
+    """The thread counts torch may start with here when nobody chose one: the machine's physical cores
+    (cpuinfo; psutil reads the same), its logical CPUs, or the CPUs of this process's affinity (OpenMP
+    counts those: under `taskset -c 0` torch starts with 1)."""
     counts = {os.cpu_count() or 1}
+    if hasattr(os, "sched_getaffinity"):
+        counts.add(len(os.sched_getaffinity(0)))
     try:
         import psutil  # accelerate's dependency
 

@@ -106,6 +106,20 @@ def test_cli_names_a_bad_row_and_exits_1(setup, tmp_path):
     )
 
 
+def test_threads_follow_the_cpus_the_process_may_use(setup, tmp_path):
+    """Without OMP_NUM_THREADS, `poft score` on the CPU runs as many torch threads as the CPUs it may use (as
+    `taskset -c N poft score ...` pins it to one CPU here), not the machine's cores, and says so."""
+    env = {k: v for k, v in ENV.items() if k != "OMP_NUM_THREADS"}
+    one_cpu = min(os.sched_getaffinity(0))
+    done = subprocess.run(
+        [sys.executable, *score_cmd(setup["data"], setup["models"][:1], tmp_path / "out", "--max-length", "40")],
+        env=env, capture_output=True, text=True, timeout=300,
+        preexec_fn=lambda: os.sched_setaffinity(0, {one_cpu}),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "poft: 1 CPU thread (affinity 1, cgroup quota " in done.stdout and "1 process)" in done.stdout
+
+
 @pytest.mark.slow
 def test_two_processes_give_the_same_output_as_one(setup, one_process, tmp_path):
     out = tmp_path / "two"
@@ -113,6 +127,9 @@ def test_two_processes_give_the_same_output_as_one(setup, one_process, tmp_path)
     args = score_cmd(setup["data"], setup["models"], out, "--max-length", "40", "--batch-tokens", "256")
     done = run(args, launcher)
     assert done.returncode == 0, done.stderr[-3000:]
+    # said once (by rank 0): the user's OMP_NUM_THREADS=1 is kept
+    assert done.stdout.count("poft: 1 CPU thread (OMP_NUM_THREADS=1, the user's setting") == 1
+    assert "2 processes)" in done.stdout
     one, two = load_from_disk(str(one_process)), load_from_disk(str(out))
     assert two.column_names == one.column_names and two["id"] == one["id"]
     for alias in ("chatml", "llama3"):
