@@ -223,7 +223,11 @@ def run_demo(args: DemoArguments) -> int:
 
     from .demo import FULL, MINI, DemoConfig
     from .demo import run_demo as demo
+    from .demo.real import RealStudyConfig, run_study
 
+    if isinstance(args, RealStudyConfig):  # `poft demo --real ...`
+        run_study(args)
+        return 0
     preset = FULL if args.full else MINI if args.mini else {}
     noise_levels = tuple(args.noise_levels) if args.noise_levels else None
     overrides = {"seeds": args.seeds, "noise_levels": noise_levels, "epochs": args.epochs,
@@ -348,6 +352,10 @@ def parse_command(argv: list[str]) -> Parsed:
     """
     name = top_parser().parse_args(argv[:1]).command
     parser = command_parser(name)
+    if name == "demo" and "--real" in argv[1:]:  # the real-model study has its own options (poft.demo.real)
+        from .demo.real import parse_args
+
+        return Parsed(name, parser, (parse_args([a for a in argv[1:] if a != "--real"]),))
     try:
         options = parser.parse_args_and_config(args=argv[1:])
     except (ValueError, OSError) as e:  # an unreadable --config, unknown keys in it, a refused combination
@@ -444,6 +452,11 @@ def interrupted_line(name: str, options: tuple | None) -> str:
         return (
             f"interrupted; the checkpoints saved so far in {config.output_dir} are kept: run the same "
             "command with --resume_from_checkpoint last to resume"
+        )
+    if name == "demo" and options and not isinstance(options[0], DemoArguments):  # poft demo --real
+        return (
+            f"interrupted; the scores and the finished runs in {options[0].output} are kept: the same command "
+            "resumes from them"
         )
     if name == "demo" and options:
         return (

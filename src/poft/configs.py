@@ -219,9 +219,16 @@ class DemoArguments:
     )
     full: bool = field(
         default=False,
-        metadata={"help": "The larger run for RESULTS.md (3 seeds of sft, poft and bounded bi-PoFT)."},
+        metadata={"help": "3 seeds of every method (+ top40_poft, original bi-PoFT)."},
     )
     mini: bool = field(default=False, metadata={"help": "A seconds-long smoke run (tests)."})
+    real: bool = field(
+        default=False,
+        metadata={
+            "help": "Instead, SFT vs PoFT on real checkpoints (gemma-3-270m target, SmolLM2 / Qwen2.5 aligned; "
+            "fetched by scripts/fetch_real_models.py); its own options: poft demo --real --help."
+        },
+    )
     seeds: int | None = field(
         default=None, metadata={"help": "Number of training seeds (default 1, --full 3)."}
     )

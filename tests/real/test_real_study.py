@@ -1,0 +1,62 @@
+"""`poft demo --real` (poft/demo/real.py), the SFT-vs-PoFT study on real checkpoints, at the smallest size.
+
+The study's numbers are in RESULTS.md ("Real models: SFT vs PoFT"); here the command must run end to end on the
+real models (score, train with LoRA, evaluate after the epoch, answer), write its table and plot, resume without
+retraining, and its held-out NLL must be the real model's: checked against a plain full-logits forward pass."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from conftest import GEMMA_TEMPLATE, run_poft
+
+
+def test_held_out_nll_equals_a_plain_forward_pass(real_models):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from poft.chat import ChatFormat
+    from poft.demo.real import DEFAULT_ROWS, alpaca_messages, response_logprobs
+
+    tokenizer = AutoTokenizer.from_pretrained(real_models["gemma"])
+    tokenizer.chat_template = GEMMA_TEMPLATE.read_text()
+    model = AutoModelForCausalLM.from_pretrained(real_models["gemma"], dtype=torch.float32)
+    conversations = [alpaca_messages(r) for r in json.loads(DEFAULT_ROWS.read_text())[:4]]
+    chat = ChatFormat.from_tokenizer(tokenizer, "gemma")
+    got = response_logprobs(model, chat, conversations, max_length=256, autocast=False)
+    expected = []
+    for messages in conversations:  # independent: transformers' renders, one unpacked forward, full logits
+        prompt = tokenizer.apply_chat_template(messages[:1], add_generation_prompt=True, tokenize=False)
+        whole = tokenizer.apply_chat_template(messages, tokenize=False)
+        ids = tokenizer(whole, add_special_tokens=False, return_tensors="pt").input_ids
+        n_prompt = len(tokenizer(prompt, add_special_tokens=False).input_ids)
+        with torch.no_grad():
+            logp = model(input_ids=ids).logits[0, :-1].log_softmax(-1)
+        target = ids[0, 1:]
+        per_token = logp.gather(-1, target[:, None])[:, 0][n_prompt - 1 :]
+        per_token = per_token[: -1 if whole.endswith("\n") else None]  # the template's trailing newline
+        expected.append(per_token.mean().item())
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_study_runs_end_to_end_and_resumes(real_models, tmp_path):
+    out = tmp_path / "study"
+    args = ["demo", "--real", "--output", str(out), "--n_train", "8", "--n_heldout", "4", "--n_answers", "1",
+            "--epochs", "1", "--noise_levels", "0.5", "--methods", "sft", "poft", "--max_new_tokens", "8",
+            "--models_dir", str(real_models["gemma"].parent)]  # fmt: skip
+    run_poft(args)
+    results = json.loads((out / "results.json").read_text())
+    assert [(r["noise"], r["method"]) for r in results["runs"]] == [(0.5, "sft"), (0.5, "poft")]
+    for run in results["runs"]:
+        epochs = run["epochs"]
+        assert [e["epoch"] for e in epochs] == [0, 1]
+        assert all(np.isfinite(e["heldout_nll"]) and e["heldout_nll"] > 0 for e in epochs)
+        assert epochs[1]["heldout_nll"] != epochs[0]["heldout_nll"]  # the run trained
+        assert set(epochs[1]["tau"]) == {"clean", "wrong_prompt", "corrupted"}
+        assert all(0 < t < 1 for t in epochs[1]["tau"].values())
+        assert len(run["answers"]) == 1 and isinstance(run["answers"][0], str)
+    assert (out / "curves.png").stat().st_size > 0 and "| 0.5 | poft |" in (out / "table.md").read_text()
+    before = (out / "runs" / "0.5_poft.json").read_text()
+    run_poft(args)  # finished runs are read back, not trained again (their train_seconds would differ)
+    assert (out / "runs" / "0.5_poft.json").read_text() == before

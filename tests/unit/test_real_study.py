@@ -1,0 +1,95 @@
+"""The real-model study's data and report (poft/demo/real.py): the parts that need no model.
+
+The study itself runs on real checkpoints (tests/real/test_real_study.py, RESULTS.md "Real models: SFT vs PoFT")."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from poft.demo.real import (
+    DEFAULT_ROWS,
+    KINDS,
+    RealStudyConfig,
+    by_kind,
+    noisy_training_rows,
+    parse_args,
+    results_table,
+    split_rows,
+)
+
+ROWS = json.loads(Path(DEFAULT_ROWS).read_text(encoding="utf-8"))
+
+
+def test_split_is_disjoint_seeded_and_sized():
+    config = RealStudyConfig(n_train=64, n_heldout=24)
+    train, heldout = split_rows(ROWS, config)
+    assert len(train) == 64 and len(heldout) == 24
+    assert not {r["id"] for r in train} & {r["id"] for r in heldout}
+    assert split_rows(ROWS, config) == (train, heldout)
+    assert split_rows(ROWS, RealStudyConfig(seed=1))[0] != train
+
+
+def test_split_refuses_too_few_rows():
+    with pytest.raises(ValueError, match="needs 250"):
+        split_rows(ROWS, RealStudyConfig(n_train=200, n_heldout=50))
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.3, 0.5])
+def test_noise_replaces_the_share_half_of_each_kind(noise):
+    config = RealStudyConfig()
+    train, _ = split_rows(ROWS, config)
+    noisy = noisy_training_rows(train, noise, config)
+    kinds = [r["noise"] for r in noisy]
+    n_noisy = round(noise * len(train))
+    assert len(noisy) == len(train) and sum(k != "clean" for k in kinds) == n_noisy
+    assert abs(kinds.count("wrong_prompt") - kinds.count("corrupted")) <= 1
+    for clean, row in zip(train, noisy, strict=True):
+        assert row["instruction"] == clean["instruction"]  # the prompt is kept, the answer replaced
+        assert row["label"] == (row["noise"] == "clean")
+        if row["noise"] == "clean":
+            assert row["output"] == clean["output"] and row["id"] == clean["id"]
+        else:
+            assert row["output"] != clean["output"] and row["id"] == f"{clean['id']}~{row['noise']}"
+        if row["noise"] == "wrong_prompt":
+            assert row["output"] in {r["output"] for r in train}
+    assert noisy_training_rows(train, noise, config) == noisy  # seeded
+
+
+def test_clean_rows_are_shared_between_levels():
+    """Each distinct row is scored once: the clean rows of a noisy level are the noise-0 rows themselves."""
+    config = RealStudyConfig()
+    train, _ = split_rows(ROWS, config)
+    clean = {r["id"]: r for r in noisy_training_rows(train, 0.0, config)}
+    for row in noisy_training_rows(train, 0.3, config):
+        if row["noise"] == "clean":
+            assert clean[row["id"]] == row
+
+
+def test_by_kind_means_per_kind():
+    got = by_kind(np.array([1.0, 2.0, 4.0, 8.0]), ["clean", "corrupted", "clean", "wrong_prompt"])
+    assert got == {"clean": 2.5, "wrong_prompt": 8.0, "corrupted": 2.0}
+    assert list(got) == [k for k in KINDS if k in got]
+
+
+def test_table_has_every_epoch_and_the_best():
+    run = {"noise": 0.3, "method": "poft", "train_seconds": 12.0, "ref_score_by_kind": {"clean": -1.0},
+           "epochs": [{"epoch": 0, "heldout_nll": 3.0, "tau": {"clean": 0.8}, "r_theta": {"clean": -2.0}},
+                      {"epoch": 1, "heldout_nll": 2.0}, {"epoch": 2, "heldout_nll": 2.5}]}  # fmt: skip
+    table = results_table({"runs": [run]})
+    assert "| 0.3 | poft | 3.000 | 2.000 | 2.500 | 1 | 12 |" in table
+    assert "| 0.3 | poft | 0 | 0.800 | nan | nan | -2.000 | nan | nan |" in table
+
+
+def test_command_line_overrides():
+    config = parse_args(["--n_train", "8", "--noise_levels", "0.5", "--methods", "poft", "--full_finetune"])
+    assert (config.n_train, config.noise_levels, config.methods, config.full_finetune) == (
+        8,
+        (0.5,),
+        ("poft",),
+        True,
+    )
+    assert parse_args([]) == RealStudyConfig()
