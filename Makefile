@@ -10,7 +10,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-fast test-real demo tiny-example lint format clean
+.PHONY: install test test-fast test-real demo demo-results tiny-example lint format clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ test-real: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/poft demo --output demo_output
+
+# After `make demo`: its tables into RESULTS.md's marker block (`--block full` after `poft demo --full`).
+demo-results: $(STAMP)
+	$(PY) -m poft.demo.publish --output demo_output --results RESULTS.md --block default
 
 tiny-example: $(STAMP)
 	$(VENV)/bin/poft tiny-example --output runs/tiny

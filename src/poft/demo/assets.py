@@ -68,7 +68,8 @@ def asset_folder(config: DemoConfig) -> Path:
 
 
 def build_assets(config: DemoConfig, splits: Splits, progress: Progress) -> Assets:
-    """Load the cached assets, or build them (tokenizers; the base; then both aligned models in parallel)."""
+    """Load the cached assets, or build them: the tokenizers, then the base and aligned model b in parallel (b does
+    not start from the base), then aligned model a (from the base). Each model is the same whichever runs first."""
     folder = asset_folder(config)
     if config.rebuild and folder.exists():
         shutil.rmtree(folder)
@@ -84,16 +85,25 @@ def build_assets(config: DemoConfig, splits: Splits, progress: Progress) -> Asse
     for alias, family, _ in ALIGNED:
         tok = target_tok if family == "chatml" else build_tokenizer(family, text, config.aligned_vocab_size)
         tok.save_pretrained(folder / f"aligned-{alias}")
-    progress.describe("pretraining the base")
-    metrics = {"base": pretrain_base(config, folder, progress.bar)}
-    _report(("base", metrics["base"]), progress)
-    progress.describe("training the aligned models")
-    jobs = [(config, alias, family, seed, folder) for alias, family, seed in ALIGNED]
+    progress.describe("pretraining the base and training the aligned models")
+    # b trains from scratch beside the base's pretraining; a starts from the base once it exists
+    jobs = [(config, "base", folder), (config, "b", folder)]
+    follow_up = lambda job, _: [(config, "a", folder)] if job[1] == "base" else []  # noqa: E731
     on_done = lambda r: _report(r, progress)  # noqa: E731
-    metrics |= dict(run_jobs(_train_aligned, jobs, config.workers, progress, on_done=on_done))
+    built = dict(run_jobs(_build_model, jobs, config.workers, progress, on_done=on_done, follow_up=follow_up))
+    metrics = {name: built[name] for name in ("base", *(alias for alias, _, _ in ALIGNED))}
     shutil.rmtree(folder / "work", ignore_errors=True)
     done.write_text(json.dumps({"metrics": metrics, "config": config.to_dict()}, indent=1))
     return _load(folder, {"metrics": metrics})
+
+
+def _build_model(job: tuple[DemoConfig, str, Path], sink) -> tuple[str, dict]:
+    """Worker: the base ("base") or one aligned model (its alias); returns (name, validation metrics)."""
+    config, name, folder = job
+    if name == "base":
+        return name, pretrain_base(config, folder, sink)
+    alias, family, seed = next(entry for entry in ALIGNED if entry[0] == name)
+    return _train_aligned((config, alias, family, seed, folder), sink)
 
 
 def pretrain_base(config: DemoConfig, folder: Path, sink) -> dict:

@@ -4,6 +4,9 @@ Why processes and not threads: these models are so small (~0.5M parameters, ~22-
 intra-op threads buy little, and on a shared 2-core machine two threads per process were measured 7x
 SLOWER than one (spin-waiting under oversubscription). Two single-threaded workers use both cores fully.
 Workers report optimizer steps through a queue; results come back in job order. workers=1 runs in-process.
+Jobs are started longest first (`cost`), so the last job to start is a short one and no core idles at the end;
+a finished job can release jobs that depend on it (`follow_up`: the aligned model trained from the base waits
+for the base, while the other one trains beside the base's pretraining).
 """
 
 from __future__ import annotations
@@ -39,33 +42,55 @@ def run_jobs(
     workers: int,
     progress: Progress,
     on_done: Callable[[Any], None] | None = None,
+    cost: Callable[[Any], float] | None = None,
+    follow_up: Callable[[Any, Any], Sequence[Any]] | None = None,
 ) -> list[Any]:
-    """`fn(job, sink)` for every job; returns the results in job order, calling `on_done` as each finishes."""
-    if workers <= 1 or len(jobs) <= 1:
-        results = []
-        for job in jobs:
-            results.append(fn(job, progress.bar))
-            if on_done is not None:
-                on_done(results[-1])
-        return results
+    """`fn(job, sink)` for every job; returns the results in job order, calling `on_done` as each finishes.
+
+    `cost(job)`: jobs start in decreasing cost (ties: job order). `follow_up(job, result)`: jobs that can start
+    only once `job` is done; they are run too and their results appended after `jobs`' (in release order).
+    Every job is a pure function of its arguments (seeded, one thread), so the order changes no result."""
+    queue_: list[tuple[int, Any]] = list(enumerate(jobs))
+    results: dict[int, Any] = {}
+    released_so_far = [len(jobs)]
+
+    def ready(released: Sequence[Any]) -> None:
+        for job in released:
+            queue_.append((released_so_far[0], job))
+            released_so_far[0] += 1
+        if cost is not None:
+            queue_.sort(key=lambda item: (-cost(item[1]), item[0]))
+
+    def finish(index: int, job: Any, result: Any) -> None:
+        results[index] = result
+        if on_done is not None:
+            on_done(result)
+        if follow_up is not None:
+            ready(follow_up(job, result))
+
+    ready([])
+    if workers <= 1 or (len(jobs) <= 1 and follow_up is None):
+        while queue_:
+            index, job = queue_.pop(0)
+            finish(index, job, fn(job, progress.bar))
+        return [results[i] for i in sorted(results)]
     context = multiprocessing.get_context("spawn")
     with context.Manager() as manager:
         queue = manager.Queue()
         sink = QueueSink(queue)
-        with futures.ProcessPoolExecutor(
-            min(workers, len(jobs)), mp_context=context, initializer=_init_worker
-        ) as pool:
-            pending = {pool.submit(fn, job, sink): i for i, job in enumerate(jobs)}
-            results: list[Any] = [None] * len(jobs)
-            while pending:
+        with futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
+            pending: dict[futures.Future, tuple[int, Any]] = {}
+            while queue_ or pending:
+                while queue_ and len(pending) < workers:
+                    index, job = queue_.pop(0)
+                    pending[pool.submit(fn, job, sink)] = (index, job)
                 done, _ = futures.wait(pending, timeout=0.25, return_when=futures.FIRST_COMPLETED)
                 _drain(queue, progress)
                 for future in done:
-                    results[pending.pop(future)] = result = future.result()
-                    if on_done is not None:
-                        on_done(result)
+                    index, job = pending.pop(future)
+                    finish(index, job, future.result())
             _drain(queue, progress)
-    return results
+    return [results[i] for i in sorted(results)]
 
 
 def _drain(queue, progress: Progress) -> None:

@@ -8,7 +8,8 @@ Top to bottom:
    `poft.scoring.score_dataset` (the code path of `poft score`), which writes `ref_score`;
 4. the SAME initial target (the base) trained with every method (methods.py) for the same number of epochs,
    each at its own learning rate (config.LEARNING_RATES, chosen on the validation prompts by
-   `python -m poft.demo.tune`), evaluated on held-out test prompts after every epoch (evaluate.py);
+   `python -m poft.demo.tune`), evaluated on held-out test prompts after every `eval_every`-th epoch and the
+   last (evaluate.py; evaluation leaves the training untouched: generation restores the RNG state);
 5. results.json, details.json, plots and report.md (report.py, plots.py).
 bi-PoFT at noise 0 is skipped: every row is desirable there, so it is PoFT exactly.
 Every number is a function of the configuration: runs are seeded, single-threaded, and the tables of two
@@ -137,7 +138,9 @@ def run_demo(config: DemoConfig, grid: tuple[float, ...] | None = None) -> dict:
             f"  {len(jobs) - len(to_run)} of {len(jobs)} runs reused from {assets.folder / 'runs'}"
         )
     on_done = lambda r: _report_run(r, progress)  # noqa: E731
-    fresh = run_jobs(train_target, [jobs[i] for i in to_run], config.workers, progress, on_done=on_done)
+    fresh = run_jobs(
+        train_target, [jobs[i] for i in to_run], config.workers, progress, on_done=on_done, cost=_job_steps
+    )  # longest first: the last runs to start are the short top-40 % ones, so no core idles at the end
     for i, result in zip(to_run, fresh, strict=True):
         finished[i] = result
     runs = [run for result in finished for run in result["runs"]]
@@ -178,7 +181,7 @@ class TargetJob:
 
 
 def train_target(job: TargetJob, sink) -> dict:
-    """Worker: the base trained with the job's method; evaluated (and PoFT's weights measured) every epoch."""
+    """Worker: the base trained with the job's method; evaluated (and PoFT's weights measured) every eval_every epochs."""
     config, run = job.config, job.run
     method = METHODS[run.method]
     splits = splits_of(config)
@@ -228,6 +231,10 @@ def _run_cache_path(job: TargetJob, folder: Path) -> Path:
 _NOT_IN_RUN_KEY = {"output", "seeds", "noise_levels", "methods", "rebuild", "workers", "learning_rate"}
 
 
+def _job_steps(job: TargetJob) -> int:
+    return steps_per_run(run_rows(job.config, job.run.method), job.config.batch_size, job.config.epochs)
+
+
 def _cached_runs(jobs: list[TargetJob], folder: Path, progress: Progress) -> list[dict | None]:
     """Each job's cached result, or None; the progress bar is advanced by the cached runs' steps."""
     out = []
@@ -235,8 +242,7 @@ def _cached_runs(jobs: list[TargetJob], folder: Path, progress: Progress) -> lis
         path = _run_cache_path(job, folder)
         out.append(json.loads(path.read_text()) if path.exists() else None)
         if out[-1] is not None:
-            rows = run_rows(job.config, job.run.method)
-            progress.bar.update(steps_per_run(rows, job.config.batch_size, job.config.epochs))
+            progress.bar.update(_job_steps(job))
     return out
 
 

@@ -17,6 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallba
 from transformers.trainer_callback import PrinterCallback
 
 from ..device import has_gpu
+from ..records import RunRecord
 from ..trainer import PoFTConfig, PoFTTrainer
 from .config import DemoConfig
 
@@ -93,6 +94,7 @@ def train(
     )
     trainer = PoFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     trainer.remove_callback(PrinterCallback)  # the demo prints its own progress
+    trainer.remove_callback(RunRecord)  # log + curves.png: ~1 s of matplotlib a run, deleted with work/
     trainer.add_callback(_StepCallback(sink, on_epoch, step_units))
     trainer.train()
     return trainer.model

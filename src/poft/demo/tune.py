@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from .config import DEFAULT_METHODS, MINI, TUNE_GRID, DemoConfig
+from .config import ALL_METHODS, MINI, TUNE_GRID, DemoConfig
 from .report import aggregate, method_order
 from .run import run_demo
 
@@ -47,12 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m poft.demo.tune", description=__doc__.split("\n")[0])
     parser.add_argument("--output", default="demo_tune", help="output folder (its own cache)")
     parser.add_argument("--mini", action="store_true", help="the seconds-long configuration (tests)")
-    parser.add_argument("--methods", nargs="+", help=f"default: {' '.join(DEFAULT_METHODS)} bi_poft_soft")
+    parser.add_argument("--methods", nargs="+", help=f"default: {' '.join(ALL_METHODS)} bi_poft_soft")
     parser.add_argument("--grid", type=float, nargs="+", default=list(TUNE_GRID), help="learning rates")
     parser.add_argument("--noise-levels", type=float, nargs="+", help="default: 0.3 (--mini: its own)")
     args = parser.parse_args(argv)
     config = DemoConfig(output=args.output, **(MINI if args.mini else {}))
-    methods = tuple(args.methods) if args.methods else (*config.methods, "bi_poft_soft")
+    methods = tuple(args.methods) if args.methods else (*ALL_METHODS, "bi_poft_soft")
     if not args.methods and args.mini:
         methods = config.methods
     noise = tuple(args.noise_levels) if args.noise_levels else config.noise_levels if args.mini else (0.3,)
