@@ -28,7 +28,7 @@ from ..tiny import build_model, build_tokenizer
 from .config import DemoConfig
 from .console import Progress
 from .evaluate import HeldOut, evaluate
-from .parallel import run_jobs
+from .parallel import Workers, run_jobs
 from .tasks import Splits, corpus, make_splits
 from .train import steps_per_run, train
 
@@ -67,7 +67,9 @@ def asset_folder(config: DemoConfig) -> Path:
     return Path(config.output) / "assets" / config.asset_key()
 
 
-def build_assets(config: DemoConfig, splits: Splits, progress: Progress) -> Assets:
+def build_assets(
+    config: DemoConfig, splits: Splits, progress: Progress, workers: Workers | int | None = None
+) -> Assets:
     """Load the cached assets, or build them: the tokenizers, then the base and aligned model b in parallel (b does
     not start from the base), then aligned model a (from the base). Each model is the same whichever runs first."""
     folder = asset_folder(config)
@@ -90,7 +92,8 @@ def build_assets(config: DemoConfig, splits: Splits, progress: Progress) -> Asse
     jobs = [(config, "base", folder), (config, "b", folder)]
     follow_up = lambda job, _: [(config, "a", folder)] if job[1] == "base" else []  # noqa: E731
     on_done = lambda r: _report(r, progress)  # noqa: E731
-    built = dict(run_jobs(_build_model, jobs, config.workers, progress, on_done=on_done, follow_up=follow_up))
+    pool = config.workers if workers is None else workers  # a pool of run_demo's, or one of its own
+    built = dict(run_jobs(_build_model, jobs, pool, progress, on_done=on_done, follow_up=follow_up))
     metrics = {name: built[name] for name in ("base", *(alias for alias, _, _ in ALIGNED))}
     shutil.rmtree(folder / "work", ignore_errors=True)
     done.write_text(json.dumps({"metrics": metrics, "config": config.to_dict()}, indent=1))

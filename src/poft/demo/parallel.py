@@ -6,14 +6,17 @@ SLOWER than one (spin-waiting under oversubscription). Two single-threaded worke
 Workers report optimizer steps through a queue; results come back in job order. workers=1 runs in-process.
 Jobs are started longest first (`cost`), so the last job to start is a short one and no core idles at the end;
 a finished job can release jobs that depend on it (`follow_up`: the aligned model trained from the base waits
-for the base, while the other one trains beside the base's pretraining).
+for the base, while the other one trains beside the base's pretraining). One `Workers` pool serves the whole
+demo (models, then target runs): each worker imports torch / transformers / TRL once (~5 s), not once per phase.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as futures
+import contextlib
 import multiprocessing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from .console import Progress, quiet_libraries
@@ -36,10 +39,31 @@ def _init_worker() -> None:
     quiet_libraries()
 
 
+@dataclass(frozen=True)
+class Workers:
+    """A process pool and the queue its workers report steps through; `None` stands for in-process (workers=1)."""
+
+    pool: futures.ProcessPoolExecutor
+    queue: Any
+    size: int
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int) -> Iterator[Workers | None]:
+    """`workers` spawned single-thread processes for the whole `with` block (None if workers <= 1)."""
+    if workers <= 1:
+        yield None
+        return
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager:
+        with futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
+            yield Workers(pool, manager.Queue(), workers)
+
+
 def run_jobs(
     fn: Callable[[Any, Any], Any],
     jobs: Sequence[Any],
-    workers: int,
+    workers: Workers | int | None,
     progress: Progress,
     on_done: Callable[[Any], None] | None = None,
     cost: Callable[[Any], float] | None = None,
@@ -69,27 +93,28 @@ def run_jobs(
             ready(follow_up(job, result))
 
     ready([])
-    if workers <= 1 or (len(jobs) <= 1 and follow_up is None):
+    if isinstance(workers, int) and (workers <= 1 or (len(jobs) <= 1 and follow_up is None)):
+        workers = None
+    if isinstance(workers, int):  # a pool of its own for these jobs
+        with worker_pool(workers) as pool:
+            return run_jobs(fn, jobs, pool, progress, on_done, cost, follow_up)
+    if workers is None:
         while queue_:
             index, job = queue_.pop(0)
             finish(index, job, fn(job, progress.bar))
         return [results[i] for i in sorted(results)]
-    context = multiprocessing.get_context("spawn")
-    with context.Manager() as manager:
-        queue = manager.Queue()
-        sink = QueueSink(queue)
-        with futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
-            pending: dict[futures.Future, tuple[int, Any]] = {}
-            while queue_ or pending:
-                while queue_ and len(pending) < workers:
-                    index, job = queue_.pop(0)
-                    pending[pool.submit(fn, job, sink)] = (index, job)
-                done, _ = futures.wait(pending, timeout=0.25, return_when=futures.FIRST_COMPLETED)
-                _drain(queue, progress)
-                for future in done:
-                    index, job = pending.pop(future)
-                    finish(index, job, future.result())
-            _drain(queue, progress)
+    sink = QueueSink(workers.queue)
+    pending: dict[futures.Future, tuple[int, Any]] = {}
+    while queue_ or pending:
+        while queue_ and len(pending) < workers.size:
+            index, job = queue_.pop(0)
+            pending[workers.pool.submit(fn, job, sink)] = (index, job)
+        done, _ = futures.wait(pending, timeout=0.25, return_when=futures.FIRST_COMPLETED)
+        _drain(workers.queue, progress)
+        for future in done:
+            index, job = pending.pop(future)
+            finish(index, job, future.result())
+    _drain(workers.queue, progress)
     return [results[i] for i in sorted(results)]
 
 

@@ -39,9 +39,10 @@ from .console import Progress, quiet_libraries
 from .evaluate import HeldOut, encode_all, evaluate, response_scores
 from .methods import METHODS, method_rows
 from .noise import make_noisy_rows
-from .parallel import run_jobs
+from .parallel import Workers, run_jobs, worker_pool
 from .plots import write_plots
 from .report import write_report
+from .tasks import Splits
 from .train import steps_per_run, train
 
 
@@ -107,8 +108,38 @@ def run_demo(config: DemoConfig, grid: tuple[float, ...] | None = None) -> dict:
         f"{list(config.methods)}, seeds 0..{config.seeds - 1}: {len(plan)} target runs x {config.epochs} epochs"
     )
     progress = Progress(asset_steps(config) + steps)
+    with worker_pool(config.workers) as workers:  # one pool for the models and the target runs
+        assets, runs, weights, scored = _train_all(config, splits, plan, progress, workers)
+    progress.close()
+    shutil.rmtree(out / "work", ignore_errors=True)  # the trainers' empty output folders
+
+    print("[4/4] results, plots, report")
+    results = {"runs": runs}
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    details = {
+        "config": config.to_dict(),
+        "models": assets.metrics,
+        "ref_scores": _ref_score_rows(scored),
+        "poft_weights": weights,
+        "wall_seconds": round(time.time() - started, 1),
+    }
+    (out / "details.json").write_text(json.dumps(details))
+    plots = write_plots(out, results, details)
+    write_report(out, results, details, plots)
+    print(f"poft demo: done in {details['wall_seconds']:.0f} s; see {out / 'report.md'}")
+    return results
+
+
+def _train_all(
+    config: DemoConfig,
+    splits: Splits,
+    plan: list[Planned],
+    progress: Progress,
+    workers: Workers | None,
+) -> tuple[Assets, list[dict], list[dict], dict]:
+    """Steps 1-3 (models, scores, target runs) on `workers`: (assets, evaluated runs, PoFT weights, scored rows)."""
     progress.write("[1/4] the target's pretrained base and the aligned models")
-    assets = build_assets(config, splits, progress)
+    assets = build_assets(config, splits, progress, workers)
 
     progress.write("[2/4] noisy training data, scored by the aligned models (poft score)")
     scored, score_folders = {}, {}
@@ -139,30 +170,13 @@ def run_demo(config: DemoConfig, grid: tuple[float, ...] | None = None) -> dict:
         )
     on_done = lambda r: _report_run(r, progress)  # noqa: E731
     fresh = run_jobs(
-        train_target, [jobs[i] for i in to_run], config.workers, progress, on_done=on_done, cost=_job_steps
+        train_target, [jobs[i] for i in to_run], workers, progress, on_done=on_done, cost=_job_steps
     )  # longest first: the last runs to start are the short top-40 % ones, so no core idles at the end
     for i, result in zip(to_run, fresh, strict=True):
         finished[i] = result
     runs = [run for result in finished for run in result["runs"]]
     weights = [w for result in finished for w in result["weights"]]
-    progress.close()
-    shutil.rmtree(out / "work", ignore_errors=True)  # the trainers' empty output folders
-
-    print("[4/4] results, plots, report")
-    results = {"runs": runs}
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    details = {
-        "config": config.to_dict(),
-        "models": assets.metrics,
-        "ref_scores": _ref_score_rows(scored),
-        "poft_weights": weights,
-        "wall_seconds": round(time.time() - started, 1),
-    }
-    (out / "details.json").write_text(json.dumps(details))
-    plots = write_plots(out, results, details)
-    write_report(out, results, details, plots)
-    print(f"poft demo: done in {details['wall_seconds']:.0f} s; see {out / 'report.md'}")
-    return results
+    return assets, runs, weights, scored
 
 
 @dataclass(frozen=True)
