@@ -43,7 +43,7 @@ def test_held_out_nll_equals_a_plain_forward_pass(real_models):
 def test_study_runs_end_to_end_and_resumes(real_models, tmp_path):
     out = tmp_path / "study"
     args = ["demo", "--real", "--output", str(out), "--n_train", "8", "--n_heldout", "4", "--n_answers", "1",
-            "--epochs", "1", "--noise_levels", "0.5", "--methods", "sft", "poft", "--max_new_tokens", "8",
+            "--epochs", "1", "--batch_size", "4", "--noise_levels", "0.5", "--methods", "sft", "poft", "--max_new_tokens", "8",
             "--models_dir", str(real_models["gemma"].parent)]  # fmt: skip
     run_poft(args)
     results = json.loads((out / "results.json").read_text())
@@ -52,7 +52,9 @@ def test_study_runs_end_to_end_and_resumes(real_models, tmp_path):
         epochs = run["epochs"]
         assert [e["epoch"] for e in epochs] == [0, 1]
         assert all(np.isfinite(e["heldout_nll"]) and e["heldout_nll"] > 0 for e in epochs)
-        assert epochs[1]["heldout_nll"] != epochs[0]["heldout_nll"]  # the run trained
+        assert (
+            epochs[1]["heldout_nll"] != epochs[0]["heldout_nll"]
+        )  # the run trained (2 steps: the 1st is warm-up at lr 0)
         assert set(epochs[1]["tau"]) == {"clean", "wrong_prompt", "corrupted"}
         assert all(0 < t < 1 for t in epochs[1]["tau"].values())
         assert len(run["answers"]) == 1 and isinstance(run["answers"][0], str)

@@ -441,28 +441,48 @@ def answers_table(summary: dict, prompts: list[str]) -> str:
 
 
 def plot_study(summary: dict, path: Path) -> None:
+    """Three panels: held-out clean NLL per epoch (from epoch 1; the base's value in the title), and on the
+    noisy runs' training rows r_theta and PoFT's weight tau by row kind (r_ref dotted)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4.2))
     styles = {"sft": "-", "poft": "--"}
+    colors = dict(zip(KINDS, ("tab:green", "tab:orange", "tab:red"), strict=True))
     for r in summary["runs"]:
-        xs = [e["epoch"] for e in r["epochs"]]
-        left.plot(xs, [e["heldout_nll"] for e in r["epochs"]], styles.get(r["method"], ":"), marker="o",
-                  label=f"{r['method']}, noise {r['noise']}")  # fmt: skip
-        if any("tau" in e for e in r["epochs"]):
-            for kind, color in zip(KINDS, ("tab:green", "tab:orange", "tab:red"), strict=True):
-                pts = [(e["epoch"], e["tau"][kind]) for e in r["epochs"] if "tau" in e and kind in e["tau"]]
-                right.plot(*zip(*pts, strict=True), styles.get(r["method"], ":"), color=color, marker="o",
-                           label=f"{r['method']}: {kind}")  # fmt: skip
-    left.set(xlabel="epoch", ylabel="held-out clean NLL (nats/token)", title="gemma-3-270m target, LoRA")
-    right.set(
-        xlabel="epoch", ylabel="tau = sigmoid(r_ref - r_theta)", title="PoFT weight by row kind (noisy runs)"
+        trained = [e for e in r["epochs"] if e["epoch"] > 0]
+        left.plot([e["epoch"] for e in trained], [e["heldout_nll"] for e in trained], styles.get(r["method"], ":"),
+                  marker="o", label=f"{r['method']}, noise {r['noise']}")  # fmt: skip
+        for kind, color in colors.items():
+            pts = [
+                (e["epoch"], e["tau"][kind], e["r_theta"][kind])
+                for e in r["epochs"]
+                if kind in e.get("tau", {})
+            ]
+            if pts:
+                xs, taus, thetas = zip(*pts, strict=True)
+                label = f"{r['method']}: {kind}"
+                middle.plot(xs, thetas, styles.get(r["method"], ":"), color=color, marker="o", label=label)
+                right.plot(xs, taus, styles.get(r["method"], ":"), color=color, marker="o", label=label)
+    refs = {k: v for r in summary["runs"] if r["noise"] > 0 for k, v in r["ref_score_by_kind"].items()}
+    for kind, value in refs.items():
+        middle.axhline(value, color=colors[kind], linestyle=":", linewidth=1)
+    base = summary["runs"][0]["epochs"][0]["heldout_nll"]
+    left.set(
+        xlabel="epoch",
+        ylabel="held-out clean NLL (nats/token)",
+        title=f"held-out clean NLL (base: {base:.2f})",
     )
-    left.legend(fontsize=8)
-    right.legend(fontsize=7)
+    middle.set(
+        xlabel="epoch",
+        ylabel="r_theta (mean log-prob)",
+        title="target's r_theta on noisy runs' rows (r_ref dotted)",
+    )
+    right.set(xlabel="epoch", ylabel="tau = sigmoid(r_ref - r_theta)", title="PoFT weight by row kind")
+    for ax, size in ((left, 8), (middle, 7), (right, 7)):
+        ax.legend(fontsize=size)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
