@@ -247,6 +247,11 @@ class DemoArguments:
     def __post_init__(self):
         if self.full and self.mini:
             raise ValueError("argument --mini: not allowed with argument --full")
+        if self.real:  # `poft demo --real` is read by poft.demo.real's own parser, before this class
+            raise ValueError(
+                "real: the real-model study takes its own options: run `poft demo --real [options]` on the "
+                "command line (see `poft demo --real --help`), not `real` in a --config file"
+            )
         for name in ("seeds", "epochs"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -145,6 +145,11 @@ def packed_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]
     return batches
 
 
+def scoring_chunk_size(vocab: int) -> int:
+    """Response positions per chunk of the LM head when scoring: <= 256 MiB of fp32 logits per chunk."""
+    return max(1, (1 << 26) // vocab)
+
+
 def default_batch_tokens(device: torch.device, dtype: torch.dtype) -> int:
     """Packed tokens per batch when none is given. Packing pads nothing, so a larger pack only means fewer,
     larger calls: on CPU 8192 (faster than 2048 and 512 on SmolLM2 fp32, BENCHMARKS.md; the attention runs

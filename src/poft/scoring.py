@@ -54,7 +54,7 @@ from .aligned import (
 )
 from .chat import ChatFormat, ChatTemplateError, response_bytes
 from .configs import NORMALIZATIONS, ON_BAD_ROW
-from .logprobs import PACKING, default_batch_tokens, packed_batches, packed_logprob_sums
+from .logprobs import PACKING, default_batch_tokens, packed_batches, packed_logprob_sums, scoring_chunk_size
 from .readers import SFTRows, read_sft
 from .shards import (
     OutputWriteError,
@@ -336,7 +336,7 @@ def _score_share(
             f"{context}; pass --max-length {context} to truncate them instead"
         )
     vocab = network.get_output_embeddings().weight.shape[0]
-    chunk_size = max(1, (1 << 26) // vocab)  # <= 256 MiB of fp32 logits per chunk
+    chunk_size = scoring_chunk_size(vocab)
     buffer: dict[str, list] = {"rows": [], "sums": [], "counts": [], "truncated": []}
     tokens = buffered_tokens = 0
     started = last_flush = time.perf_counter()

@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 HERE = Path(__file__).resolve().parent
@@ -108,3 +109,45 @@ def scored(real_models, noisy_rows, tmp_path_factory) -> Path:
               "--model", f"qwen={real_models['qwen']}", "--output", str(output), "--dtype", "float32",
               "--no-progress"])  # fmt: skip
     return output
+
+
+def alpaca_messages(row: dict) -> list[dict]:
+    """The README's Alpaca rule: user = instruction (+ blank line + input when not empty), assistant = output."""
+    user = f"{row['instruction']}\n\n{row['input']}" if row["input"].strip() else row["instruction"]
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": row["output"]}]
+
+
+def reference_scores(
+    folder, rows: list[dict], end_of_turn: str, chat_template: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: mean log p of the response tokens from one full forward pass, and how many there are.
+
+    Written from transformers alone (not poft's chat.py / logprobs.py): the chat template (the model's own, or
+    `chat_template` for a base model) renders the prompt with the generation prompt and the whole conversation;
+    the response tokens are those after the prompt's up to and including the end-of-turn token closing the answer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    end_id = tokenizer.convert_tokens_to_ids(end_of_turn)
+    means, counts = [], []
+    for row in rows:
+        messages = alpaca_messages(row)
+        prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
+        full = tokenizer.apply_chat_template(messages, tokenize=False)
+        assert full.startswith(prompt), row["id"]
+        prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+        ids = tokenizer(full, add_special_tokens=False).input_ids
+        assert ids[: len(prompt_ids)] == prompt_ids, f"{row['id']}: the prompt's tokens are no prefix"
+        end = ids.index(end_id, len(prompt_ids))
+        positions = torch.arange(len(prompt_ids), end + 1)
+        with torch.inference_mode():
+            logits = model(torch.tensor([ids])).logits[0].float()
+        logp = torch.log_softmax(logits, dim=-1)[positions - 1, torch.tensor(ids)[positions]]
+        assert tokenizer.decode(ids[len(prompt_ids) : end]) == messages[-1]["content"], row["id"]
+        means.append(logp.mean().item())
+        counts.append(len(positions))
+    return np.array(means), np.array(counts)

@@ -14,44 +14,10 @@ import json
 
 import numpy as np
 import pytest
-import torch
-from conftest import MODELS, run_poft
+from conftest import MODELS, reference_scores, run_poft
 
 END_OF_TURN = {"smol": "<|im_end|>", "qwen": "<|im_end|>"}  # what both ChatML templates close a turn with
 TOLERANCE = 1e-4
-
-
-def alpaca_messages(row: dict) -> list[dict]:
-    """The README's Alpaca rule: user = instruction (+ blank line + input when not empty), assistant = output."""
-    user = f"{row['instruction']}\n\n{row['input']}" if row["input"].strip() else row["instruction"]
-    return [{"role": "user", "content": user}, {"role": "assistant", "content": row["output"]}]
-
-
-def reference_scores(folder, rows: list[dict], end_of_turn: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per row: mean log p of the response tokens from one full forward pass, and how many there are."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    end_id = tokenizer.convert_tokens_to_ids(end_of_turn)
-    means, counts = [], []
-    for row in rows:
-        messages = alpaca_messages(row)
-        prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
-        full = tokenizer.apply_chat_template(messages, tokenize=False)
-        assert full.startswith(prompt), row["id"]
-        prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
-        ids = tokenizer(full, add_special_tokens=False).input_ids
-        assert ids[: len(prompt_ids)] == prompt_ids, f"{row['id']}: the prompt's tokens are no prefix"
-        end = ids.index(end_id, len(prompt_ids))
-        positions = torch.arange(len(prompt_ids), end + 1)
-        with torch.inference_mode():
-            logits = model(torch.tensor([ids])).logits[0].float()
-        logp = torch.log_softmax(logits, dim=-1)[positions - 1, torch.tensor(ids)[positions]]
-        assert tokenizer.decode(ids[len(prompt_ids) : end]) == messages[-1]["content"], row["id"]
-        means.append(logp.mean().item())
-        counts.append(len(positions))
-    return np.array(means), np.array(counts)
 
 
 @pytest.mark.parametrize("alias", ["smol", "qwen"])

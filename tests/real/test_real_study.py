@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 import torch
-from conftest import GEMMA_TEMPLATE, run_poft
+from conftest import GEMMA_TEMPLATE, reference_scores, run_poft
 
 
 def test_held_out_nll_equals_a_plain_forward_pass(real_models):
@@ -19,24 +19,14 @@ def test_held_out_nll_equals_a_plain_forward_pass(real_models):
     from poft.chat import ChatFormat
     from poft.demo.real import DEFAULT_ROWS, alpaca_messages, response_logprobs
 
+    rows = json.loads(DEFAULT_ROWS.read_text())[:4]
+    template = GEMMA_TEMPLATE.read_text()
     tokenizer = AutoTokenizer.from_pretrained(real_models["gemma"])
-    tokenizer.chat_template = GEMMA_TEMPLATE.read_text()
+    tokenizer.chat_template = template
     model = AutoModelForCausalLM.from_pretrained(real_models["gemma"], dtype=torch.float32)
-    conversations = [alpaca_messages(r) for r in json.loads(DEFAULT_ROWS.read_text())[:4]]
     chat = ChatFormat.from_tokenizer(tokenizer, "gemma")
-    got = response_logprobs(model, chat, conversations, max_length=256, autocast=False)
-    expected = []
-    for messages in conversations:  # independent: transformers' renders, one unpacked forward, full logits
-        prompt = tokenizer.apply_chat_template(messages[:1], add_generation_prompt=True, tokenize=False)
-        whole = tokenizer.apply_chat_template(messages, tokenize=False)
-        ids = tokenizer(whole, add_special_tokens=False, return_tensors="pt").input_ids
-        n_prompt = len(tokenizer(prompt, add_special_tokens=False).input_ids)
-        with torch.no_grad():
-            logp = model(input_ids=ids).logits[0, :-1].log_softmax(-1)
-        target = ids[0, 1:]
-        per_token = logp.gather(-1, target[:, None])[:, 0][n_prompt - 1 :]
-        per_token = per_token[: -1 if whole.endswith("\n") else None]  # the template's trailing newline
-        expected.append(per_token.mean().item())
+    got = response_logprobs(model, chat, [alpaca_messages(r) for r in rows], max_length=256, autocast=False)
+    expected, _ = reference_scores(real_models["gemma"], rows, "<end_of_turn>", template)
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
 

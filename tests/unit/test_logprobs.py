@@ -71,13 +71,18 @@ def test_no_grad_path_matches():
     assert torch.allclose(a, b, atol=1e-6)
 
 
+def assert_longest_first_partition(batches: list[list[int]], lengths: list[int]) -> None:
+    """Every row in exactly one batch, and the rows in order of decreasing length across the batches."""
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    flat = [lengths[i] for b in batches for i in b]
+    assert flat == sorted(flat, reverse=True)  # longest first
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.integers(1, 50), min_size=1, max_size=40), st.integers(1, 200))
 def test_token_budget_batches(lengths, budget):
     batches = token_budget_batches(lengths, budget)
-    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
-    flat = [lengths[i] for b in batches for i in b]
-    assert flat == sorted(flat, reverse=True)  # longest first
+    assert_longest_first_partition(batches, lengths)
     for batch in batches:
         assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= budget
 
@@ -104,9 +109,7 @@ def test_packed_batches(lengths, budget):
     from poft.logprobs import packed_batches
 
     batches = packed_batches(lengths, budget)
-    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
-    flat = [lengths[i] for b in batches for i in b]
-    assert flat == sorted(flat, reverse=True)  # longest first
+    assert_longest_first_partition(batches, lengths)
     for b in batches:  # real tokens within the budget, or one sequence alone
         assert len(b) == 1 or sum(lengths[i] for i in b) <= budget
     assert batches == packed_batches(lengths, budget)  # deterministic: a resume re-forms the same batches

@@ -4,6 +4,7 @@ The study itself runs on real checkpoints (tests/real/test_real_study.py, RESULT
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from poft.demo.real import (
     by_kind,
     noisy_training_rows,
     parse_args,
+    refuse_other_settings,
     results_table,
     split_rows,
 )
@@ -93,3 +95,20 @@ def test_command_line_overrides():
         True,
     )
     assert parse_args([]) == RealStudyConfig()
+
+
+def test_a_folder_made_with_other_settings_is_refused(tmp_path):
+    """Its finished runs would be reused and reported as the new configuration's."""
+    made = RealStudyConfig(output=str(tmp_path), epochs=3)
+    (tmp_path / "config.json").write_text(json.dumps(dataclasses.asdict(made)))
+    refuse_other_settings(tmp_path, RealStudyConfig(output=str(tmp_path / "moved"), epochs=3))  # same study
+    with pytest.raises(ValueError, match=r"other settings \(epochs, learning_rate\)"):
+        refuse_other_settings(tmp_path, RealStudyConfig(output=str(tmp_path), epochs=4, learning_rate=1e-4))
+    refuse_other_settings(tmp_path / "new", made)  # no folder yet: nothing to refuse
+
+
+def test_real_in_a_demo_config_file_is_refused_not_ignored():
+    from poft.configs import DemoArguments
+
+    with pytest.raises(ValueError, match="poft demo --real"):
+        DemoArguments(real=True)

@@ -152,7 +152,7 @@ def response_logprobs(
     """Mean log-prob per response token of each conversation under `model` (poft's packed scorer)."""
     import torch
 
-    from ..logprobs import packed_batches, packed_logprob_sums
+    from ..logprobs import packed_batches, packed_logprob_sums, scoring_chunk_size
 
     encoded = [chat.encode(m, max_length) for m in conversations]
     sequences = [(np.asarray(e.input_ids), np.asarray(e.response_mask)) for e in encoded]
@@ -163,7 +163,7 @@ def response_logprobs(
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         for batch in packed_batches([len(s[0]) for s in sequences], 4096):
             s, c = packed_logprob_sums(
-                model, [sequences[i] for i in batch], chunk_size=max(1, (1 << 26) // vocab)
+                model, [sequences[i] for i in batch], chunk_size=scoring_chunk_size(vocab)
             )
             sums[batch], counts[batch] = s, c
     model.train(was_training)
@@ -297,9 +297,11 @@ def probe_prompts(probe: Probe, config: RealStudyConfig) -> list[list[dict]]:
 
 
 def run_study(config: RealStudyConfig) -> dict:
+    import torch
     from tqdm.auto import tqdm
 
-    from ..device import cpu_has_bf16, has_gpu
+    from ..aligned import resolve_dtype
+    from ..device import has_gpu
     from ..scoring import score_dataset
 
     missing = [
@@ -310,10 +312,16 @@ def run_study(config: RealStudyConfig) -> dict:
             f"real models not found: {', '.join(map(str, missing))}; fetch them with "
             "`python scripts/fetch_real_models.py` (cache: $POFT_REAL_MODELS or ~/.cache/poft/real-models)"
         )
-    autocast = {"auto": has_gpu() or cpu_has_bf16(), "bfloat16": True, "float32": False}[config.dtype]
     if has_gpu():
         raise NotImplementedError("the study's evaluation runs on CPU; a GPU mode is not written yet")
+    dtype = resolve_dtype(config.dtype, torch.device("cpu"))
+    if dtype not in (torch.bfloat16, torch.float32):
+        raise ValueError(
+            f"--dtype must be auto, bfloat16 or float32 (bf16 autocast or not), got {config.dtype!r}"
+        )
+    autocast = dtype == torch.bfloat16
     out = Path(config.output)
+    refuse_other_settings(out, config)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
     rows = json.loads(Path(config.rows).read_text(encoding="utf-8"))
@@ -339,7 +347,6 @@ def run_study(config: RealStudyConfig) -> dict:
     done = {key: _load_run(out, *key) for key in plan}
     bar = tqdm(total=steps * sum(v is None for v in done.values()), unit="step", desc="real study",
                dynamic_ncols=True)  # fmt: skip
-    base: dict | None = _load_json(out / "runs" / "base.json")
     for noise, method in plan:
         if done[(noise, method)] is not None:
             continue
@@ -352,9 +359,11 @@ def run_study(config: RealStudyConfig) -> dict:
         probe_rows += [i for i, k in enumerate(kinds) if k == "clean"][: len(probe_rows)]
         probe = Probe(heldout_messages, [alpaca_messages(level[i]) for i in probe_rows],
                       [kinds[i] for i in probe_rows], np.array([ref_of[level[i]["id"]] for i in probe_rows]))  # fmt: skip
-        if base is None or (probe.train and "tau" not in base):
+        base_path = out / "runs" / f"base_{noise}.json"  # epoch 0: the base on this level's probe rows
+        base = _load_json(base_path)
+        if base is None:
             base = _measure_base(probe, config, autocast)
-            (out / "runs" / "base.json").write_text(json.dumps(base, indent=1))
+            base_path.write_text(json.dumps(base, indent=1))
         result = train_one(method, noise, data, probe, config, bar, autocast)
         result["epochs"].insert(0, {"epoch": 0, **base})
         result["ref_score_by_kind"] = by_kind(np.array([ref_of[r["id"]] for r in level]), kinds)
@@ -383,6 +392,22 @@ def _measure_base(probe: Probe, config: RealStudyConfig, autocast: bool) -> dict
     tokenizer.chat_template = Path(config.chat_template).read_text()
     model = AutoModelForCausalLM.from_pretrained(config.target, dtype="float32")
     return probe.measure(model, ChatFormat.from_tokenizer(tokenizer, "gemma-3-270m"), config, autocast)
+
+
+def refuse_other_settings(out: Path, config: RealStudyConfig) -> None:
+    """A study folder's finished runs are reused by a rerun: refuse one made with other settings (their
+    numbers would be reported as this configuration's)."""
+    path = out / "config.json"
+    if not path.exists():
+        return
+    before = json.loads(path.read_text())
+    now = json.loads(json.dumps(dataclasses.asdict(config)))  # tuples as JSON lists, as the file has them
+    changed = sorted(k for k in before.keys() | now.keys() if k != "output" and before.get(k) != now.get(k))
+    if changed:
+        raise ValueError(
+            f"{out} holds a study made with other settings ({', '.join(changed)}); its finished runs would be "
+            "reused: give another --output or delete the folder"
+        )
 
 
 def _load_json(path: Path) -> dict | None:
