@@ -320,12 +320,12 @@ def run_study(config: RealStudyConfig) -> dict:
             f"--dtype must be auto, bfloat16 or float32 (bf16 autocast or not), got {config.dtype!r}"
         )
     autocast = dtype == torch.bfloat16
+    rows = json.loads(Path(config.rows).read_text(encoding="utf-8"))
+    train, heldout = split_rows(rows, config)  # bad rows or sizes fail before the folder records settings
     out = Path(config.output)
     refuse_other_settings(out, config)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1))
-    rows = json.loads(Path(config.rows).read_text(encoding="utf-8"))
-    train, heldout = split_rows(rows, config)
     noisy = {noise: noisy_training_rows(train, noise, config) for noise in config.noise_levels}
     distinct = {r["id"]: r for level in noisy.values() for r in level}
     started = time.perf_counter()
