@@ -41,7 +41,7 @@ demo: $(STAMP)
 
 # After `make demo`: its tables into RESULTS.md's marker block (`--block full` after `poft demo --full`).
 demo-results: $(STAMP)
-	$(PY) -m poft.demo.publish --output demo_output --results RESULTS.md --block default
+	$(PY) -m poft.demo.publish --output demo_output --results docs/RESULTS.md --block default
 
 tiny-example: $(STAMP)
 	$(VENV)/bin/poft tiny-example --output runs/tiny
