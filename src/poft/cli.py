@@ -29,7 +29,6 @@ from typing import NamedTuple
 from . import __version__
 from .configs import (
     DatasetFormatArguments,
-    DemoArguments,
     EvalConfig,
     FilterConfig,
     InspectConfig,
@@ -217,26 +216,6 @@ def run_eval(config: EvalConfig) -> int:
     return 0
 
 
-def run_demo(args: DemoArguments) -> int:
-    """`poft demo`: the offline noise experiment (SFT, PoFT, filtering, DFT and bi-PoFT from a pretrained tiny base), with a report."""
-    import dataclasses
-
-    from .demo import FULL, MINI, DemoConfig
-    from .demo import run_demo as demo
-    from .demo.real import RealStudyConfig, run_study
-
-    if isinstance(args, RealStudyConfig):  # `poft demo --real ...`
-        run_study(args)
-        return 0
-    preset = FULL if args.full else MINI if args.mini else {}
-    noise_levels = tuple(args.noise_levels) if args.noise_levels else None
-    overrides = {"seeds": args.seeds, "noise_levels": noise_levels, "epochs": args.epochs,
-                 "learning_rate": args.learning_rate}  # fmt: skip
-    config = DemoConfig(output=args.output, rebuild=args.rebuild, **preset)
-    demo(dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None}))
-    return 0
-
-
 def run_tiny_example(config: TinyExampleConfig) -> int:
     """`poft tiny-example --output DIR`: a tiny model and a small scored dataset for trying `poft train`."""
     from .example import write_tiny_example
@@ -284,8 +263,6 @@ COMMANDS = {
                     lambda: (EvalConfig,), run_eval),
     "tiny-example": Command("write a tiny model and a small scored dataset (offline)",
                             lambda: (TinyExampleConfig,), run_tiny_example),
-    "demo": Command("offline end-to-end experiment: SFT, PoFT and baselines on noisy data, with a report",
-                    lambda: (DemoArguments,), run_demo),
 }  # fmt: skip
 
 
@@ -352,10 +329,6 @@ def parse_command(argv: list[str]) -> Parsed:
     """
     name = top_parser().parse_args(argv[:1]).command
     parser = command_parser(name)
-    if name == "demo" and "--real" in argv[1:]:  # the real-model study has its own options (poft.demo.real)
-        from .demo.real import parse_args
-
-        return Parsed(name, parser, (parse_args([a for a in argv[1:] if a != "--real"]),))
     try:
         options = parser.parse_args_and_config(args=argv[1:])
     except (ValueError, OSError) as e:  # an unreadable --config, unknown keys in it, a refused combination
@@ -452,16 +425,6 @@ def interrupted_line(name: str, options: tuple | None) -> str:
         return (
             f"interrupted; the checkpoints saved so far in {config.output_dir} are kept: run the same "
             "command with --resume_from_checkpoint last to resume"
-        )
-    if name == "demo" and options and not isinstance(options[0], DemoArguments):  # poft demo --real
-        return (
-            f"interrupted; the scores and the finished runs in {options[0].output} are kept: the same command "
-            "resumes from them"
-        )
-    if name == "demo" and options:
-        return (
-            f"interrupted; the aligned models cached in {options[0].output}/assets (once built) are kept: "
-            "the same command reuses them"
         )
     return "interrupted; nothing to resume: run the same command again"
 

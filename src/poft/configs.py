@@ -1,4 +1,4 @@
-"""The options of `poft score`, `filter`, `inspect`, `eval`, `demo` and `tiny-example`, one dataclass each.
+"""The options of `poft score`, `filter`, `inspect`, `eval` and `tiny-example`, one dataclass each.
 
 Every field's help text is written once, here, and poft's parser (`poft.options`, TrlParser's conventions)
 reads it: so every subcommand takes `--config options.yaml` plus command-line overrides, and both
@@ -208,60 +208,6 @@ class EvalConfig:
     apply_chat_template: bool = field(
         default=False, metadata={"help": "Wrap the prompts in the model's chat template."}
     )
-
-
-@dataclass
-class DemoArguments:
-    """`poft demo`: the offline noise experiment; unset fields keep the preset's value (poft.demo.DemoConfig)."""
-
-    output: str = field(
-        default="demo_output", metadata={"help": "Folder for results, plots, report and cached models."}
-    )
-    full: bool = field(
-        default=False,
-        metadata={"help": "3 seeds of every method (+ top40_poft, original bi-PoFT)."},
-    )
-    mini: bool = field(default=False, metadata={"help": "A seconds-long smoke run (tests)."})
-    real: bool = field(
-        default=False,
-        metadata={
-            "help": "Instead, SFT vs PoFT on real checkpoints (gemma-3-270m target, SmolLM2 / Qwen2.5 aligned; "
-            "fetched by scripts/fetch_real_models.py); its own options: poft demo --real --help."
-        },
-    )
-    seeds: int | None = field(
-        default=None, metadata={"help": "Number of training seeds (default 1, --full 3)."}
-    )
-    noise_levels: list[float] | None = field(
-        default=None, metadata={"help": "Shares of noisy training rows (default 0 0.3 0.5)."}
-    )
-    epochs: int | None = field(default=None, metadata={"help": "Target training epochs (default 20)."})
-    learning_rate: float | None = field(
-        default=None,
-        metadata={
-            "help": "One peak learning rate for every method (default: each method's own, chosen on validation prompts by python -m poft.demo.tune)."
-        },
-    )
-    rebuild: bool = field(default=False, metadata={"help": "Rebuild the cached aligned models and scores."})
-
-    def __post_init__(self):
-        if self.full and self.mini:
-            raise ValueError("argument --mini: not allowed with argument --full")
-        if self.real:  # `poft demo --real` is read by poft.demo.real's own parser, before this class
-            raise ValueError(
-                "real: the real-model study takes its own options: run `poft demo --real [options]` on the "
-                "command line (see `poft demo --real --help`), not `real` in a --config file"
-            )
-        for name in ("seeds", "epochs"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(
-                    f"--{name} must be at least 1, got {value}"
-                )  # epochs 0 ran 8 min, then failed
-        if self.noise_levels is not None and not all(0 <= x < 1 for x in self.noise_levels):
-            raise ValueError(f"--noise_levels must be shares in [0, 1), got {self.noise_levels}")
-        if self.learning_rate is not None and not self.learning_rate > 0:
-            raise ValueError(f"--learning_rate must be > 0, got {self.learning_rate}")
 
 
 @dataclass
