@@ -53,7 +53,9 @@ def render() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if docs/cli.md differs from what it would write")
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 if docs/cli.md differs from what it would write"
+    )
     args = parser.parse_args(argv)
     try:
         text = render()
