@@ -2,7 +2,7 @@
 
 TRL's configs default to bf16 mixed precision, and transformers refuses bf16 without a GPU unless
 `use_cpu` is set ("Your setup doesn't support bf16/gpu"), so `poft train` and `poft dpo` with their
-defaults stopped on a CPU-only machine. Here, before TRL's checks run:
+defaults would stop on a CPU-only machine. Here, before TRL's checks run:
 - no GPU (CUDA, MPS or XPU) and `use_cpu` not set: train on the CPU (`use_cpu=True`);
 - `bf16` not set (TRL's None) on the CPU: bf16 autocast where the CPU has bf16 instructions (AMX or
   AVX512-BF16: 2-3x faster matmuls), float32 elsewhere.
@@ -18,6 +18,8 @@ import os
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from .console import say_once
 
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
@@ -65,16 +67,6 @@ def fit_training_args(args, gpu: bool | None = None, bf16_cpu: bool | None = Non
             else "float32 (this CPU has no bf16 instructions)"
         )
     return "; ".join(chosen) or None
-
-
-_SAID: set[str] = set()
-
-
-def say_once(text: str | None) -> None:
-    """Print a decision once per process (and only on the main process of a multi-process run)."""
-    if text and text not in _SAID and os.environ.get("RANK", "0") == "0":
-        _SAID.add(text)
-        print(f"poft: {text}")
 
 
 @dataclass(frozen=True)

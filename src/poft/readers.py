@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +42,7 @@ from pathlib import Path
 from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset, load_from_disk
 
 from .configs import FORMATS, ON_BAD_ROW  # choices are typed once, where --help reads them
+from .console import BadRow, input_order, refuse_or_skip, say
 
 KNOWN_ROLES = frozenset({"system", "user", "assistant", "tool"})
 SHAREGPT_ROLES = {
@@ -263,7 +263,7 @@ class RawRows:
     """Rows as stored: parsed JSON values (`rows`) or an Arrow-backed dataset (`table`), never both.
 
     `lines[i]` is the file line of row i for JSON-lines files; `bad` lists lines that are not rows at all
-    (malformed JSON, a JSON value that is not an object), as {"row", "id", "problem"}.
+    (malformed JSON, a JSON value that is not an object), as `console.BadRow`s.
     """
 
     source: str
@@ -271,7 +271,7 @@ class RawRows:
     rows: list[dict] | None = None
     table: Dataset | None = None
     lines: list[int] | None = None
-    bad: list[dict] = field(default_factory=list)
+    bad: list[BadRow] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.rows) if self.rows is not None else len(self.table)
@@ -349,25 +349,40 @@ def _dataset_from_columns(columns: dict[str, list], source: str, where: list[str
 
 def _read_json_file(path: Path) -> RawRows:
     """Parse a JSON array file or a JSON-lines file, each line exactly once."""
+    text = _utf8_text(path)
+    if text.lstrip().startswith("["):
+        return _read_json_array(path, text)
+    return _read_json_lines(path, text)
+
+
+def _utf8_text(path: Path) -> str:
+    """The file as text (a leading byte-order mark dropped); a byte that is not UTF-8 is named by line."""
     data = path.read_bytes()
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         raise ValueError(f"{path}: line {line}: not valid UTF-8 text ({e.reason})") from e
-    text = text.removeprefix("\ufeff")
-    if text.lstrip().startswith("["):
-        try:
-            values = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: line {e.lineno}, column {e.colno}: malformed JSON ({e.msg})") from e
-        odd = next((i for i, value in enumerate(values) if not isinstance(value, dict)), None)
-        if odd is not None:  # rows of an array are named by position: leaving one out would shift the names
-            raise ValueError(
-                f"{path}: row {odd} is a JSON {type(values[odd]).__name__}; a JSON array file must hold "
-                "objects, one per row"
-            )
-        return RawRows(str(path), _union_columns(values), rows=values)
+    return text.removeprefix("\ufeff")
+
+
+def _read_json_array(path: Path, text: str) -> RawRows:
+    """A JSON array of objects, one per row; anything else in it stops the read."""
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: line {e.lineno}, column {e.colno}: malformed JSON ({e.msg})") from e
+    odd = next((i for i, value in enumerate(values) if not isinstance(value, dict)), None)
+    if odd is not None:  # rows of an array are named by position: leaving one out would shift the names
+        raise ValueError(
+            f"{path}: row {odd} is a JSON {type(values[odd]).__name__}; a JSON array file must hold "
+            "objects, one per row"
+        )
+    return RawRows(str(path), _union_columns(values), rows=values)
+
+
+def _read_json_lines(path: Path, text: str) -> RawRows:
+    """One JSON object per line; a line that is not one is recorded in `bad`, by line number."""
     rows, lines, bad = [], [], []
     pieces = text.split("\n")  # not splitlines(): U+2028, U+0085, \x1c... inside a string are text
     for line_no, line in enumerate(pieces, start=1):
@@ -382,16 +397,11 @@ def _read_json_file(path: Path) -> RawRows:
                 if cut
                 else f"malformed JSON ({e.msg})"
             )
-            bad.append({"row": f"line {line_no}", "id": None, "problem": problem})
+            bad.append(BadRow(row=f"line {line_no}", id=None, problem=problem))
             continue
         if not isinstance(value, dict):
-            bad.append(
-                {
-                    "row": f"line {line_no}",
-                    "id": None,
-                    "problem": f"a JSON {type(value).__name__}, not an object",
-                }
-            )
+            problem = f"a JSON {type(value).__name__}, not an object"
+            bad.append(BadRow(row=f"line {line_no}", id=None, problem=problem))
             continue
         rows.append(value)
         lines.append(line_no)
@@ -462,7 +472,7 @@ class SFTRows:
     dataset: Dataset  # messages, id, fingerprint (+ label), other columns; in input order
     source: str
     format: str
-    bad: list[dict]  # {"row": "line 12" / "row 3", "id", "problem"} per row left out
+    bad: list[BadRow]  # the rows left out, in input order
     n_rows_in: int  # rows (and non-empty lines) in the input, bad ones included
     where: list[str]  # where each row of `dataset` is in the input ("line 12" / "row 3"), for messages
 
@@ -487,56 +497,68 @@ def read_sft(
     source stores one (`poft score`, which scores that text); by default a stored one is kept, for the
     trainer to compare with the text it trains on.
     """
+    _check_choices(format, on_bad_row)
+    raw = read_rows(source, split, config)
+    source_name = name or raw.source
+    fmt = _sft_format(raw, source_name, format)
+    if not isinstance(source, Dataset) or fmt != "messages":
+        say(f"{source_name}: {_DESCRIPTIONS[fmt]} ({'forced' if format else 'detected'}), {len(raw)} rows")
+    kept, new, bad = _conversations(raw, fmt, keep_fingerprints and FINGERPRINT_COLUMN in raw.columns)
+    n_rows_in = len(raw) + len(raw.bad)
+    if report or on_bad_row == "error":
+        what = f"{source_name}: {len(bad)} of {n_rows_in} rows cannot be read as {fmt}"
+        refuse_or_skip(bad, what, on_bad_row, RowError)
+    if not kept:
+        raise ValueError(f"{source_name}: none of its {n_rows_in} rows can be read as {fmt}")
+    dataset = raw.assemble(kept, list(SOURCE_COLUMNS[fmt]), new)
+    return SFTRows(dataset, source_name, fmt, bad, n_rows_in, [raw.where(i) for i in kept])
+
+
+def _check_choices(format: str | None, on_bad_row: str) -> None:
     if format is not None and format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
     if on_bad_row not in ON_BAD_ROW:
         raise ValueError(f"on_bad_row must be one of {ON_BAD_ROW}, got {on_bad_row!r}")
-    raw = read_rows(source, split, config)
-    source_name = name or raw.source
+
+
+def _sft_format(raw: RawRows, source_name: str, format: str | None) -> str:
+    """The format given, or the one the columns say; refuses rows without the columns it needs."""
     if len(raw) == 0 and not raw.bad:
         raise ValueError(f"{source_name}: no rows")
     try:
         fmt = format or detect_format(raw.columns or ["messages"])
     except ValueError as e:  # name the file: the message is the only line a command prints
         raise ValueError(f"{source_name}: {e}") from e
-    required = [c for c in SOURCE_COLUMNS[fmt] if c != "input"]
-    missing = [c for c in required if c not in raw.columns]
+    missing = [c for c in SOURCE_COLUMNS[fmt] if c != "input" and c not in raw.columns]
     if missing and len(raw):
         raise ValueError(f"{source_name}: format {fmt!r} needs columns {missing} (columns: {raw.columns})")
-    if not isinstance(source, Dataset) or fmt != "messages":
-        _say(
-            f"poft: {source_name}: {_DESCRIPTIONS[fmt]} ({'forced' if format else 'detected'}), {len(raw)} rows"
-        )
-    has_label = "label" in raw.columns
-    stored = keep_fingerprints and FINGERPRINT_COLUMN in raw.columns
-    wanted = [*SOURCE_COLUMNS[fmt], "id", "prompt_id", "label", FINGERPRINT_COLUMN]
-    kept: list[int] = []
+    return fmt
+
+
+def _conversations(raw: RawRows, fmt: str, stored_fingerprints: bool) -> tuple[list[int], dict, list[BadRow]]:
+    """Every row read as `fmt`: the indices of the rows kept, their new columns (messages, id, fingerprint,
+    label when there is a `label` column), and the bad rows (unparsable lines included), in input order."""
     new: dict[str, list] = {"messages": [], "id": [], FINGERPRINT_COLUMN: []}
-    if has_label:
+    if "label" in raw.columns:
         new["label"] = []
+    kept: list[int] = []
     bad = list(raw.bad)
+    wanted = [*SOURCE_COLUMNS[fmt], "id", "prompt_id", "label", FINGERPRINT_COLUMN]
     for i, row in enumerate(raw.iter_rows(wanted)):
         try:
             messages = sft_messages(row, fmt)
-            label = parse_label(row["label"]) if has_label else None
+            label = parse_label(row["label"]) if "label" in new else None
         except RowError as e:
-            bad.append({"row": raw.where(i), "id": row_id(row), "problem": str(e)})
+            bad.append(BadRow(row=raw.where(i), id=row_id(row), problem=str(e)))
             continue
+        digest = fingerprint(messages)
+        stored = row[FINGERPRINT_COLUMN] if stored_fingerprints else None
+        values = {"messages": messages, "id": row_id(row) or digest[:16], "label": label}
+        values[FINGERPRINT_COLUMN] = stored or digest
+        for column, column_values in new.items():
+            column_values.append(values[column])
         kept.append(i)
-        digest = row[FINGERPRINT_COLUMN] if stored and row[FINGERPRINT_COLUMN] else fingerprint(messages)
-        new["messages"].append(messages)
-        new["id"].append(row_id(row) or fingerprint(messages)[:16])
-        new[FINGERPRINT_COLUMN].append(digest)
-        if has_label:
-            new["label"].append(label)
-    n_rows_in = len(raw) + len(raw.bad)
-    if bad:
-        bad.sort(key=lambda b: (b["row"].split()[0], int(b["row"].split()[1])))
-        _report_bad(bad, source_name, fmt, on_bad_row, n_rows_in, report)
-    if not kept:
-        raise ValueError(f"{source_name}: none of its {n_rows_in} rows can be read as {fmt}")
-    dataset = raw.assemble(kept, list(SOURCE_COLUMNS[fmt]), new)
-    return SFTRows(dataset, source_name, fmt, bad, n_rows_in, [raw.where(i) for i in kept])
+    return kept, new, input_order(bad)
 
 
 def load_sft_dataset(
@@ -549,22 +571,3 @@ def load_sft_dataset(
 ) -> Dataset:
     """`read_sft(...).dataset`: the rows as `messages` + `id` + `fingerprint` (+ `label`) + other columns."""
     return read_sft(source, split, config, format=format, on_bad_row=on_bad_row).dataset
-
-
-def _report_bad(bad: list[dict], source: str, fmt: str, on_bad_row: str, total: int, report: bool) -> None:
-    named = "; ".join(f"{b['row']} (id={b['id']}): {b['problem']}" for b in bad[:5])
-    more = f"; ... {len(bad) - 5} more" if len(bad) > 5 else ""
-    if on_bad_row == "error":
-        raise RowError(
-            f"{source}: {len(bad)} of {total} rows cannot be read as {fmt}: {named}{more}. Fix them, or pass "
-            "--on-bad-row skip to leave them out"
-        )
-    if report:
-        _say(
-            f"poft: {source}: skipped {len(bad)} of {total} rows that cannot be read as {fmt}: {named}{more}"
-        )
-
-
-def _say(text: str) -> None:
-    if os.environ.get("RANK", "0") == "0":  # every process of a multi-process run reads the data; one says so
-        print(text)

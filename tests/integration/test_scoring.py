@@ -211,11 +211,11 @@ def test_bf16_run_of_another_packing_scheme_is_not_resumed(tiny_model, tmp_path,
 
 def test_dtype_auto_follows_the_cpu(aligned, tmp_path, monkeypatch, capsys):
     """`--dtype auto`: bf16 on a CPU with bf16 instructions, float32 without; the choice is printed."""
-    import poft.device
+    import poft.console
 
     rows = rows_dataset(make_rows(2))
     monkeypatch.setenv("POFT_CPU_BF16", "1")
-    monkeypatch.setattr(poft.device, "_SAID", set())
+    monkeypatch.setattr(poft.console, "_SAID", set())
     score_dataset(rows, [aligned["chatml"]], tmp_path / "bf16", progress=False)
     assert json.loads((tmp_path / "bf16" / "manifest.json").read_text())["dtype"] == "bfloat16"
     assert "--dtype auto: scoring in bfloat16 (this CPU has bf16 instructions" in capsys.readouterr().out
@@ -305,7 +305,7 @@ def test_bad_rows_stop_the_run_naming_file_line_id_and_problem(aligned, tmp_path
         score_dataset(str(data), [aligned["chatml"]], tmp_path / "out", progress=False)
     message = str(err.value)
     assert str(data) in message and "6 of 8 rows cannot be read" in message
-    assert "line 2 (id=None): malformed JSON" in message and "line 3 (id=u1): no assistant turn" in message
+    assert "line 2: malformed JSON" in message and "line 3 (id=u1): no assistant turn" in message
 
 
 def test_bad_rows_can_be_skipped_and_recorded(aligned, tmp_path, capsys):
@@ -315,7 +315,9 @@ def test_bad_rows_can_be_skipped_and_recorded(aligned, tmp_path, capsys):
         str(data), [aligned["chatml"]], tmp_path / "out", on_bad_row="skip", progress=False
     )
     assert scored["id"] == ["ok1", "ok2"]
-    assert "skipped 6 of 8 rows" in capsys.readouterr().out
+    assert (
+        "6 of 8 rows cannot be read as messages, left out: line 2: malformed JSON" in capsys.readouterr().out
+    )
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["counts"]["dropped"] == 6 and manifest["dataset"]["n_rows_in"] == 8
     for record, (_, problem) in zip(manifest["bad_rows"], [b for b in BAD_LINES if b[1]], strict=True):

@@ -134,9 +134,7 @@ def test_file_cut_mid_line_is_an_error(tmp_path):
     path = tmp_path / "cut.jsonl"
     text = "".join(json.dumps({"messages": c}) + "\n" for c in CONVERSATIONS)
     path.write_text(text[:-15])  # a download cut inside the last row
-    with pytest.raises(
-        RowError, match=r"cut\.jsonl: .*line 2 \(id=None\): the file ends in the middle of this line"
-    ):
+    with pytest.raises(RowError, match=r"cut\.jsonl: .*line 2: the file ends in the middle of this line"):
         load_sft_dataset(str(path))
 
 
@@ -148,7 +146,7 @@ def test_malformed_middle_line_and_json_array_name_the_line(tmp_path):
         + json.dumps({"messages": CONVERSATIONS[1]})
         + "\n"
     )
-    with pytest.raises(RowError, match=r"bad\.jsonl: 1 of 3 rows .*line 2 \(id=None\): malformed JSON"):
+    with pytest.raises(RowError, match=r"bad\.jsonl: 1 of 3 rows .*line 2: malformed JSON"):
         load_sft_dataset(str(path))
     array = tmp_path / "bad.json"
     array.write_text('[\n {"messages": []},\n {"messages": [}\n]')
@@ -156,7 +154,7 @@ def test_malformed_middle_line_and_json_array_name_the_line(tmp_path):
         load_sft_dataset(str(array))
 
 
-def test_bad_rows_name_file_line_id_and_field(tmp_path):
+def test_bad_rows_name_file_line_id_and_field(tmp_path, capsys):
     rows = sharegpt_rows() + [
         {"id": "u7", "conversations": [{"from": "human", "value": "hi"}, {"from": "bot", "value": "yo"}]},
         {"id": "u8", "conversations": [{"from": "human", "value": None}]},
@@ -168,8 +166,13 @@ def test_bad_rows_name_file_line_id_and_field(tmp_path):
     assert "sg.jsonl: 2 of 4 rows cannot be read as sharegpt" in message
     assert "line 3 (id=u7): conversations[1].from is 'bot'" in message
     assert "line 4 (id=u8): conversations[0].value is NoneType, not a string" in message
+    capsys.readouterr()
     skipped = read_sft(path, on_bad_row="skip")  # left out, and recorded for the scorer's manifest
     assert skipped.dataset["messages"] == CONVERSATIONS and skipped.n_rows_in == 4
+    said = capsys.readouterr().out
+    assert (
+        "sg.jsonl: 2 of 4 rows cannot be read as sharegpt, left out: line 3 (id=u7): conversations[1]" in said
+    )
     assert [(b["row"], b["id"]) for b in skipped.bad] == [("line 3", "u7"), ("line 4", "u8")]
 
 
@@ -179,7 +182,7 @@ def test_integer_labels_become_booleans():
 
 
 def test_bad_alpaca_row_and_bad_label(tmp_path):
-    with pytest.raises(RowError, match=r"line 1 \(id=.*\): output is None"):
+    with pytest.raises(RowError, match=r"a\.jsonl: 1 of 1 rows .*: line 1: output is None"):
         load_sft_dataset(write_jsonl(tmp_path / "a.jsonl", [{"instruction": "x", "output": None}]))
     rows = [{"messages": CONVERSATIONS[0], "label": "maybe"}]
     with pytest.raises(RowError, match="label is 'maybe'"):
@@ -290,7 +293,7 @@ def test_openai_content_parts_are_text_and_no_other_row_changes(tmp_path, capsys
     answers = [m[1]["content"] for m in data.dataset["messages"]]
     assert answers == [str(i + 3) for i in range(64)]  # text stays text
     assert data.dataset["messages"][10][0] == {"role": "user", "content": "add 10 and 3"}
-    assert "skipped" not in capsys.readouterr().out
+    assert "cannot be read" not in capsys.readouterr().out
 
 
 def test_non_text_content_part_is_a_named_error(tmp_path):
