@@ -1,6 +1,6 @@
-"""Where `poft demo`'s time goes: CPU seconds (user + sys of this process) per phase, all in ONE process.
+"""Where the demo's time goes: CPU seconds (user + sys of this process) per phase, all in ONE process.
 
-    python benchmarks/profile_demo.py --output /tmp/demo_profile          # the default run, nothing cached
+    python -m experiments.profile_demo --output /tmp/demo_profile          # the default run, nothing cached
 
 The demo runs with workers=1 (everything in this process, one torch thread, as each worker of the real run),
 so every phase's CPU time is measured by `time.process_time` around the demo's own functions: pretraining the
@@ -8,24 +8,25 @@ base, training the aligned models, scoring, each target run's training (without 
 evaluations (generation + clean NLL) and PoFT's weight measurements. Exclusive times: a nested phase is taken
 out of its parent. CPU time is the measure because the machine is shared (wall time depends on the load);
 the quiet 2-core wall time is estimated from it as the critical path (RESULTS.md, "Commands, seeds and wall
-times"). The tables it prints equal `poft demo`'s: every run is a pure function of its settings.
+times"). The tables it prints equal `python -m experiments.demo`'s: every run is a pure function of its settings.
 `uptime` is printed at the start and the end; the last line printed is one JSON object.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from types import ModuleType
 
-import poft.demo.assets as assets
-import poft.demo.evaluate as evaluate
-import poft.demo.run as run
-from poft.demo.config import DemoConfig
+from .demo import assets, evaluate, run
+from .demo.config import DemoConfig
+from .entry import run_main
+
+PROG = "python -m experiments.profile_demo"
 
 CPU: dict[str, float] = collections.defaultdict(float)
 CALLS: collections.Counter = collections.Counter()
@@ -56,10 +57,17 @@ def patch(module: ModuleType, name: str, label: str) -> None:
     setattr(module, name, timed(getattr(module, name), label))
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--output", required=True, help="a fresh folder (nothing cached)")
-    args = parser.parse_args()
+@dataclass
+class ProfileArguments:
+    output: str = field(metadata={"help": "A fresh folder (nothing cached)."})
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(PROG, ProfileArguments, profile, argv, lambda args: "interrupted; nothing measured is kept",
+                    description=__doc__.split("\n")[0])  # fmt: skip
+
+
+def profile(args: ProfileArguments) -> None:
     print("uptime:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
     patch(assets, "pretrain_base", "pretraining the base")
     patch(assets, "_train_aligned", "aligned models")
@@ -86,7 +94,6 @@ def main() -> int:
     print(f"{'total (after imports)':42s} {total:7.1f} s CPU, wall {time.time() - wall:.0f} s")
     out = {"total_cpu_s": round(total, 1), "cpu_s": {k: round(v, 1) for k, v in CPU.items()}, "calls": CALLS}
     print(json.dumps(out | {"per_run_cpu_s": PER_RUN}))
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""Put a finished demo run's tables into RESULTS.md, between marker comments, so they are the command's own output.
+"""Put a finished demo run's tables into docs/RESULTS.md, between marker comments, so they are the command's own
+output.
 
-    poft demo --output demo_output                                     # make demo
-    python -m poft.demo.publish --output demo_output --block default   # make demo-results
+    python -m experiments.demo --output demo_output                                                # make demo
+    python -m experiments.publish --output demo_output --results docs/RESULTS.md --block default   # make demo-results
 
 A block in the markdown file is delimited by
 
@@ -10,7 +11,7 @@ A block in the markdown file is delimited by
     <!-- poft-demo:NAME end -->
 
 and everything between the two lines is replaced. Block NAME gets the results table (`report.results_table`,
-the table `poft demo` prints), block NAME-claims, where the file has one, the per-seed claims tables
+the table the demo prints), block NAME-claims, where the file has one, the per-seed claims tables
 (`report.claims_table`, as in report.md). The table is recomputed from OUTPUT/results.json by the function that
 printed it, and checked against OUTPUT/report.md before anything is written, so a block can only hold what the
 command wrote. Text outside the blocks (the discussion) is left as it is.
@@ -18,12 +19,28 @@ command wrote. Text outside the blocks (the discussion) is left as it is.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .report import claims_table, results_table
+from .demo.report import claims_table, results_table
+from .entry import run_main
+
+PROG = "python -m experiments.publish"
+
+
+@dataclass
+class PublishArguments:
+    """`python -m experiments.publish`'s options."""
+
+    output: str = field(
+        default="demo_output", metadata={"help": "The finished `python -m experiments.demo --output` folder."}
+    )
+    results: str = field(
+        default="docs/RESULTS.md", metadata={"help": "The markdown file holding the blocks."}
+    )
+    block: str = field(default="default", metadata={"help": "Block name (default: the default run's table)."})
 
 
 def markers(name: str) -> tuple[str, str]:
@@ -86,14 +103,13 @@ def publish(output: Path, results: Path, name: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m poft.demo.publish", description=__doc__.split("\n")[0])
-    parser.add_argument("--output", default="demo_output", help="the finished `poft demo --output` folder")
-    parser.add_argument("--results", default="RESULTS.md", help="the markdown file holding the blocks")
-    parser.add_argument("--block", default="default", help="block name (default: the default run's table)")
-    args = parser.parse_args(argv)
+    return run_main(PROG, PublishArguments, write, argv, lambda args: "interrupted; nothing was written",
+                    description=__doc__.split("\n")[0])  # fmt: skip
+
+
+def write(args: PublishArguments) -> None:
     written = publish(Path(args.output), Path(args.results), args.block)
-    print(f"poft demo: {args.output}'s tables written into {args.results}, block(s) {', '.join(written)}")
-    return 0
+    print(f"{PROG}: {args.output}'s tables written into {args.results}, block(s) {', '.join(written)}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """The noise study on real checkpoints: SFT vs PoFT on a real base model, real aligned models, real rows.
 
-    poft demo --real --output real_study          # or: python -m poft.demo.real --output real_study
+    python -m experiments.real_study --output real_study          # from the repository root
 
 What it runs (issue 12, item 4; RESULTS.md "Real models: SFT vs PoFT"):
-- rows: the 200 real Alpaca rows of tests/real/data/alpaca_real.json (GPT-4 answers, CC BY-NC 4.0), split with
+- rows: the 200 real Alpaca rows of data/alpaca_real.json (GPT-4 answers, CC BY-NC 4.0), split with
   `seed` into `n_train` training rows, `n_heldout` held-out rows (clean NLL after every epoch) and `n_answers`
   prompts answered greedily at the end;
 - noise: for each level (0 and 0.3), that share of the training rows replaced, half by another training row's
@@ -31,7 +31,6 @@ original models'). Fetch them first: `python scripts/fetch_real_models.py` (cach
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -43,8 +42,11 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[3]
-DEFAULT_ROWS = ROOT / "tests" / "real" / "data" / "alpaca_real.json"
+from .entry import run_main
+
+PROG = "python -m experiments.real_study"
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_ROWS = ROOT / "data" / "alpaca_real.json"
 DEFAULT_TEMPLATE = ROOT / "tests" / "real" / "gemma_chat_template.jinja"
 KINDS = ("clean", "wrong_prompt", "corrupted")
 
@@ -73,8 +75,12 @@ class RealStudyConfig:
     n_train: int = field(default=64, metadata={"help": "training rows (clean + noisy)"})
     n_heldout: int = field(default=24, metadata={"help": "held-out clean rows: NLL after every epoch"})
     n_answers: int = field(default=4, metadata={"help": "held-out prompts answered greedily at the end"})
-    noise_levels: tuple[float, ...] = field(default=(0.0, 0.3), metadata={"help": "shares of noisy rows"})
-    methods: tuple[str, ...] = field(default=("sft", "poft"), metadata={"help": "objectives compared"})
+    noise_levels: list[float] = field(
+        default_factory=lambda: [0.0, 0.3], metadata={"help": "shares of noisy rows"}
+    )
+    methods: list[str] = field(
+        default_factory=lambda: ["sft", "poft"], metadata={"help": "objectives compared"}
+    )
     char_rate: float = field(default=0.1, metadata={"help": "per-character edit probability (corrupted)"})
     epochs: int = field(default=3, metadata={"help": "training epochs (evaluated after each)"})
     learning_rate: float = field(default=5e-4, metadata={"help": "peak learning rate (cosine, 5 %% warm-up)"})
@@ -82,8 +88,20 @@ class RealStudyConfig:
     max_length: int = field(default=256, metadata={"help": "tokens per training row at most"})
     full_finetune: bool = field(default=False, metadata={"help": "train every weight instead of LoRA"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank (all linear layers)"})
-    dtype: str = field(default="auto", metadata={"help": "auto (bf16 where supported) | float32 | bfloat16"})
+    dtype: str = field(
+        default="auto",
+        metadata={"help": "auto (bf16 autocast where supported)", "choices": ("auto", "float32", "bfloat16")},
+    )
     max_new_tokens: int = field(default=48, metadata={"help": "length of the greedy answers"})
+
+    def __post_init__(self):
+        if not all(0 <= x < 1 for x in self.noise_levels):
+            raise ValueError(f"--noise_levels must be shares in [0, 1), got {self.noise_levels}")
+        for name in ("n_train", "n_heldout", "epochs", "batch_size", "max_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"--learning_rate must be > 0, got {self.learning_rate}")
 
     @property
     def aligned(self) -> list[str]:
@@ -102,7 +120,7 @@ class RealStudyConfig:
 
 def alpaca_messages(row: dict) -> list[dict]:
     """The conversation `poft score` / `poft train` read from an Alpaca row (the reader's own conversion)."""
-    from ..readers import sft_messages
+    from poft.readers import sft_messages
 
     return sft_messages(row, "alpaca")
 
@@ -123,7 +141,7 @@ def noisy_training_rows(train: list[dict], noise: float, config: RealStudyConfig
     """`train` with a `noise` share replaced: half wrong_prompt (another row's answer), half corrupted.
 
     Rows keep their position; a noisy row gets the id `<id>~<kind>` so that it is a distinct row to score."""
-    from .noise import corrupt_chars
+    from .demo.noise import corrupt_chars
 
     rng = random.Random(f"{config.seed}-{noise}")
     chosen = sorted(rng.sample(range(len(train)), round(noise * len(train))))
@@ -152,7 +170,7 @@ def response_logprobs(
     """Mean log-prob per response token of each conversation under `model` (poft's packed scorer)."""
     import torch
 
-    from ..logprobs import packed_batches, packed_logprob_sums, scoring_chunk_size
+    from poft.logprobs import packed_batches, packed_logprob_sums, scoring_chunk_size
 
     encoded = [chat.encode(m, max_length) for m in conversations]
     sequences = [(np.asarray(e.input_ids), np.asarray(e.response_mask)) for e in encoded]
@@ -233,9 +251,9 @@ def train_one(
     from transformers import AutoTokenizer, TrainerCallback
     from transformers.trainer_callback import PrinterCallback
 
-    from ..chat import ChatFormat
-    from ..device import has_gpu
-    from ..trainer import PoFTConfig, PoFTTrainer
+    from poft.chat import ChatFormat
+    from poft.device import has_gpu
+    from poft.trainer import PoFTConfig, PoFTTrainer
 
     work = Path(config.output) / "work" / f"{noise}_{method}"
     args = PoFTConfig(
@@ -300,9 +318,9 @@ def run_study(config: RealStudyConfig) -> dict:
     import torch
     from tqdm.auto import tqdm
 
-    from ..aligned import resolve_dtype
-    from ..device import has_gpu
-    from ..scoring import score_dataset
+    from poft.aligned import resolve_dtype
+    from poft.device import has_gpu
+    from poft.scoring import score_dataset
 
     missing = [
         p for p in (config.target, *(Path(s.split("=", 1)[1]) for s in config.aligned)) if not p.is_dir()
@@ -386,7 +404,7 @@ def _measure_base(probe: Probe, config: RealStudyConfig, autocast: bool) -> dict
     """Epoch 0: the base model itself (the same start for every run)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..chat import ChatFormat
+    from poft.chat import ChatFormat
 
     tokenizer = AutoTokenizer.from_pretrained(config.target)
     tokenizer.chat_template = Path(config.chat_template).read_text()
@@ -401,7 +419,7 @@ def refuse_other_settings(out: Path, config: RealStudyConfig) -> None:
     if not path.exists():
         return
     before = json.loads(path.read_text())
-    now = json.loads(json.dumps(dataclasses.asdict(config)))  # tuples as JSON lists, as the file has them
+    now = json.loads(json.dumps(dataclasses.asdict(config)))  # as the file has them (JSON values)
     changed = sorted(k for k in before.keys() | now.keys() if k != "output" and before.get(k) != now.get(k))
     if changed:
         raise ValueError(
@@ -513,26 +531,17 @@ def plot_study(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def parse_args(argv: list[str] | None = None) -> RealStudyConfig:
-    parser = argparse.ArgumentParser(prog="poft demo --real", description=__doc__.split("\n")[0])
-    for f in dataclasses.fields(RealStudyConfig):
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        flag = f"--{f.name}"
-        if isinstance(default, bool):
-            parser.add_argument(flag, action="store_true", help=f.metadata["help"])
-        elif isinstance(default, tuple):
-            kind = type(default[0])
-            parser.add_argument(flag, nargs="+", type=kind, default=default, help=f.metadata["help"])
-        else:
-            parser.add_argument(flag, type=type(default), default=default, help=f.metadata["help"])
-    values = vars(parser.parse_args(argv))
-    return RealStudyConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-
-
 def main(argv: list[str] | None = None) -> int:
+    """`python -m experiments.real_study [--config study.yaml] [--key value ...]`."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    run_study(parse_args(argv))
-    return 0
+    return run_main(PROG, RealStudyConfig, run_study, argv, interrupted, description=__doc__.split("\n")[0])
+
+
+def interrupted(config: RealStudyConfig) -> str:
+    return (
+        f"interrupted; the scores and the finished runs in {config.output} are kept: the same command resumes "
+        "from them"
+    )
 
 
 if __name__ == "__main__":

@@ -6,22 +6,40 @@ gets the rate of `TUNE_GRID` with the best validation accuracy after the last ep
 levels (by default the middle one, 0.3: the grid at every level did not fit this machine's time; one rate per
 method, not per noise level: a user does not know the noise level of their data). Seed 0, the default run's data,
 models and epochs, evaluated after the last epoch only; the test prompts are never evaluated here. The chosen rates are
-copied into config.LEARNING_RATES by hand (with this table in RESULTS.md), so `make demo` does not re-tune.
+copied into demo/config.py's LEARNING_RATES by hand (with this table in RESULTS.md), so `make demo` does not re-tune.
 
-    python -m poft.demo.tune --output demo_tune          # ~3x the default run's target training
+    python -m experiments.tune --output demo_tune          # ~3x the default run's target training
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import ALL_METHODS, MINI, TUNE_GRID, DemoConfig
-from .report import aggregate, method_order
-from .run import run_demo
+from .demo.config import ALL_METHODS, MINI, TUNE_GRID, DemoConfig
+from .demo.report import aggregate, method_order
+from .demo.run import run_demo
+from .entry import run_main
+
+PROG = "python -m experiments.tune"
+
+
+@dataclass
+class TuneArguments:
+    """`python -m experiments.tune`'s options: the demo's configuration, every method at every rate of `grid`."""
+
+    output: str = field(default="demo_tune", metadata={"help": "Output folder (its own cache)."})
+    mini: bool = field(default=False, metadata={"help": "The seconds-long configuration (tests)."})
+    methods: list[str] | None = field(
+        default=None, metadata={"help": f"Methods to tune (default: {' '.join(ALL_METHODS)} bi_poft_soft)."}
+    )
+    grid: list[float] = field(default_factory=lambda: list(TUNE_GRID), metadata={"help": "Learning rates."})
+    noise_levels: list[float] | None = field(
+        default=None, metadata={"help": "Shares of noisy rows (default: 0.3; --mini: its own)."}
+    )
 
 
 def choose(runs: list[dict]) -> dict[str, dict]:
@@ -44,13 +62,15 @@ def choose(runs: list[dict]) -> dict[str, dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m poft.demo.tune", description=__doc__.split("\n")[0])
-    parser.add_argument("--output", default="demo_tune", help="output folder (its own cache)")
-    parser.add_argument("--mini", action="store_true", help="the seconds-long configuration (tests)")
-    parser.add_argument("--methods", nargs="+", help=f"default: {' '.join(ALL_METHODS)} bi_poft_soft")
-    parser.add_argument("--grid", type=float, nargs="+", default=list(TUNE_GRID), help="learning rates")
-    parser.add_argument("--noise-levels", type=float, nargs="+", help="default: 0.3 (--mini: its own)")
-    args = parser.parse_args(argv)
+    return run_main(PROG, TuneArguments, tune, argv, interrupted, description=__doc__.split("\n")[0])
+
+
+def interrupted(args: TuneArguments) -> str:
+    return f"interrupted; the models and finished runs cached in {args.output}/assets are kept: the same command reuses them"
+
+
+def tune(args: TuneArguments) -> dict[str, dict]:
+    """Run the grid, print the validation accuracy per method and rate, write OUTPUT/tune.json."""
     config = DemoConfig(output=args.output, **(MINI if args.mini else {}))
     methods = tuple(args.methods) if args.methods else (*ALL_METHODS, "bi_poft_soft")
     if not args.methods and args.mini:
@@ -67,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         cells = " | ".join(f"{c['by_rate'].get(r, float('nan')):.3f}" for r in args.grid)
         print(f"| {method} | {cells} | {c['learning_rate']:g} |")
     (Path(args.output) / "tune.json").write_text(json.dumps(chosen, indent=1))
-    return 0
+    return chosen
 
 
 if __name__ == "__main__":

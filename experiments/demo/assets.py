@@ -24,7 +24,8 @@ from pathlib import Path
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from ..tiny import build_model, build_tokenizer
+from poft.tiny import build_model, build_tokenizer
+
 from .config import DemoConfig
 from .console import Progress
 from .evaluate import HeldOut, evaluate
@@ -78,7 +79,7 @@ def build_assets(
     done = folder / "assets.json"
     if done.exists():
         info = json.loads(done.read_text())
-        progress.write(f"poft demo: reusing the base and aligned models from {folder} (--rebuild to redo)")
+        progress.write(f"demo: reusing the base and aligned models from {folder} (--rebuild to redo)")
         progress.bar.update(asset_steps(config))
         return _load(folder, info)
     text = corpus(splits.pretrain + splits.aligned + splits.train)

@@ -1,4 +1,5 @@
-"""The demo's settings: one dataclass, every field with help text; `--full`, `--mini` and the tuning grid are presets.
+"""The demo's settings: DemoConfig holds every one, DemoArguments the few its command line changes (unset ones
+keep the preset's value); `--full`, `--mini` and the tuning grid are presets.
 
 Sizes were chosen so that `make demo` (1 seed, the six methods of DEFAULT_METHODS, noise 0 / 0.3 / 0.5) fits in
 5 minutes on 2 quiet CPU cores including building the cached models (RESULTS.md has the measured times): ~0.5M-parameter Llamas
@@ -21,7 +22,7 @@ from .methods import METHODS
 DEFAULT_METHODS = ("sft", "dft", "poft", "poft_fixed_tau", "top40_sft", "bi_poft_margin")
 ALL_METHODS = (*DEFAULT_METHODS, "top40_poft", "bi_poft_signed")
 
-# Each method's learning rate, chosen on the VALIDATION prompts by `python -m poft.demo.tune` (seed 0, noise 0.3,
+# Each method's learning rate, chosen on the VALIDATION prompts by `python -m experiments.tune` (seed 0, noise 0.3,
 # grid TUNE_GRID, the best last-epoch validation accuracy, ties: the smaller rate; the test prompts are never looked
 # at). sft and dft chose the grid's lowest rate, so they were also run at 1e-4 and at noise 0 / 0.5: 3e-4 is their
 # best mean over the three noise levels too. RESULTS.md has the tuning tables.
@@ -41,7 +42,7 @@ TUNE_GRID = (3e-4, 1e-3, 3e-3, 1e-2)  # 3e-4 run only for the methods that chose
 
 @dataclass
 class DemoConfig:
-    """Everything that decides what `poft demo` does (the CLI exposes the commonly changed fields)."""
+    """Everything that decides what the demo does (DemoArguments exposes the commonly changed fields)."""
 
     output: str = field(
         default="demo_output", metadata={"help": "folder for results, plots, report and cache"}
@@ -134,3 +135,53 @@ MINI = {
     "batch_size": 16,
     "workers": 1,
 }
+
+
+@dataclass
+class DemoArguments:
+    """`python -m experiments.demo`'s options; unset fields keep the preset's value (DemoConfig)."""
+
+    output: str = field(
+        default="demo_output", metadata={"help": "Folder for results, plots, report and cached models."}
+    )
+    full: bool = field(
+        default=False,
+        metadata={"help": "3 seeds of every method (+ top40_poft, original bi-PoFT)."},
+    )
+    mini: bool = field(default=False, metadata={"help": "A seconds-long smoke run (tests)."})
+    seeds: int | None = field(
+        default=None, metadata={"help": "Number of training seeds (default 1, --full 3)."}
+    )
+    noise_levels: list[float] | None = field(
+        default=None, metadata={"help": "Shares of noisy training rows (default 0 0.3 0.5)."}
+    )
+    epochs: int | None = field(default=None, metadata={"help": "Target training epochs (default 20)."})
+    learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "One peak learning rate for every method (default: each method's own, chosen on validation "
+            "prompts by python -m experiments.tune)."
+        },
+    )
+    rebuild: bool = field(default=False, metadata={"help": "Rebuild the cached aligned models and scores."})
+
+    def __post_init__(self):
+        if self.full and self.mini:
+            raise ValueError("argument --mini: not allowed with argument --full")
+        for name in ("seeds", "epochs"):
+            value = getattr(self, name)
+            if value is not None and value < 1:  # epochs 0 once ran 8 min, then failed
+                raise ValueError(f"--{name} must be at least 1, got {value}")
+        if self.noise_levels is not None and not all(0 <= x < 1 for x in self.noise_levels):
+            raise ValueError(f"--noise_levels must be shares in [0, 1), got {self.noise_levels}")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise ValueError(f"--learning_rate must be > 0, got {self.learning_rate}")
+
+    def config(self) -> DemoConfig:
+        """The preset (default, --full or --mini) with the options given here."""
+        preset = FULL if self.full else MINI if self.mini else {}
+        noise_levels = tuple(self.noise_levels) if self.noise_levels else None
+        overrides = {"seeds": self.seeds, "noise_levels": noise_levels, "epochs": self.epochs,
+                     "learning_rate": self.learning_rate}  # fmt: skip
+        config = DemoConfig(output=self.output, rebuild=self.rebuild, **preset)
+        return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})

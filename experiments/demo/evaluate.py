@@ -19,9 +19,10 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..chat import ChatFormat, TokenizedChat
-from ..logprobs import batch_logprob_sums, token_budget_batches
-from ..loss import normalize_scores
+from poft.chat import ChatFormat, TokenizedChat
+from poft.logprobs import batch_logprob_sums, token_budget_batches
+from poft.loss import normalize_scores
+
 from .tasks import Example, is_correct
 
 

@@ -1,7 +1,7 @@
 """The methods the demo compares: each is a PoFTTrainer setting plus, for some, a change to the training rows.
 
 Every method trains the same initial target on the same scored rows for the same number of epochs, at its
-own learning rate (config.LEARNING_RATES, chosen on the validation prompts by `python -m poft.demo.tune`):
+own learning rate (config.LEARNING_RATES, chosen on the validation prompts by `python -m experiments.tune`):
 
 - sft:             TRL's token cross-entropy on the response tokens (the paper's baseline).
 - dft:             TRL's DFT (`loss_type: dft`: each token's NLL times its detached probability), objective sft.
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from datasets import Dataset
 
-from ..filtering import select_rows
+from poft.filtering import select_rows
 
 
 @dataclass(frozen=True)

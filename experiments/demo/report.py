@@ -183,7 +183,7 @@ def write_report(out: Path, results: dict, details: dict, plots: list[Path]) -> 
         for name, m in details["models"].items()
     ]
     text = [
-        "# poft demo: SFT, PoFT and baselines on noisy synthetic data",
+        "# The PoFT demo: SFT, PoFT and baselines on noisy synthetic data",
         "",
         f"{config['eval_split'].capitalize()} metrics after the last epoch ({config['epochs']} epochs), mean ± std over "
         f"{config['seeds']} seed(s); wall time {details['wall_seconds']:.0f} s.",

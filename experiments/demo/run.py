@@ -1,4 +1,5 @@
-"""`poft demo`: the paper's noise experiment at toy scale, end to end through the library's code paths.
+"""`python -m experiments.demo`: the paper's noise experiment at toy scale, end to end through the library's
+code paths.
 
 Top to bottom:
 1. task data (tasks.py): six checkable skills; pretraining / aligned / target-train / validation / test prompts
@@ -8,7 +9,7 @@ Top to bottom:
    `poft.scoring.score_dataset` (the code path of `poft score`), which writes `ref_score`;
 4. the SAME initial target (the base) trained with every method (methods.py) for the same number of epochs,
    each at its own learning rate (config.LEARNING_RATES, chosen on the validation prompts by
-   `python -m poft.demo.tune`), evaluated on held-out test prompts after every `eval_every`-th epoch and the
+   `python -m experiments.tune`), evaluated on held-out test prompts after every `eval_every`-th epoch and the
    last (evaluate.py; evaluation leaves the training untouched: generation restores the RNG state);
 5. results.json, details.json, plots and report.md (report.py, plots.py).
 bi-PoFT at noise 0 is skipped: every row is desirable there, so it is PoFT exactly.
@@ -31,10 +32,12 @@ from datasets import Dataset, load_from_disk
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ..loss import poft_weight
-from ..scoring import score_dataset
+from poft.loss import poft_weight
+from poft.scoring import score_dataset
+
+from ..entry import run_main
 from .assets import Assets, asset_steps, build_assets, splits_of
-from .config import DemoConfig
+from .config import DemoArguments, DemoConfig
 from .console import Progress, quiet_libraries
 from .evaluate import HeldOut, encode_all, evaluate, response_scores
 from .methods import METHODS, method_rows
@@ -44,6 +47,21 @@ from .plots import write_plots
 from .report import write_report
 from .tasks import Splits
 from .train import steps_per_run, train
+
+PROG = "python -m experiments.demo"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m experiments.demo [--full | --mini] [--output DIR] [...]` (`make demo`: the default run)."""
+    return run_main(PROG, DemoArguments, lambda args: run_demo(args.config()), argv, interrupted,
+                    description="offline end-to-end experiment: SFT, PoFT and baselines on noisy data, with a report")  # fmt: skip
+
+
+def interrupted(args: DemoArguments) -> str:
+    return (
+        f"interrupted; the base, aligned models, scores and finished runs cached in {args.output}/assets are "
+        "kept: the same command reuses them"
+    )
 
 
 @dataclass(frozen=True)
@@ -92,7 +110,7 @@ def score_rows(rows: list[dict], assets: Assets, folder: Path, normalization: st
 def run_demo(config: DemoConfig, grid: tuple[float, ...] | None = None) -> dict:
     """Run the whole demo; returns {"runs": [...]} as written to OUTPUT/results.json.
 
-    With `grid` (python -m poft.demo.tune) every method runs at every learning rate of the grid."""
+    With `grid` (python -m experiments.tune) every method runs at every learning rate of the grid."""
     started = time.time()
     torch.set_num_threads(1)  # see parallel.py
     quiet_libraries()
@@ -102,7 +120,7 @@ def run_demo(config: DemoConfig, grid: tuple[float, ...] | None = None) -> dict:
     plan = plan_runs(config, grid)
     steps = sum(steps_per_run(run_rows(config, p.method), config.batch_size, config.epochs) for p in plan)
     print(
-        f"poft demo: {len(splits.train)} training rows, {len(splits.aligned)} aligned-model rows, "
+        f"demo: {len(splits.train)} training rows, {len(splits.aligned)} aligned-model rows, "
         f"{len(splits.pretrain)} pretraining conversations, {len(splits.val)} validation and "
         f"{len(splits.test)} test prompts; noise levels {list(config.noise_levels)}, methods "
         f"{list(config.methods)}, seeds 0..{config.seeds - 1}: {len(plan)} target runs x {config.epochs} epochs"
@@ -126,7 +144,7 @@ def run_demo(config: DemoConfig, grid: tuple[float, ...] | None = None) -> dict:
     (out / "details.json").write_text(json.dumps(details))
     plots = write_plots(out, results, details)
     write_report(out, results, details, plots)
-    print(f"poft demo: done in {details['wall_seconds']:.0f} s; see {out / 'report.md'}")
+    print(f"demo: done in {details['wall_seconds']:.0f} s; see {out / 'report.md'}")
     return results
 
 

@@ -16,9 +16,10 @@ from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
-from ..device import has_gpu
-from ..records import RunRecord
-from ..trainer import PoFTConfig, PoFTTrainer
+from poft.device import has_gpu
+from poft.records import RunRecord
+from poft.trainer import PoFTConfig, PoFTTrainer
+
 from .config import DemoConfig
 
 

@@ -1,0 +1,8 @@
+"""`python -m experiments.demo [options]`: see run.py."""
+
+import sys
+
+from .run import main
+
+if __name__ == "__main__":
+    sys.exit(main())
