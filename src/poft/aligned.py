@@ -1,10 +1,13 @@
 """An aligned model as `poft score` sees it: where it comes from, what its template does, how it is loaded.
 
 A model is an HF folder, a Hub id, or a single `.gguf` file (transformers dequantises it; the file's
-sha256 is its revision). Its identity (`AlignedModel.identity`: path, revision, chat-template and tokenizer
-hashes) goes into the run identity of a score folder (`shards.check_run_config`), so a resumed run never mixes scores of two
-different models or templates. Weights are loaded only when the model has rows left to score, and the
-chunked LM-head path the scorer uses is checked against the model's own logits once at load time.
+sha256 is its revision). Its chat template is its tokenizer's, or one given for it (`ALIAS=NAME_OR_FILE`: a
+poft.templates name or a .jinja file), which lets a base model, saved without a template, be scored. Its
+identity (`AlignedModel.identity`: path, revision, chat-template and tokenizer hashes) goes into the run
+identity of a score folder (`shards.check_run_config`), so a resumed run never mixes scores of two
+different models or templates; the manifest also records the template name or file given. Weights are
+loaded only when the model has rows left to score, and the chunked LM-head path the scorer uses is checked
+against the model's own logits once at load time.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 from .chat import ChatFormat
 from .configs import DTYPES
 from .logprobs import chunked_token_log_probs, softcap
+from .templates import resolve_chat_template
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 assert set(TORCH_DTYPES) == set(DTYPES) - {"auto"}, "configs.DTYPES and the dtypes poft can load differ"
@@ -39,6 +43,7 @@ class AlignedModel:
     template_hash: str
     tokenizer_hash: str
     file_sha256: str | None = None  # a .gguf file's full hash (its revision is the first 16 hex digits)
+    chat_template: str | None = None  # the template name or file given for it; None: its tokenizer's own
 
     def identity(self) -> dict:
         return {
@@ -55,6 +60,7 @@ class AlignedModel:
             **self.identity(),
             "uses_generation_markers": self.chat.uses_generation_markers,
             "end_of_turn": self.chat.end_of_turn,
+            "chat_template": self.chat_template,
             **({"file_sha256": self.file_sha256} if self.file_sha256 else {}),
         }
 
@@ -113,12 +119,55 @@ def _revision(path: str) -> str:
     return "local-" + short_hash(config_file.read_text() + repr(weights))
 
 
-def load_aligned_models(specs: Sequence[str]) -> list[AlignedModel]:
-    """Tokenizers, chat formats and identities of the aligned models (weights are loaded later, if needed)."""
+def parse_template_specs(entries: Sequence[str], aliases: Sequence[str]) -> dict[str, str]:
+    """`ALIAS=NAME_OR_FILE` entries (a bare `NAME_OR_FILE` when there is one model) -> {alias: name or file}."""
+    chosen: dict[str, str] = {}
+    for entry in entries:
+        alias, sep, value = entry.partition("=")
+        if not sep:
+            if len(aliases) != 1:
+                raise ValueError(
+                    f"--chat_template {entry!r}: with {len(aliases)} models, write ALIAS=NAME_OR_FILE "
+                    f"(aliases: {', '.join(aliases)})"
+                )
+            alias, value = aliases[0], entry
+        if alias not in aliases:
+            raise ValueError(
+                f"--chat_template {entry!r}: no aligned model is called {alias!r} (aliases: {', '.join(aliases)})"
+            )
+        if alias in chosen:
+            raise ValueError(f"--chat_template: two templates for {alias} ({chosen[alias]!r} and {value!r})")
+        chosen[alias] = value
+    return chosen
+
+
+def read_chat_template(value: str) -> str:
+    """The text of a template given by name (poft.templates) or as a file."""
+    path = Path(resolve_chat_template(value))
+    if not path.is_file():
+        raise ValueError(f"chat template {value!r} is a folder: give a template name or a .jinja file")
+    return path.read_text(encoding="utf-8")
+
+
+def load_aligned_models(
+    specs: Sequence[str], chat_templates: Sequence[str] | None = None
+) -> list[AlignedModel]:
+    """Tokenizers, chat formats and identities of the aligned models (weights are loaded later, if needed).
+
+    `chat_templates`: `ALIAS=NAME_OR_FILE` entries (a bare `NAME_OR_FILE` when there is one model); each
+    replaces that model's tokenizer template, and so its template hash."""
     from transformers import AutoTokenizer
 
+    parsed = [parse_model_spec(s) for s in specs]
+    given = parse_template_specs(chat_templates or (), [alias for alias, _ in parsed])
+    texts = {}
+    for alias, value in given.items():  # read before any tokenizer is loaded: a typo fails at once
+        try:
+            texts[alias] = read_chat_template(value)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--chat_template for aligned model {alias}: {e}") from e
     models = []
-    for alias, path in map(parse_model_spec, specs):
+    for alias, path in parsed:
         try:
             gguf = gguf_location(path)
         except AlignedModelError as e:
@@ -133,6 +182,8 @@ def load_aligned_models(specs: Sequence[str]) -> list[AlignedModel]:
             raise AlignedModelError(
                 f"aligned model {alias} ({path}): could not load its tokenizer: {cause}"
             ) from e
+        if alias in texts:
+            tokenizer.chat_template = texts[alias]
         chat = ChatFormat.from_tokenizer(tokenizer, alias)
         template = repr(
             (tokenizer.chat_template, chat.end_of_turn, chat.prepend_bos, chat.uses_generation_markers)
@@ -140,7 +191,11 @@ def load_aligned_models(specs: Sequence[str]) -> list[AlignedModel]:
         tokenizer_hash = short_hash(tokenizer.backend_tokenizer.to_str())
         sha = file_sha256(path) if gguf else None
         revision = f"gguf-sha256-{sha[:16]}" if sha else _revision(path)
-        models.append(AlignedModel(alias, path, chat, revision, short_hash(template), tokenizer_hash, sha))
+        models.append(
+            AlignedModel(
+                alias, path, chat, revision, short_hash(template), tokenizer_hash, sha, given.get(alias)
+            )
+        )
     return models
 
 

@@ -21,11 +21,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from poft.templates import template_path
+
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
 NOISY = DATA / "alpaca_real_noisy.jsonl"
 CLEAN = DATA / "alpaca_real.json"
-GEMMA_TEMPLATE = HERE / "gemma_chat_template.jinja"
+GEMMA_TEMPLATE = template_path("gemma")  # the base gemma-3-270m has none: the packaged Gemma 3 one
 N_SCORED = 50  # rows scored by both aligned models (5 wrong_prompt, 5 corrupted, 40 clean)
 MODELS = {
     "smol": "smollm2-135m-instruct",  # aligned, ChatML with a default system prompt, 49k vocabulary

@@ -1,8 +1,8 @@
 """`poft train` and `poft dpo` on real checkpoints, through the CLI.
 
-- train: the real *base* model gemma-3-270m (no chat template of its own: tests/real/gemma_chat_template.jinja
-  is supplied with --chat_template_path; 262k vocabulary) as the PoFT and the SFT target, full fine-tuning and
-  LoRA, a few steps on the real rows `poft score` scored in test_real_score (the session's `scored` folder);
+- train: the real *base* model gemma-3-270m (no chat template of its own: the file of poft's packaged
+  `gemma` template is supplied with --chat_template_path; 262k vocabulary) as the PoFT and the SFT target,
+  full fine-tuning and LoRA, a few steps on the real rows `poft score` scored in test_real_score (the session's `scored` folder);
 - dpo: the real instruct model SmolLM2-135M-Instruct, a few steps on preference pairs made of real rows
   (chosen = the row's real answer, rejected = its noisy copy's answer).
 Each run must log finite losses, change the weights and leave an output folder that loads.
