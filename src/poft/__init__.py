@@ -12,9 +12,13 @@ __version__ = "0.1.0"
 _HOMES = {
     "ChatFormat": ".chat",
     "ChatTemplateError": ".chat",
-    "PoFTConfig": ".trainer",
+    "PoFTConfig": ".training_configs",
+    "PoFTDPOConfig": ".training_configs",
+    "PoFTDPOTrainer": ".dpo",
     "PoFTTrainer": ".trainer",
     "RowError": ".readers",
+    "ScoreConfig": ".configs",
+    "score_dataset": ".scoring",
     "normalize_scores": ".loss",
     "poft_loss": ".loss",
     "poft_weight": ".loss",
@@ -24,8 +28,12 @@ __all__ = [
     "ChatFormat",
     "ChatTemplateError",
     "PoFTConfig",
+    "PoFTDPOConfig",
+    "PoFTDPOTrainer",
     "PoFTTrainer",
     "RowError",
+    "ScoreConfig",
+    "score_dataset",
     "normalize_scores",
     "poft_loss",
     "poft_weight",
@@ -34,9 +42,13 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .chat import ChatFormat, ChatTemplateError
+    from .configs import ScoreConfig
+    from .dpo import PoFTDPOTrainer
     from .loss import normalize_scores, poft_loss, poft_weight, sequence_logprob_sums
     from .readers import RowError
-    from .trainer import PoFTConfig, PoFTTrainer
+    from .scoring import score_dataset
+    from .trainer import PoFTTrainer
+    from .training_configs import PoFTConfig, PoFTDPOConfig
 
 
 def __getattr__(name: str):

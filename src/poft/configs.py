@@ -1,21 +1,36 @@
-"""The options of `poft score`, `filter`, `inspect`, `eval` and `tiny-example`, one dataclass each.
+"""Every command's own options, one dataclass each, with their help text written once.
 
-Every field's help text is written once, here, and poft's parser (`poft.options`, TrlParser's conventions)
-reads it: so every subcommand takes `--config options.yaml` plus command-line overrides, and both
-`--max-length` and `--max_length` spellings. `poft train` and `poft dpo` use TRL's own config classes
-(`PoFTConfig`, `PoFTDPOConfig`, `ModelConfig`, `ScriptArguments`) with TRL's parser.
+poft's parser (`poft.options`, TrlParser's conventions) reads them: every command takes `--config
+options.yaml` plus command-line overrides, and both `--max-length` and `--max_length` spellings.
+`poft train` and `poft dpo` add TRL's and transformers' options: `PoFTArguments` / `PoFTDPOArguments` here
+are poft's part of them, and `poft.training_configs` joins them to TRL's SFTConfig / DPOConfig.
 
 This module imports nothing heavy (no torch, transformers, TRL or datasets): `poft <command> --help` reads
 it, and the tuples of choices below are the one place they are typed.
 """
 
 import argparse
+import math
 from dataclasses import dataclass, field
+
+from .templates import TEMPLATE_NAMES
 
 FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion")  # input formats the readers know
 NORMALIZATIONS = ("token", "byte", "none")  # how a response's log-prob sum becomes a score
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # "auto": bf16 on GPU and bf16-capable CPUs, else fp32
 ON_BAD_ROW = ("error", "skip")
+OBJECTIVES = ("poft", "bi_poft", "sft")  # the training objective (PoFTArguments.objective)
+TRL_LOSS_TYPES = ("nll", "dft", "chunked_nll")  # SFTConfig.loss_type ('chunked_nll': TRL's deprecated 'nll')
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max: the bound for scores, beta and gamma
+BI_POFT_VARIANTS = ("signed", "soft", "margin")  # bi-PoFT's loss on undesirable rows (loss.bi_poft_loss)
+
+
+def check_choices(config: object, choices: dict[str, tuple]) -> None:
+    """For configs made in Python (the parser checks the command line): each named field is one of its choices."""
+    for name, allowed in choices.items():
+        value = getattr(config, name)
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
 
 class ExtendOnce(argparse.Action):
@@ -46,7 +61,12 @@ class DatasetFormatArguments:
 class ScoreConfig:
     """`poft score`: score every example with every aligned model (resumable; torchrun to scale out)."""
 
-    dataset: str = field(metadata={"help": "JSON/JSONL/Parquet/CSV file, save_to_disk folder or Hub id."})
+    dataset: str = field(
+        metadata={
+            "help": "JSON/JSONL/Parquet/CSV file, save_to_disk folder or Hub id (in Python, with "
+            "`score_dataset(config, dataset=rows)`, only the name of the rows in messages)."
+        }
+    )
     model: list[str] = field(
         metadata={
             "help": "Aligned model PATH_OR_HUB_ID or ALIAS=PATH_OR_HUB_ID; repeat --model or list several.",
@@ -55,6 +75,14 @@ class ScoreConfig:
     )
     output: str = field(
         metadata={"help": "Output folder (save_to_disk + manifest.json); re-running resumes."}
+    )
+    chat_template: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "A chat template for a model saved without one (or with the wrong one): ALIAS=NAME_OR_FILE, "
+            f"or NAME_OR_FILE with one model; NAME is a template shipped with poft: {', '.join(TEMPLATE_NAMES)}.",
+            "action": ExtendOnce,
+        },
     )
     split: str = field(default="train", metadata={"help": "Split of a Hub dataset or DatasetDict folder."})
     max_length: int | None = field(
@@ -107,6 +135,9 @@ class ScoreConfig:
     progress: bool = field(default=True, metadata={"help": "Show a progress bar (--no-progress: none)."})
 
     def __post_init__(self):
+        check_choices(self, {"dtype": DTYPES, "normalization": NORMALIZATIONS, "on_bad_row": ON_BAD_ROW})
+        if self.format is not None:
+            check_choices(self, {"format": FORMATS})
         for name in ("max_length", "batch_tokens", "rows_per_shard"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -217,3 +248,140 @@ class TinyExampleConfig:
     output: str = field(metadata={"help": "Folder to write model/ and train.jsonl into."})
     rows: int = field(default=256, metadata={"help": "Number of training rows."})
     seed: int = field(default=0, metadata={"help": "Random seed."})
+
+
+@dataclass
+class PoFTArguments:
+    """`poft train`: poft's own options. `poft.training_configs.PoFTConfig` adds them to TRL's SFTConfig (every
+    SFTConfig / TrainingArguments field keeps its meaning); they are listed first by `poft train --help`."""
+
+    objective: str = field(
+        default="poft",
+        metadata={
+            "help": "'poft': -logsigmoid(beta*(r_theta - r_ref) + gamma); 'bi_poft': the margin is multiplied "
+            "by each row's direction (+1 desirable, -1 undesirable, from `direction_column`); 'sft': TRL's own "
+            "token loss (`loss_type`: 'nll' cross-entropy, or 'dft') on the same response tokens: the baseline.",
+            "choices": list(OBJECTIVES),
+        },
+    )
+    beta: float = field(default=1.0, metadata={"help": "Scale of the score margin (paper: 1.0)."})
+    gamma: float = field(default=0.0, metadata={"help": "Offset added to the scaled margin (paper: 0.0)."})
+    ref_score_column: str = field(
+        default="ref_score",
+        metadata={
+            "help": "Column with r_ref, the aligned models' mean normalised score (written by `poft score`)."
+        },
+    )
+    score_normalization: str = field(
+        default="token",
+        metadata={
+            "help": "How r_theta normalises the response log-prob sum; must match the reference scores: 'token' "
+            "(mean per token, the paper), 'byte' (per UTF-8 byte of the responses) or 'none' (the sum).",
+            "choices": list(NORMALIZATIONS),
+        },
+    )
+    chat_template_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "The target's chat template, for a base model that has none: a template shipped with "
+            f"poft ({', '.join(TEMPLATE_NAMES)}), a .jinja file, or a tokenizer folder / Hub id to copy it from."
+        },
+    )
+    loss_type: str = field(
+        default="nll",
+        metadata={
+            "help": "TRL's token loss, used with objective='sft': 'nll' (cross-entropy) or 'dft' (Dynamic "
+            "Fine-Tuning: each token's NLL times its detached probability). PoFT replaces the loss, so "
+            "objective='poft'/'bi_poft' need 'nll'. Deprecated: 'poft', 'bi_poft', 'sft' here mean "
+            "`objective`.",
+            "choices": [*TRL_LOSS_TYPES, *OBJECTIVES],
+        },
+    )
+    on_bad_row: str = field(
+        default="skip",
+        metadata={
+            "help": "Rows with no response token after truncation, a malformed conversation or a missing/NaN "
+            "reference score: 'skip' drops them and prints how many and why; 'error' stops naming them.",
+            "choices": list(ON_BAD_ROW),
+        },
+    )
+    direction_column: str = field(
+        default="label",
+        metadata={"help": "bi-PoFT only: boolean column, true = desirable (+1), false = undesirable (-1)."},
+    )
+    bi_poft_variant: str = field(
+        default="margin",
+        metadata={
+            "help": "bi-PoFT only: the loss on undesirable rows (m = beta*(r_theta - r_ref) + gamma). 'soft': "
+            "Bradley-Terry with target P = `undesirable_target`, -[P logsig(m) + (1-P) logsig(-m)]: the push stops "
+            "at m = logit(P) (bounded); 'margin': -logsig(-max(m, -undesirable_margin)): the push stops at "
+            "m = -margin; 'signed': the original -logsig(-beta*(r_theta - r_ref) + gamma), which keeps pushing. "
+            "Default 'margin': the best of the three on the demo's validation prompts (docs/method.md).",
+            "choices": list(BI_POFT_VARIANTS),
+        },
+    )
+    undesirable_target: float = field(
+        default=0.1,
+        metadata={
+            "help": "bi-PoFT 'soft': target P in (0, 0.5]; undesirable rows settle logit(P)/beta below r_ref."
+        },
+    )
+    undesirable_margin: float = field(
+        default=2.0,
+        metadata={"help": "bi-PoFT 'margin': undesirable rows stop being pushed once m <= -margin (>= 0)."},
+    )
+    undesirable_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "bi-PoFT: weight of an undesirable row's loss relative to a desirable row's (>= 0)."
+        },
+    )
+
+    @property
+    def uses_scores(self) -> bool:
+        """Whether training reads reference scores: PoFT and bi-PoFT do, 'sft' trains on the tokens alone."""
+        return self.objective != "sft"
+
+    def check_poft_options(self) -> None:
+        """Refuse values that cannot train (a NaN beta trained a NaN model with exit 0)."""
+        check_choices(
+            self,
+            {"objective": OBJECTIVES, "score_normalization": NORMALIZATIONS, "on_bad_row": ON_BAD_ROW},
+        )
+        check_choices(self, {"bi_poft_variant": BI_POFT_VARIANTS})
+        if self.uses_scores and self.loss_type == "dft":
+            raise ValueError(
+                f"loss_type='dft' is a token loss and objective={self.objective!r} replaces the loss: use "
+                "objective='sft' with loss_type='dft' for TRL's DFT baseline, or loss_type='nll' with PoFT"
+            )
+        for name in ("beta", "gamma"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
+                raise ValueError(f"{name} must be a finite number within float32 range, got {value}")
+        if self.beta <= 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}")
+        if not 0.0 < self.undesirable_target <= 0.5:
+            raise ValueError(f"undesirable_target must be in (0, 0.5], got {self.undesirable_target}")
+        if not (self.undesirable_margin >= 0 and self.undesirable_weight >= 0):
+            raise ValueError("undesirable_margin and undesirable_weight must be >= 0")
+
+
+@dataclass
+class PoFTDPOArguments:
+    """`poft dpo`: poft's own options, added to TRL's DPOConfig by `poft.training_configs.PoFTDPOConfig`."""
+
+    precompute_ref_log_probs: bool = field(
+        default=True,
+        metadata={
+            "help": "Compute the reference (PoFT checkpoint) log-probs once before training instead of "
+            "keeping a frozen copy of the model in memory."
+        },
+    )
+    on_bad_row: str = field(
+        default="skip",
+        metadata={
+            "help": "A preference pair the model's chat template cannot render with every message verbatim "
+            "in order: 'skip' drops it and prints how many and why; 'error' stops naming it.",
+            "choices": list(ON_BAD_ROW),
+        },
+    )

@@ -20,46 +20,15 @@ Two things are decided here:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
-from trl import DPOConfig, DPOTrainer
+from trl import DPOTrainer
 
 from .chat import ChatFormat, ChatTemplateError
-from .configs import ON_BAD_ROW
-from .device import fit_training_args, say_once
+from .console import say_once
 from .readers import RowError, read_message, read_rows, row_id, sharegpt_turns, text_or_messages
 
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
-
-
-@dataclass
-class PoFTDPOConfig(DPOConfig):
-    """TRL's DPOConfig with reference log-probs precomputed by default (the reference never changes)."""
-
-    precompute_ref_log_probs: bool = field(
-        default=True,
-        metadata={
-            "help": "Compute the reference (PoFT checkpoint) log-probs once before training instead of "
-            "keeping a frozen copy of the model in memory."
-        },
-    )
-
-    on_bad_row: str = field(
-        default="skip",
-        metadata={
-            "help": "A preference pair the model's chat template cannot render with every message verbatim "
-            "in order: 'skip' drops it and prints how many and why; 'error' stops naming it.",
-            "choices": list(ON_BAD_ROW),
-        },
-    )
-
-    def __post_init__(self):
-        say_once(fit_training_args(self))  # no GPU: the CPU, in bf16 where it has the instructions
-        super().__post_init__()
-        if self.on_bad_row not in ON_BAD_ROW:
-            raise ValueError(f"on_bad_row must be one of {ON_BAD_ROW}, got {self.on_bad_row!r}")
 
 
 class PoFTDPOTrainer(DPOTrainer):

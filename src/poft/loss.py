@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from .configs import NORMALIZATIONS  # choices are typed once, where --help reads them
+from .configs import BI_POFT_VARIANTS, NORMALIZATIONS  # choices are typed once, where --help reads them
 
 Normalization = Literal["token", "byte", "none"]
 
@@ -103,7 +103,6 @@ def poft_weight(
         return beta * torch.sigmoid(-margin)
 
 
-BI_POFT_VARIANTS = ("signed", "soft", "margin")
 
 
 def bi_poft_loss(

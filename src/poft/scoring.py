@@ -9,7 +9,7 @@ exactly those the trainer trains on (both use `ChatFormat.encode`): assistant co
 end-of-turn token of every assistant turn; the first token of a sequence is never scored (nothing predicts
 it). A row whose response was cut away entirely by `max_length` gets a NaN `ref_score` (the trainer drops it).
 
-Route of a dataset, each module entered once, top to bottom:
+Route of a dataset, each module entered once, top to bottom (`score_dataset` reads as these steps):
     readers.read_sft     rows -> validated conversations (bad rows refused or skipped, recorded)
     aligned              each model's tokenizer, chat format and identity (the run identity)
     chat.ChatFormat      each conversation -> input ids + response mask, under that model's template:
@@ -24,20 +24,23 @@ Why it is fast (the official code pads everything to 4096 tokens, keeps full-voc
 per example, PAPER.md mistake 4): rows are sorted by length and packed by a token budget, longest first,
 each batch one row with positions restarting per sequence, so nothing is padded and an out-of-memory shows
 at once; the LM head runs only on response positions and in chunks, so [batch x length x vocab] logits
-never exist; inference mode; bf16 on GPU. Rows are encoded before scoring, not overlapped with it: the
-check must see every row before anything is scored, and length-sorted packing needs every length before
-the first batch; encoding costs about 0.1 % of CPU scoring time (BENCHMARKS.md, items 2-3).
+never exist; inference mode; bf16 on GPU. Rows are encoded before scoring, not overlapped with it: every
+row must be checked before anything is scored, and length-sorted packing needs every length before the
+first batch; encoding costs about 0.1 % of CPU scoring time (docs/BENCHMARKS.md).
 
 Why it can be trusted: finished rows are written as shards as they complete, so a killed run resumes where
-it stopped; under `torchrun` / `accelerate launch` each process (accelerate's `PartialState`) scores its
-share of the rows left and the main process merges.
+it stopped; under `torchrun` / `accelerate launch` each process (accelerate's `PartialState`) scores a
+share of the rows fixed by the run (row i goes to process i mod N) and the main process merges.
+
+One index space: after encoding, a row is named by its position among the rows every model scores
+(`EncodedShare.rows`); shards, the manifest and the output use that position.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +56,8 @@ from .aligned import (
     short_hash,
 )
 from .chat import ChatFormat, ChatTemplateError, response_bytes
-from .configs import NORMALIZATIONS, ON_BAD_ROW
+from .configs import ScoreConfig
+from .console import BadRow, input_order, refuse_or_skip, say
 from .logprobs import PACKING, default_batch_tokens, packed_batches, packed_logprob_sums, scoring_chunk_size
 from .readers import SFTRows, read_sft
 from .shards import (
@@ -65,139 +69,33 @@ from .shards import (
     write_shard,
 )
 
+Encoding = tuple[np.ndarray, np.ndarray, bool]  # input ids, response mask, truncated
 
-def score_dataset(
-    dataset: str | Path | Dataset,
-    models: Sequence[str],
-    output: str | Path,
-    *,
-    split: str = "train",
-    max_length: int | None = None,
-    batch_tokens: int | None = None,
-    dtype: str = "auto",
-    normalization: str = "token",
-    on_bad_row: str = "error",
-    progress: bool = True,
-    rows_per_shard: int = 2048,
-    flush_seconds: float = 60.0,
-    format: str | None = None,
-) -> Dataset:
-    """Score every row with every aligned model; write `output` (save_to_disk folder + manifest.json).
 
-    Args:
-        dataset: a JSON/JSONL/Parquet/CSV file, a `save_to_disk` folder, a Hub id, or a `datasets.Dataset`.
-        models: "PATH_OR_HUB_ID" (alias = basename) or "ALIAS=PATH_OR_HUB_ID" per aligned model.
-        output: folder for shards, the scored dataset and manifest.json; re-running resumes.
-        max_length: truncate longer conversations (counted in the manifest); None = no limit.
-        batch_tokens: tokens per packed batch (a batch's rows run as one row, no padding); does not change
-            fp32 scores. None: chosen for the device and dtype (`logprobs.default_batch_tokens`).
-        dtype: "auto" (bf16 on GPU and on CPUs with bf16 instructions, else fp32), "float32", "bfloat16" or
-            "float16".
-        normalization: how `ref_score` normalises each model's sum: "token" (paper), "byte" or "none".
-        on_bad_row: "error" stops naming the first bad rows; "skip" leaves them out and records them.
-        rows_per_shard, flush_seconds: how much finished work a kill can lose at most.
-        format: force the input format (messages, sharegpt, alpaca, prompt_completion); None = detect.
+def score_dataset(config: ScoreConfig, dataset: Dataset | None = None) -> Dataset:
+    """Score every row with every aligned model; write `config.output` (save_to_disk folder + manifest.json).
 
-    Returns the scored dataset (on every process when launched with torchrun / accelerate launch).
+    `config` holds what `poft score` takes (see `ScoreConfig` for each option); `dataset`, when given, is
+    scored instead of `config.dataset` (rows already in memory). Re-running the same call resumes. Returns
+    the scored dataset (on every process when launched with torchrun / accelerate launch).
     """
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
-    if on_bad_row not in ON_BAD_ROW:
-        raise ValueError(f"on_bad_row must be one of {ON_BAD_ROW}, got {on_bad_row!r}")
-    if not models:
-        raise ValueError("at least one aligned model is needed")
-    output = Path(output)
-    if not isinstance(dataset, Dataset) and Path(dataset).resolve() == output.resolve():
-        raise ValueError(f"{output}: the output folder cannot be the input dataset")
-    clashes = alias_clashes(models)
-    if clashes:
-        raise ValueError(f"models share the alias {clashes}; name them with --model ALIAS=PATH")
+    source = _check_call(config, dataset)
     state, started_group = _process_state()
-    torch_dtype = resolve_dtype(dtype, state.device)
-    batch_tokens = batch_tokens or default_batch_tokens(state.device, torch_dtype)
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputWriteError(e.errno, f"cannot create the output folder {output}: {e.strerror or e}") from e
-    rows = read_sft(dataset, split, format=format, on_bad_row=on_bad_row, keep_fingerprints=False)
-    aligned = load_aligned_models(models)
-    groups = _encoding_groups(aligned, max_length)
-    # Each row is rendered and encoded once per group, by one process (its share of the rows as read); the
-    # encodings are the template check too (a bad row is refused, or left out for every model)
-    mine = list(range(state.process_index, len(rows.dataset), state.num_processes))
-    conversations = list(rows.dataset["messages"])
-    encodings, problems, encode_seconds = {}, {}, {}
-    for key, members in groups.items():
-        started = time.perf_counter()
-        encodings[key], bad = _encode_rows(
-            members[0].chat, [conversations[r] for r in mine], mine, max_length
-        )
-        encode_seconds[key] = time.perf_counter() - started
-        for row, problem in bad.items():
-            problems.setdefault(row, problem)  # the first model's problem, in the order of --model
-    problems = _gather_problems(problems, state)
-    rows, kept = _leave_out(rows, problems, on_bad_row, report=state.is_main_process)
-    messages = [conversations[r] for r in kept]
-    fingerprints = rows.dataset["fingerprint"]  # of the text scored now (a stored one is not kept)
-    identity = {
-        "dataset_fingerprint": short_hash("\n".join(fingerprints) + f"\n{rows.n_rows_in}"),
-        "n_rows": len(messages),
-        "models": [m.identity() for m in aligned],
-        "max_length": max_length,
-        "dtype": str(torch_dtype).removeprefix("torch."),
-    }
-    if torch_dtype != torch.float32:  # bf16/fp16 scores move slightly with batch composition: record it
-        identity["batching"] = {
-            "batch_tokens": batch_tokens,
-            "processes": state.num_processes,
-            "packing": PACKING,
-        }
+    run = _Settings.for_device(config, state)
+    output = _make_output_folder(config.output)
+    rows = read_sft(
+        source, config.split, format=config.format, on_bad_row=config.on_bad_row, keep_fingerprints=False
+    )
+    aligned = load_aligned_models(config.model, config.chat_template)
+    work = _encode_share(rows, aligned, config, state)
+    identity = _run_identity(work.rows, aligned, config, run, state)
     check_run_config(output, identity, write=state.is_main_process)
     if state.is_main_process:
         remove_stale_temporaries(output)
-    # This process scores the rows it encoded that are kept: fixed by the run (not by what is left), so a
-    # resumed run scores every row in the same batch as an uninterrupted one (identical scores in any dtype)
-    share = [j for j, r in enumerate(kept) if r % state.num_processes == state.process_index]
-    stats = {}
-    for model in aligned:
-        key = _encoding_key(model, max_length)
-        done = finished_rows(output, model.alias)
-        state.wait_for_everyone()  # every process has read the finished set before anyone writes new shards
-        if state.is_main_process and done:
-            left = len(messages) - len(done)
-            print(f"poft: {model.alias}: resuming, {len(done)} rows already scored, {left} to go")
-        stats[model.alias] = {"rows": 0, "tokens": 0, "seconds": encode_seconds.pop(key, 0.0)}
-        if all(r in done for r in share):
-            continue
-        network = load_weights(model, torch_dtype, state.device)
-        scored = _score_share(
-            model, network, [encodings[key][kept[j]] for j in share], share, output, done=done,
-            batch_tokens=batch_tokens, rank=state.process_index, rows_per_shard=rows_per_shard,
-            flush_seconds=flush_seconds, progress=progress and state.is_main_process,
-        )  # fmt: skip
-        stats[model.alias] = {**scored, "seconds": scored["seconds"] + stats[model.alias]["seconds"]}
-        del network
-        if model is groups[key][-1]:
-            del encodings[key]  # its last model is scored
+    stats = {model.alias: _score_model(model, work, output, config, run, state) for model in aligned}
     all_stats = _gather(stats, state)
     if state.is_main_process:
-        run = {
-            "dataset": {
-                "source": rows.source,
-                "n_rows_in": rows.n_rows_in,
-                "fingerprint": identity["dataset_fingerprint"],
-            },
-            "settings": {
-                "max_length": max_length,
-                "dtype": identity["dtype"],
-                **({"batching": identity["batching"]} if "batching" in identity else {}),
-            },
-            "bad_rows": rows.bad,
-        }
-        finalize(
-            output, rows.dataset, response_bytes=[response_bytes(m) for m in messages],
-            models=[m.manifest_entry() for m in aligned], run=run, stats=all_stats, normalization=normalization,
-        )  # fmt: skip
+        _write_scored_dataset(output, work.rows, aligned, identity, all_stats, config.normalization)
     state.wait_for_everyone()
     scored = load_from_disk(str(output))
     if started_group:
@@ -205,35 +103,166 @@ def score_dataset(
     return scored
 
 
-def _leave_out(
-    rows: SFTRows, problems: dict[int, str], on_bad_row: str, report: bool
-) -> tuple[SFTRows, list[int]]:
-    """Refuse, or leave out for every model, the rows some model's chat template cannot encode (`_encode_rows`:
-    a message dropped, moved or rewritten, a template error, two BOS tokens), before anything is scored, so
-    that every model scores the same rows. Errors name row, id and model; skipped rows join the reader's bad
-    rows (manifest `bad_rows`). Returns the rows kept and their indices in `rows`."""
-    if not problems:
-        return rows, list(range(len(rows.dataset)))
-    bad = dict(sorted(problems.items()))
-    ids = rows.dataset.select(list(bad))["id"]
-    records = [
-        {"row": rows.where[i], "id": row_id, "problem": problem}
-        for (i, problem), row_id in zip(bad.items(), ids, strict=True)
-    ]
-    named = "; ".join(f"{b['row']} (id={b['id']}): {b['problem']}" for b in records[:5])
-    named += f"; ... {len(records) - 5} more" if len(records) > 5 else ""
-    what = f"{rows.source}: {len(records)} of {rows.n_rows_in} rows cannot be scored under the chat templates"
-    if on_bad_row == "error":
-        raise ChatTemplateError(f"{what}: {named}. Fix them, or pass --on-bad-row skip to leave them out")
-    kept = [i for i in range(len(rows.dataset)) if i not in bad]
-    if not kept:
-        raise ValueError(f"{what}: none can be scored: {named}")
-    if report:
-        print(f"poft: {what}, skipped: {named}")
-    every_bad = sorted([*rows.bad, *records], key=lambda b: (b["row"].split()[0], int(b["row"].split()[1])))
-    dataset = rows.dataset.select(kept)
-    kept_rows = dataclasses.replace(rows, dataset=dataset, bad=every_bad, where=[rows.where[i] for i in kept])
-    return kept_rows, kept
+# ---- the steps of score_dataset, in order ------------------------------------------------------------------
+
+
+def _check_call(config: ScoreConfig, dataset: Dataset | None) -> str | Dataset:
+    """What to read, once the options that only make sense together are checked."""
+    source = dataset if dataset is not None else config.dataset
+    if source is None:
+        raise ValueError("a dataset to score is required (--dataset)")
+    if not config.model:
+        raise ValueError("at least one aligned model is needed (--model)")
+    if not isinstance(source, Dataset) and Path(source).resolve() == Path(config.output).resolve():
+        raise ValueError(f"{config.output}: the output folder cannot be the input dataset")
+    clashes = alias_clashes(config.model)
+    if clashes:
+        raise ValueError(f"models share the alias {clashes}; name them with --model ALIAS=PATH")
+    return source
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """How this run computes: the device and dtype, and the token budget of a packed batch."""
+
+    device: torch.device
+    dtype: torch.dtype
+    batch_tokens: int
+
+    @classmethod
+    def for_device(cls, config: ScoreConfig, state) -> _Settings:
+        dtype = resolve_dtype(config.dtype, state.device)
+        return cls(state.device, dtype, config.batch_tokens or default_batch_tokens(state.device, dtype))
+
+
+def _make_output_folder(output: str | Path) -> Path:
+    output = Path(output)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputWriteError(e.errno, f"cannot create the output folder {output}: {e.strerror or e}") from e
+    return output
+
+
+@dataclass
+class EncodedShare:
+    """The rows every model scores, and this process's share of them encoded per tokenizer + template."""
+
+    rows: SFTRows  # bad rows left out; a row's position here is its index in shards and output
+    share: list[int]  # the positions in `rows` this process scores (row i: process i mod N)
+    encodings: dict[tuple, list[Encoding]]  # per encoding key: one per row of `share`, in that order
+    seconds: dict[tuple, float]  # encoding time per key (counted once, with the key's first model)
+    users: dict[tuple, int]  # models still to score per key (its encodings are freed after the last)
+
+
+def _encode_share(rows: SFTRows, aligned: list[AlignedModel], config: ScoreConfig, state) -> EncodedShare:
+    """Encode this process's rows once per encoding key; refuse, or leave out for every model, the rows some
+    template cannot encode (every process learns every bad row, so all keep the same rows)."""
+    mine = list(range(state.process_index, len(rows.dataset), state.num_processes))
+    conversations = rows.dataset.select(mine)["messages"]
+    keys = [_encoding_key(model, config.max_length) for model in aligned]
+    first_model = dict(reversed(list(zip(keys, aligned, strict=True))))  # key -> its first model, in order
+    encodings, problems, seconds = {}, {}, {}
+    for key in dict.fromkeys(keys):
+        started = time.perf_counter()
+        encodings[key], bad = _encode_rows(first_model[key].chat, conversations, mine, config.max_length)
+        seconds[key] = time.perf_counter() - started
+        for row, problem in bad.items():
+            problems.setdefault(row, problem)  # the first model's problem, in the order of --model
+    kept_rows, kept = _leave_out(rows, _gather_problems(problems, state), config.on_bad_row)
+    position = {r: j for j, r in enumerate(kept)}
+    share = [position[r] for r in mine if r in position]
+    encodings = {key: [enc[r] for r in mine if r in position] for key, enc in encodings.items()}
+    users = {key: keys.count(key) for key in encodings}
+    return EncodedShare(kept_rows, share, encodings, seconds, users)
+
+
+def _run_identity(
+    rows: SFTRows, aligned: list[AlignedModel], config: ScoreConfig, run: _Settings, state
+) -> dict:
+    """What a resumed run must share with the run that wrote the folder (`shards.check_run_config`)."""
+    fingerprints = rows.dataset["fingerprint"]  # of the text scored now (a stored one is not kept)
+    identity = {
+        "dataset_fingerprint": short_hash("\n".join(fingerprints) + f"\n{rows.n_rows_in}"),
+        "n_rows": len(rows.dataset),
+        "models": [m.identity() for m in aligned],
+        "max_length": config.max_length,
+        "dtype": str(run.dtype).removeprefix("torch."),
+    }
+    if run.dtype != torch.float32:  # bf16/fp16 scores move slightly with batch composition: record it
+        identity["batching"] = {
+            "batch_tokens": run.batch_tokens,
+            "processes": state.num_processes,
+            "packing": PACKING,
+        }
+    return identity
+
+
+def _score_model(
+    model: AlignedModel, work: EncodedShare, output: Path, config: ScoreConfig, run: _Settings, state
+) -> dict:
+    """Score this process's share with one model, skipping rows its shards already hold; this run's
+    {"rows", "tokens", "seconds"} (the seconds include encoding)."""
+    key = _encoding_key(model, config.max_length)
+    done = finished_rows(output, model.alias)
+    state.wait_for_everyone()  # every process has read the finished set before anyone writes new shards
+    if done:
+        say(
+            f"{model.alias}: resuming, {len(done)} rows already scored, {len(work.rows.dataset) - len(done)} to go"
+        )
+    stats = {"rows": 0, "tokens": 0, "seconds": work.seconds.pop(key, 0.0)}
+    if any(j not in done for j in work.share):
+        network = load_weights(model, run.dtype, run.device)
+        scored = _score_share(
+            model,
+            network,
+            work.encodings[key],
+            work.share,
+            output,
+            done,
+            config,
+            run,
+            rank=state.process_index,
+            progress=config.progress and state.is_main_process,
+        )
+        stats = {**scored, "seconds": scored["seconds"] + stats["seconds"]}
+        del network
+    work.users[key] -= 1
+    if not work.users[key]:
+        del work.encodings[key]  # its last model is scored
+    return stats
+
+
+def _write_scored_dataset(
+    output: Path,
+    rows: SFTRows,
+    aligned: list[AlignedModel],
+    identity: dict,
+    stats: list[dict],
+    normalization: str,
+) -> None:
+    """The main process merges every model's shards into the scored dataset and writes the manifest."""
+    run = {
+        "dataset": {
+            "source": rows.source,
+            "n_rows_in": rows.n_rows_in,
+            "fingerprint": identity["dataset_fingerprint"],
+        },
+        "settings": {key: identity[key] for key in ("max_length", "dtype", "batching") if key in identity},
+        "bad_rows": rows.bad,
+    }
+    finalize(
+        output,
+        rows.dataset,
+        response_bytes=[response_bytes(m) for m in rows.dataset["messages"]],
+        models=[m.manifest_entry() for m in aligned],
+        run=run,
+        stats=stats,
+        normalization=normalization,
+    )
+
+
+# ---- encoding ----------------------------------------------------------------------------------------------
 
 
 def _encoding_key(model: AlignedModel, max_length: int | None) -> tuple:
@@ -242,21 +271,153 @@ def _encoding_key(model: AlignedModel, max_length: int | None) -> tuple:
     return (model.tokenizer_hash, model.template_hash, tokens, max_length)
 
 
-def _encoding_groups(aligned: list[AlignedModel], max_length: int | None) -> dict[tuple, list[AlignedModel]]:
-    """The models by encoding key, in the order of their first model."""
-    groups: dict[tuple, list[AlignedModel]] = {}
-    for model in aligned:
-        groups.setdefault(_encoding_key(model, max_length), []).append(model)
-    return groups
+def _encode_rows(
+    chat: ChatFormat, messages: list[list[dict]], rows: list[int], max_length: int | None, chunk: int = 1024
+) -> tuple[dict[int, Encoding], dict[int, str]]:
+    """Encode `messages` (the conversations of `rows`) under one chat format, `chunk` rows per tokenizer call:
+    (input_ids, response_mask, truncated) per row as compact numpy arrays, and the problem of each row that
+    cannot be encoded (`ChatFormat.encode_many`), both by row."""
+    encoded: dict[int, Encoding] = {}
+    problems: dict[int, str] = {}
+    for start in range(0, len(rows), chunk):
+        part = chat.encode_many(messages[start : start + chunk], max_length)
+        for row, enc in zip(rows[start : start + chunk], part, strict=True):
+            if isinstance(enc, ChatTemplateError):
+                problems[row] = str(enc)
+                continue
+            ids = np.asarray(enc.input_ids, dtype=np.int32)
+            encoded[row] = (ids, np.asarray(enc.response_mask, dtype=np.uint8), enc.truncated)
+    return encoded, problems
 
 
-def _gather_problems(problems: dict[int, str], state) -> dict[int, str]:
-    """Every process's bad rows (each process encoded its own share of the rows), on every process."""
-    if state.num_processes == 1:
-        return problems
-    from accelerate.utils import gather_object
+def _leave_out(rows: SFTRows, problems: dict[int, str], on_bad_row: str) -> tuple[SFTRows, list[int]]:
+    """Refuse, or leave out for every model, the rows some model's chat template cannot encode (a message
+    dropped, moved or rewritten, a template error, two BOS tokens), before anything is scored, so that every
+    model scores the same rows. Skipped rows join the reader's bad rows (manifest `bad_rows`). Returns the
+    rows kept and their indices in `rows`."""
+    if not problems:
+        return rows, list(range(len(rows.dataset)))
+    bad_at = sorted(problems)
+    ids = rows.dataset.select(bad_at)["id"]
+    bad = [
+        BadRow(row=rows.where[i], id=row_id, problem=problems[i])
+        for i, row_id in zip(bad_at, ids, strict=True)
+    ]
+    what = f"{rows.source}: {len(bad)} of {rows.n_rows_in} rows cannot be scored under the chat templates"
+    if len(bad) == len(rows.dataset) and on_bad_row == "skip":
+        refuse_or_skip(bad, f"{what} (none can)", "error", ValueError, hint="check the templates")
+    refuse_or_skip(bad, what, on_bad_row, ChatTemplateError)
+    kept = sorted(set(range(len(rows.dataset))) - set(bad_at))
+    kept_rows = dataclasses.replace(
+        rows,
+        dataset=rows.dataset.select(kept),
+        bad=input_order([*rows.bad, *bad]),
+        where=[rows.where[i] for i in kept],
+    )
+    return kept_rows, kept
 
-    return {row: problem for part in gather_object([problems]) for row, problem in part.items()}
+
+# ---- scoring one model -------------------------------------------------------------------------------------
+
+
+class _ShardBuffer:
+    """Finished rows of one model, written as a shard every `rows_per_shard` rows or `flush_seconds`
+    (always after whole batches), so that a kill loses at most that much work."""
+
+    def __init__(self, output: Path, alias: str, rank: int, rows_per_shard: int, flush_seconds: float):
+        self.output, self.alias, self.rank = output, alias, rank
+        self.rows_per_shard, self.flush_seconds = rows_per_shard, flush_seconds
+        self.rows, self.sums, self.counts, self.truncated = [], [], [], []
+        self.tokens, self.last_flush = 0, time.perf_counter()
+
+    def add(self, rows: list[int], sums: list[float], counts: list[int], truncated: list[bool], tokens: int):
+        self.rows += rows
+        self.sums += sums
+        self.counts += counts
+        self.truncated += truncated
+        self.tokens += tokens
+        if (
+            len(self.rows) >= self.rows_per_shard
+            or time.perf_counter() - self.last_flush >= self.flush_seconds
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        now = time.perf_counter()
+        write_shard(
+            self.output,
+            self.alias,
+            self.rows,
+            self.sums,
+            self.counts,
+            self.truncated,
+            tokens=self.tokens,
+            seconds=now - self.last_flush,
+            rank=self.rank,
+        )
+        self.rows, self.sums, self.counts, self.truncated = [], [], [], []
+        self.tokens, self.last_flush = 0, now
+
+
+def _score_share(
+    model: AlignedModel,
+    network: torch.nn.Module,
+    encoded: list[Encoding],
+    rows: list[int],
+    output: Path,
+    done: set[int],
+    config: ScoreConfig,
+    run: _Settings,
+    *,
+    rank: int,
+    progress: bool,
+) -> dict:
+    """Score `rows` (whose encodings are `encoded`) with one model, except the rows in `done`. Batches are
+    formed over all of `rows`, so a resume re-forms the same batches and skips the finished ones."""
+    from tqdm.auto import tqdm
+
+    _warn_beyond_context(model, network, encoded)
+    chunk_size = scoring_chunk_size(network.get_output_embeddings().weight.shape[0])
+    shards = _ShardBuffer(output, model.alias, rank, config.rows_per_shard, config.flush_seconds)
+    todo = sum(r not in done for r in rows)
+    tokens, started = 0, time.perf_counter()
+    bar = tqdm(total=todo, unit="ex", desc=f"scoring {model.alias}", disable=not progress, dynamic_ncols=True)
+    with bar, torch.inference_mode():
+        for batch in packed_batches([len(e[0]) for e in encoded], run.batch_tokens):
+            batch = [i for i in batch if rows[i] not in done]
+            if not batch:
+                continue
+            sums, counts = packed_logprob_sums(
+                network, [encoded[i][:2] for i in batch], chunk_size=chunk_size
+            )
+            n_tokens = sum(len(encoded[i][0]) for i in batch)
+            shards.add(
+                [rows[i] for i in batch],
+                sums.tolist(),
+                counts.tolist(),
+                [encoded[i][2] for i in batch],
+                n_tokens,
+            )
+            tokens += n_tokens
+            bar.update(len(batch))
+            bar.set_postfix_str(f"{tokens / max(time.perf_counter() - started, 1e-9):,.0f} tok/s")
+    shards.flush()
+    return {"rows": todo, "tokens": tokens, "seconds": time.perf_counter() - started}
+
+
+def _warn_beyond_context(model: AlignedModel, network: torch.nn.Module, encoded: list[Encoding]) -> None:
+    context = getattr(network.config, "max_position_embeddings", None)
+    longest = max(len(e[0]) for e in encoded)
+    if context is not None and longest > context:
+        say(
+            f"warning: {model.alias}: rows of up to {longest} tokens exceed the model's context of {context}; "
+            f"pass --max-length {context} to truncate them instead"
+        )
+
+
+# ---- processes ---------------------------------------------------------------------------------------------
 
 
 def _process_state():
@@ -280,6 +441,15 @@ def _end_process_group(state) -> None:
     PartialState._reset_state()
 
 
+def _gather_problems(problems: dict[int, str], state) -> dict[int, str]:
+    """Every process's bad rows (each process encoded its own share of the rows), on every process."""
+    if state.num_processes == 1:
+        return problems
+    from accelerate.utils import gather_object
+
+    return {row: problem for part in gather_object([problems]) for row, problem in part.items()}
+
+
 def _gather(stats: dict, state) -> list[dict]:
     """Every process's stats, in process order (on every process)."""
     if state.num_processes == 1:
@@ -287,94 +457,3 @@ def _gather(stats: dict, state) -> list[dict]:
     from accelerate.utils import gather_object
 
     return gather_object([stats])
-
-
-def _encode_rows(
-    chat: ChatFormat, messages: list[list[dict]], rows: list[int], max_length: int | None, chunk: int = 1024
-) -> tuple[dict[int, tuple], dict[int, str]]:
-    """Encode `messages` (the conversations of `rows`) under one chat format, `chunk` rows per tokenizer call:
-    (input_ids, response_mask, truncated) per row as compact numpy arrays (240k rows fit in memory), and the
-    problem of each row that cannot be encoded (`ChatFormat.encode_many`), both by row."""
-    encoded: dict[int, tuple] = {}
-    problems: dict[int, str] = {}
-    for start in range(0, len(rows), chunk):
-        part = chat.encode_many(messages[start : start + chunk], max_length)
-        for row, enc in zip(rows[start : start + chunk], part, strict=True):
-            if isinstance(enc, ChatTemplateError):
-                problems[row] = str(enc)
-                continue
-            ids = np.asarray(enc.input_ids, dtype=np.int32)
-            encoded[row] = (ids, np.asarray(enc.response_mask, dtype=np.uint8), enc.truncated)
-    return encoded, problems
-
-
-def _score_share(
-    model: AlignedModel,
-    network: torch.nn.Module,
-    encoded: list[tuple],
-    rows: list[int],
-    output: Path,
-    *,
-    done: set[int],
-    batch_tokens: int,
-    rank: int,
-    rows_per_shard: int,
-    flush_seconds: float,
-    progress: bool,
-) -> dict:
-    """Score `rows` (whose encodings are `encoded`) with one model, except the rows in `done`; a shard
-    every `rows_per_shard` rows or `flush_seconds` (always after a whole batch), so a kill loses at most that
-    much. Batches are formed over all of `rows`, so a resume re-forms the same batches and skips finished
-    ones."""
-    from tqdm.auto import tqdm
-
-    context = getattr(network.config, "max_position_embeddings", None)
-    longest = max(len(e[0]) for e in encoded)
-    if context is not None and longest > context:
-        print(
-            f"poft: warning: {model.alias}: rows of up to {longest} tokens exceed the model's context of "
-            f"{context}; pass --max-length {context} to truncate them instead"
-        )
-    vocab = network.get_output_embeddings().weight.shape[0]
-    chunk_size = scoring_chunk_size(vocab)
-    buffer: dict[str, list] = {"rows": [], "sums": [], "counts": [], "truncated": []}
-    tokens = buffered_tokens = 0
-    started = last_flush = time.perf_counter()
-    todo = sum(r not in done for r in rows)
-    bar = tqdm(total=todo, unit="ex", desc=f"scoring {model.alias}", disable=not progress, dynamic_ncols=True)
-
-    def flush() -> None:
-        nonlocal last_flush, buffered_tokens
-        if buffer["rows"]:
-            now = time.perf_counter()
-            write_shard(
-                output, model.alias, buffer["rows"], buffer["sums"], buffer["counts"], buffer["truncated"],
-                tokens=buffered_tokens, seconds=now - last_flush, rank=rank,
-            )  # fmt: skip
-            for values in buffer.values():
-                values.clear()
-            last_flush, buffered_tokens = now, 0
-
-    with torch.inference_mode():
-        for batch in packed_batches([len(e[0]) for e in encoded], batch_tokens):
-            # whole batches are skipped (a partly finished one only when the run identity allowed a change)
-            batch = [i for i in batch if rows[i] not in done]
-            if not batch:
-                continue
-            sums, counts = packed_logprob_sums(
-                network, [encoded[i][:2] for i in batch], chunk_size=chunk_size
-            )
-            n_batch_tokens = sum(len(encoded[i][0]) for i in batch)
-            tokens += n_batch_tokens
-            buffered_tokens += n_batch_tokens
-            buffer["rows"] += [rows[i] for i in batch]
-            buffer["sums"] += sums.tolist()
-            buffer["counts"] += counts.tolist()
-            buffer["truncated"] += [encoded[i][2] for i in batch]
-            if len(buffer["rows"]) >= rows_per_shard or time.perf_counter() - last_flush >= flush_seconds:
-                flush()
-            bar.update(len(batch))
-            bar.set_postfix_str(f"{tokens / max(time.perf_counter() - started, 1e-9):,.0f} tok/s")
-    flush()
-    bar.close()
-    return {"rows": todo, "tokens": tokens, "seconds": time.perf_counter() - started}

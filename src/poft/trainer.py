@@ -1,4 +1,5 @@
-"""PoFTConfig + PoFTTrainer: TRL's SFTTrainer with the PoFT objective. Thin: the math is in loss.py.
+"""PoFTTrainer: TRL's SFTTrainer with the PoFT objective (options: `training_configs.PoFTConfig`). Thin: the
+math is in loss.py.
 
 What changes relative to SFTTrainer, and nothing else (LoRA, DeepSpeed/FSDP, gradient checkpointing and
 every other TRL option work as in SFT):
@@ -22,22 +23,17 @@ from __future__ import annotations
 
 import errno
 import math
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from datasets import Dataset
-from trl import SFTConfig, SFTTrainer
+from trl import SFTTrainer
 
 from .checkpoints import resolve_resume
-from .configs import ON_BAD_ROW
-from .device import fit_training_args, say_once
 from .logprobs import response_log_probs
 from .loss import (
-    BI_POFT_VARIANTS,
-    NORMALIZATIONS,
     bi_poft_loss,
     bi_poft_weight,
     normalize_scores,
@@ -48,8 +44,8 @@ from .loss import (
 )
 from .readers import SFTRows
 from .records import RunRecord
+from .training_configs import PoFTConfig
 from .training_data import (
-    FLOAT32_MAX,
     ROW_COLUMN,
     SCORE_COLUMNS,
     SEQUENCE_COLUMNS,
@@ -58,154 +54,6 @@ from .training_data import (
     scores_per_sequence,
     spread_scores_over_tokens,
 )
-
-OBJECTIVES = ("poft", "bi_poft", "sft")
-TRL_LOSS_TYPES = ("nll", "dft", "chunked_nll")  # SFTConfig.loss_type ('chunked_nll': TRL's deprecated 'nll')
-
-
-@dataclass
-class PoFTConfig(SFTConfig):
-    """SFTConfig plus the PoFT objective. Every SFTConfig / TrainingArguments field keeps its meaning."""
-
-    objective: str = field(
-        default="poft",
-        metadata={
-            "help": "'poft': -logsigmoid(beta*(r_theta - r_ref) + gamma); 'bi_poft': the margin is multiplied "
-            "by each row's direction (+1 desirable, -1 undesirable, from `direction_column`); 'sft': TRL's own "
-            "token loss (`loss_type`: 'nll' cross-entropy, or 'dft') on the same response tokens: the baseline.",
-            "choices": list(OBJECTIVES),
-        },
-    )
-    loss_type: str = field(
-        default="nll",
-        metadata={
-            "help": "TRL's token loss, used with objective='sft': 'nll' (cross-entropy) or 'dft' (Dynamic "
-            "Fine-Tuning: each token's NLL times its detached probability). PoFT replaces the loss, so "
-            "objective='poft'/'bi_poft' need 'nll'. Deprecated: 'poft', 'bi_poft', 'sft' here mean "
-            "`objective`.",
-            "choices": [*TRL_LOSS_TYPES, *OBJECTIVES],
-        },
-    )
-    beta: float = field(default=1.0, metadata={"help": "Scale of the score margin (paper: 1.0)."})
-    gamma: float = field(default=0.0, metadata={"help": "Offset added to the scaled margin (paper: 0.0)."})
-    ref_score_column: str = field(
-        default="ref_score",
-        metadata={
-            "help": "Column with r_ref, the aligned models' mean normalised score (written by `poft score`)."
-        },
-    )
-    direction_column: str = field(
-        default="label",
-        metadata={"help": "bi-PoFT only: boolean column, true = desirable (+1), false = undesirable (-1)."},
-    )
-    bi_poft_variant: str = field(
-        default="margin",
-        metadata={
-            "help": "bi-PoFT only: the loss on undesirable rows (m = beta*(r_theta - r_ref) + gamma). 'soft': "
-            "Bradley-Terry with target P = `undesirable_target`, -[P logsig(m) + (1-P) logsig(-m)]: the push stops "
-            "at m = logit(P) (bounded); 'margin': -logsig(-max(m, -undesirable_margin)): the push stops at "
-            "m = -margin; 'signed': the original -logsig(-beta*(r_theta - r_ref) + gamma), which keeps pushing. "
-            "Default 'margin': the best of the three on the demo's validation prompts (docs/method.md).",
-            "choices": list(BI_POFT_VARIANTS),
-        },
-    )
-    undesirable_target: float = field(
-        default=0.1,
-        metadata={
-            "help": "bi-PoFT 'soft': target P in (0, 0.5]; undesirable rows settle logit(P)/beta below r_ref."
-        },
-    )
-    undesirable_margin: float = field(
-        default=2.0,
-        metadata={"help": "bi-PoFT 'margin': undesirable rows stop being pushed once m <= -margin (>= 0)."},
-    )
-    undesirable_weight: float = field(
-        default=1.0,
-        metadata={
-            "help": "bi-PoFT: weight of an undesirable row's loss relative to a desirable row's (>= 0)."
-        },
-    )
-    score_normalization: str = field(
-        default="token",
-        metadata={
-            "help": "How r_theta normalises the response log-prob sum; must match the reference scores: 'token' "
-            "(mean per token, the paper), 'byte' (per UTF-8 byte of the responses) or 'none' (the sum).",
-            "choices": list(NORMALIZATIONS),
-        },
-    )
-    on_bad_row: str = field(
-        default="skip",
-        metadata={
-            "help": "Rows with no response token after truncation, a malformed conversation or a missing/NaN "
-            "reference score: 'skip' drops them and prints how many and why; 'error' stops naming them.",
-            "choices": list(ON_BAD_ROW),
-        },
-    )
-
-    @property
-    def uses_scores(self) -> bool:
-        """Whether training reads reference scores: PoFT and bi-PoFT do, 'sft' trains on the tokens alone."""
-        return self.objective != "sft"
-
-    def __post_init__(self):
-        self._read_deprecated_loss_type()
-        say_once(fit_training_args(self))  # no GPU: the CPU, in bf16 where it has the instructions
-        super().__post_init__()
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
-        if self.uses_scores and self.loss_type == "dft":
-            raise ValueError(
-                f"loss_type='dft' is a token loss and objective={self.objective!r} replaces the loss: use "
-                "objective='sft' with loss_type='dft' for TRL's DFT baseline, or loss_type='nll' with PoFT"
-            )
-        if self.score_normalization not in NORMALIZATIONS:
-            raise ValueError(
-                f"score_normalization must be one of {NORMALIZATIONS}, got {self.score_normalization!r}"
-            )
-        if self.on_bad_row not in ON_BAD_ROW:
-            raise ValueError(f"on_bad_row must be one of {ON_BAD_ROW}, got {self.on_bad_row!r}")
-        for name in ("beta", "gamma"):  # NaN/inf (or beyond float32) trained to a NaN model with exit 0
-            value = getattr(self, name)
-            if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
-                raise ValueError(f"{name} must be a finite number within float32 range, got {value}")
-        if self.beta <= 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}")
-        if self.bi_poft_variant not in BI_POFT_VARIANTS:
-            raise ValueError(
-                f"bi_poft_variant must be one of {BI_POFT_VARIANTS}, got {self.bi_poft_variant!r}"
-            )
-        if not 0.0 < self.undesirable_target <= 0.5:
-            raise ValueError(f"undesirable_target must be in (0, 0.5], got {self.undesirable_target}")
-        if not (self.undesirable_margin >= 0 and self.undesirable_weight >= 0):
-            raise ValueError("undesirable_margin and undesirable_weight must be >= 0")
-        if self.truncation_mode != "keep_start":
-            raise ValueError("PoFT truncates conversations from the end (truncation_mode='keep_start') only")
-        if self.assistant_only_loss:
-            warnings.warn(
-                "assistant_only_loss is ignored: PoFTTrainer always trains on response tokens only "
-                "(assistant contents + end-of-turn), located under any chat template by poft.chat.",
-                stacklevel=2,
-            )
-            self.assistant_only_loss = False
-
-    def _read_deprecated_loss_type(self) -> None:
-        """`loss_type: poft|bi_poft|sft` (recipes written before `objective` existed) sets `objective`."""
-        if self.loss_type not in OBJECTIVES:
-            return
-        if self.objective not in ("poft", self.loss_type):  # "poft" is the default: not a choice we can see
-            raise ValueError(
-                f"objective={self.objective!r} and loss_type={self.loss_type!r} disagree; loss_type "
-                f"'{self.loss_type}' is the deprecated spelling of objective: set objective only (TRL's "
-                "loss_type is 'nll' or 'dft')"
-            )
-        warnings.warn(
-            f"loss_type={self.loss_type!r} is deprecated as PoFT's objective (TRL's loss_type is 'nll' | "
-            f"'dft'): use objective={self.loss_type!r}; read as objective={self.loss_type!r}, "
-            "loss_type='nll'",
-            FutureWarning,
-            stacklevel=4,
-        )
-        self.objective, self.loss_type = self.loss_type, "nll"
 
 
 def _load_tokenizer(model_name_or_path: str):
@@ -458,31 +306,27 @@ class PoFTTrainer(SFTTrainer):
             tau = poft_weight(policy, ref, beta=args.beta, gamma=args.gamma)
         else:  # signed: negative on undesirable rows that are pushed down
             tau = bi_poft_weight(policy, ref, direction, **self._bi_poft_options())
-        stats = torch.stack(
-            [
-                policy.sum(),
-                ref.sum(),
-                (policy - ref).sum(),
-                (policy > ref).float().sum(),
-                tau.sum(),
-                -sums.detach().sum(),
-                counts.sum().float(),
-                torch.tensor(float(len(policy)), device=policy.device),
-                (outputs.is_top1.sum() if outputs.is_top1 is not None else counts.sum() * 0).float(),
-                outputs.entropy.detach().sum().float() if outputs.entropy is not None else counts.sum() * 0.0,
-            ]
-        )
         token_metrics = outputs.is_top1 is not None  # TRL's fused kernel computes them, the chunked path not
-        stats = self.accelerator.gather(stats[None]).sum(0)
-        n, n_tokens = stats[7].clamp(min=1), stats[6].clamp(min=1)
-        mode = "train" if self.model.training else "eval"
-        metrics = self._metrics[mode]
-        metrics["poft/policy_score"].append((stats[0] / n).item())
-        metrics["poft/ref_score"].append((stats[1] / n).item())
-        metrics["poft/margin"].append((stats[2] / n).item())
-        metrics["poft/win_rate"].append((stats[3] / n).item())
-        metrics["poft/weight"].append((stats[4] / n).item())
-        metrics["poft/nll"].append((stats[5] / n_tokens).item())
+        zero = counts.sum() * 0.0
+        sums_by_name = {
+            "policy_score": policy.sum(),
+            "ref_score": ref.sum(),
+            "margin": (policy - ref).sum(),
+            "win_rate": (policy > ref).float().sum(),
+            "weight": tau.sum(),
+            "nll": -sums.detach().sum(),
+            "tokens": counts.sum().float(),
+            "examples": torch.tensor(float(len(policy)), device=policy.device),
+            "mean_token_accuracy": outputs.is_top1.sum().float() if token_metrics else zero,
+            "entropy": outputs.entropy.detach().sum().float() if outputs.entropy is not None else zero,
+        }
+        gathered = self.accelerator.gather(torch.stack(list(sums_by_name.values()))[None]).sum(0)
+        total = dict(zip(sums_by_name, gathered.tolist(), strict=True))
+        per = {"examples": max(total["examples"], 1.0), "tokens": max(total["tokens"], 1.0)}
+        metrics = self._metrics["train" if self.model.training else "eval"]
+        for name in ("policy_score", "ref_score", "margin", "win_rate", "weight"):
+            metrics[f"poft/{name}"].append(total[name] / per["examples"])
+        metrics["poft/nll"].append(total["nll"] / per["tokens"])
         if token_metrics:
-            metrics["mean_token_accuracy"].append((stats[8] / n_tokens).item())
-            metrics["entropy"].append((stats[9] / n_tokens).item())
+            metrics["mean_token_accuracy"].append(total["mean_token_accuracy"] / per["tokens"])
+            metrics["entropy"].append(total["entropy"] / per["tokens"])

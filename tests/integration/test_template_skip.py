@@ -2,15 +2,18 @@
 left out with --on-bad-row skip, or named in the error, at every stage: `poft score`, `poft train`, `poft dpo`."""
 
 import json
+import re
 
 import pytest
 from datasets import Dataset
 
 from poft.chat import ChatTemplateError
-from poft.dpo import PoFTDPOConfig, PoFTDPOTrainer
+from poft.dpo import PoFTDPOTrainer
+from poft.training_configs import PoFTDPOConfig
 from poft.scoring import score_dataset
 from poft.shards import shard_files
-from poft.trainer import PoFTConfig, PoFTTrainer
+from poft.trainer import PoFTTrainer
+from poft.training_configs import PoFTConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -77,10 +80,15 @@ def test_train_drops_the_row_with_the_others(models, tmp_path, capsys):
     args = PoFTConfig(output_dir=str(tmp_path / "out"), **CPU)
     trainer = PoFTTrainer(model=models["zephyr"], args=args, train_dataset=Dataset.from_list(sft_rows()))
     assert len(trainer.train_dataset) == 2
-    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("poft: dropped"))
-    assert "dropped 1 of 3 rows from the train dataset: 1 the chat template refused it" in line
+    line = next(x for x in capsys.readouterr().out.splitlines() if "cannot be trained on" in x)
+    assert line.startswith(
+        "poft: train dataset: 1 of 3 rows cannot be trained on (1 the chat template refused it)"
+    )
+    assert re.search(rf"left out: row 1 \(id=r1\): the chat template refused it \({DROPPED}", line)
     args = PoFTConfig(output_dir=str(tmp_path / "out"), on_bad_row="error", **CPU)
-    with pytest.raises(ValueError, match=rf"1 of 3 rows cannot be trained on: row 1 \(id=r1\): .*{DROPPED}"):
+    with pytest.raises(
+        ValueError, match=rf"1 of 3 rows cannot be trained on \(.*\): row 1 \(id=r1\): .*{DROPPED}"
+    ):
         PoFTTrainer(model=models["zephyr"], args=args, train_dataset=Dataset.from_list(sft_rows()))
 
 

@@ -109,9 +109,9 @@ def test_stale_scores_are_refused_naming_the_rows(tiny, tmp_path, edit):
     else:  # a system prompt was added (re-templated)
         rows[3]["messages"] = [{"role": "system", "content": "Be brief."}, *rows[3]["messages"]]
     expected = (
-        "rows 5|row 5 \\(id=tiny-5\\), row 6 \\(id=tiny-6\\)"
+        "row 5 \\(id=tiny-5\\): .*; row 6 \\(id=tiny-6\\): "
         if edit == "reorder"
-        else "row 3 \\(id=tiny-3\\)"
+        else "row 3 \\(id=tiny-3\\): "
     )
     with pytest.raises(ValueError, match=f"no longer match the conversation that was scored.*({expected})"):
         PoFTTrainer(model=tiny["model"], args=config(tmp_path), train_dataset=Dataset.from_list(rows))

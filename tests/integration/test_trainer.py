@@ -341,8 +341,9 @@ def test_bad_rows_are_dropped_with_one_line(tiny, tmp_path, capsys):
     args = cpu_config(tmp_path, max_length=48, max_steps=1)
     trainer = PoFTTrainer(model=tiny["model"], args=args, train_dataset=Dataset.from_list(bad_rows(tiny)))
     printed = capsys.readouterr().out
-    line = next(x for x in printed.splitlines() if x.startswith("poft: dropped"))
-    assert "dropped 4 of 8 rows from the train dataset" in line
+    line = next(x for x in printed.splitlines() if "cannot be trained on" in x)
+    assert line.startswith("poft: train dataset: 4 of 8 rows cannot be trained on (")
+    assert "left out: row 0 (id=tiny-0): missing or non-finite ref_score" in line
     assert "2 missing or non-finite ref_score" in line
     assert "1 no response token after truncation to max_length=48" in line
     assert "1 bad conversation" in line
@@ -369,12 +370,13 @@ def test_cli_reads_the_file_once_and_names_bad_lines_with_the_rest(tiny, tmp_pat
             "--bf16", "false", "--gradient_checkpointing", "false", "--use_cpu", "true", "--save_strategy", "no"]  # fmt: skip
     assert main(argv) == 0
     assert len(reads) == 1
-    dropped = [x for x in capsys.readouterr().out.splitlines() if x.startswith("poft: dropped")]
-    assert len(dropped) == 1 and "dropped 5 of 9 rows" in dropped[0] and "2 bad conversation" in dropped[0]
+    dropped = [x for x in capsys.readouterr().out.splitlines() if "left out" in x]
+    assert len(dropped) == 1 and "5 of 9 rows cannot be trained on" in dropped[0]
+    assert "2 bad conversation" in dropped[0] and "line 6: bad conversation (malformed JSON" in dropped[0]
     monkeypatch.setenv("POFT_DEBUG", "1")  # the error itself, not the CLI's one line
     with pytest.raises(
         ValueError,
-        match=r"5 of 9 rows cannot be trained on: line 1 \(id=tiny-0\).*line 4 .*; line 6 \(id=None\): bad conversation \(malformed JSON",
+        match=r"5 of 9 rows cannot be trained on \(.*\): line 1 \(id=tiny-0\).*line 4 .*; line 6: bad conversation \(malformed JSON",
     ):
         main([*argv, "--on_bad_row", "error"])
 

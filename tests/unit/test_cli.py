@@ -236,8 +236,8 @@ def test_shipped_recipes_use_no_deprecated_option(path):
 
     from trl import ModelConfig, ScriptArguments, TrlParser
 
-    from poft.dpo import PoFTDPOConfig
-    from poft.trainer import PoFTConfig
+    from poft.training_configs import PoFTDPOConfig
+    from poft.training_configs import PoFTConfig
 
     config = PoFTDPOConfig if "_dpo_" in path.name else PoFTConfig
     with warnings.catch_warnings(record=True) as caught:

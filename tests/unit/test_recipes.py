@@ -11,8 +11,8 @@ import yaml
 from trl import ModelConfig, ScriptArguments, TrlParser
 
 from poft.cli import parse_command
-from poft.dpo import PoFTDPOConfig
-from poft.trainer import PoFTConfig
+from poft.training_configs import PoFTDPOConfig
+from poft.training_configs import PoFTConfig
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 RECIPES = sorted(p for p in EXAMPLES.glob("*.yaml"))

@@ -1,0 +1,68 @@
+"""PoFTConfig and PoFTDPOConfig: TRL's SFTConfig / DPOConfig plus poft's own options (`configs.PoFTArguments`,
+`configs.PoFTDPOArguments`), with the defaults poft changes.
+
+Every TRL / transformers field keeps its meaning. These classes import TRL (several seconds), so the fast
+`poft train --help` reads poft's part from `configs.py` alone; `poft train --help-all` lists everything.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+from trl import DPOConfig, SFTConfig
+
+from .configs import OBJECTIVES, ON_BAD_ROW, PoFTArguments, PoFTDPOArguments, check_choices
+from .console import say_once
+from .device import fit_training_args
+from .templates import resolve_chat_template
+
+
+@dataclass
+class PoFTConfig(PoFTArguments, SFTConfig):
+    """SFTConfig plus the PoFT objective (`PoFTArguments`)."""
+
+    def __post_init__(self):
+        self._read_deprecated_loss_type()
+        self.chat_template_path = resolve_chat_template(self.chat_template_path)
+        say_once(fit_training_args(self))  # no GPU: the CPU, in bf16 where it has the instructions
+        SFTConfig.__post_init__(self)
+        self.check_poft_options()
+        if self.truncation_mode != "keep_start":
+            raise ValueError("PoFT truncates conversations from the end (truncation_mode='keep_start') only")
+        if self.assistant_only_loss:
+            warnings.warn(
+                "assistant_only_loss is ignored: PoFTTrainer always trains on response tokens only "
+                "(assistant contents + end-of-turn), located under any chat template by poft.chat.",
+                stacklevel=2,
+            )
+            self.assistant_only_loss = False
+
+    def _read_deprecated_loss_type(self) -> None:
+        """`loss_type: poft|bi_poft|sft` (recipes written before `objective` existed) sets `objective`."""
+        if self.loss_type not in OBJECTIVES:
+            return
+        if self.objective not in ("poft", self.loss_type):  # "poft" is the default: not a choice we can see
+            raise ValueError(
+                f"objective={self.objective!r} and loss_type={self.loss_type!r} disagree; loss_type "
+                f"'{self.loss_type}' is the deprecated spelling of objective: set objective only (TRL's "
+                "loss_type is 'nll' or 'dft')"
+            )
+        warnings.warn(
+            f"loss_type={self.loss_type!r} is deprecated as PoFT's objective (TRL's loss_type is 'nll' | "
+            f"'dft'): use objective={self.loss_type!r}; read as objective={self.loss_type!r}, "
+            "loss_type='nll'",
+            FutureWarning,
+            stacklevel=4,
+        )
+        self.objective, self.loss_type = self.loss_type, "nll"
+
+
+@dataclass
+class PoFTDPOConfig(PoFTDPOArguments, DPOConfig):
+    """TRL's DPOConfig with reference log-probs precomputed by default (the reference never changes)."""
+
+    def __post_init__(self):
+        say_once(fit_training_args(self))  # no GPU: the CPU, in bf16 where it has the instructions
+        DPOConfig.__post_init__(self)
+        check_choices(self, {"on_bad_row": ON_BAD_ROW})
