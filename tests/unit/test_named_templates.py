@@ -4,6 +4,7 @@ poft.chat the response mask of the reference; names resolve to the packaged file
 an aligned model one (load_aligned_models), so a base model saved without a template can be scored."""
 
 import json
+import re
 import subprocess
 import sys
 from importlib.resources import files
@@ -130,9 +131,8 @@ def test_names_resolve_to_the_packaged_files_and_paths_stay(tmp_path, monkeypatc
     file = tmp_path / "mine.jinja"
     file.write_text("{{ messages }}")
     assert resolve_chat_template(str(file)) == str(file)
-    assert resolve_chat_template(str(tmp_path)) == str(
-        tmp_path
-    )  # a tokenizer folder (TRL copies its template)
+    folder = str(tmp_path)  # a tokenizer folder: TRL's --chat_template_path copies its template
+    assert resolve_chat_template(folder) == folder
     assert resolve_chat_template(None) is None
     monkeypatch.chdir(tmp_path)
     (tmp_path / "gemma").mkdir()
@@ -142,7 +142,9 @@ def test_names_resolve_to_the_packaged_files_and_paths_stay(tmp_path, monkeypatc
 
 @pytest.mark.parametrize("value", ["gemma3", "no/such/file.jinja", ""])
 def test_anything_else_is_refused_naming_the_value_and_the_names(value):
-    with pytest.raises(ValueError, match=rf"chat template {value!r}: .*chatml, gemma, llama3, mistral"):
+    with pytest.raises(
+        ValueError, match=re.escape(f"chat template {value!r}: neither a template name (chatml, ")
+    ):
         resolve_chat_template(value)
     with pytest.raises(ValueError, match="the named ones are chatml, gemma"):
         template_path(value)
