@@ -25,7 +25,7 @@ from transformers import PreTrainedTokenizerBase
 from trl import DPOTrainer
 
 from .chat import ChatFormat, ChatTemplateError
-from .console import say_once
+from .console import BadRow, input_order, refuse_or_skip, say
 from .readers import RowError, read_message, read_rows, row_id, sharegpt_turns, text_or_messages
 
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
@@ -59,25 +59,28 @@ def check_pair_templates(
     """Drop (on_bad_row="skip", one printed line) or refuse (one error naming them) the pairs whose prompt +
     chosen or prompt + rejected the tokenizer's chat template does not render verbatim in order."""
     chat = ChatFormat.from_tokenizer(tokenizer, tokenizer.name_or_path or "the model")
-    bad: dict[int, str] = {}
-    for i, pair in enumerate(pairs):
-        for side in ("chosen", "rejected"):
-            try:
-                chat.render(pair["prompt"] + pair[side])
-            except ChatTemplateError as e:
-                bad[i] = f"prompt + {side}: {e}"
-                break
-    if not bad:
+    problems = {i: problem for i, pair in enumerate(pairs) if (problem := _render_problem(chat, pair))}
+    if not problems:
         return pairs
-    named = "; ".join(f"pair {i}: {problem}" for i, problem in list(bad.items())[:5])
-    named += f"; ... {len(bad) - 5} more" if len(bad) > 5 else ""
-    what = f"{len(bad)} of {len(pairs)} preference pairs of the {name} dataset"
-    if on_bad_row == "error" or len(bad) == len(pairs):
-        raise ChatTemplateError(
-            f"{what} cannot be rendered by the chat template: {named} (on_bad_row='skip' drops them)"
+    bad = [BadRow(row=f"pair {i}", id=None, problem=problem) for i, problem in problems.items()]
+    what = f"{name} dataset: {len(bad)} of {len(pairs)} preference pairs cannot be rendered verbatim by the "
+    what += "chat template"
+    if len(bad) == len(pairs):
+        refuse_or_skip(
+            bad, what, "error", ChatTemplateError, hint="use a model whose chat template renders them"
         )
-    say_once(f"dropped {what} that the chat template cannot render verbatim: {named}")
-    return pairs.select([i for i in range(len(pairs)) if i not in bad])
+    refuse_or_skip(bad, what, on_bad_row, ChatTemplateError, hint="set on_bad_row='skip' to drop them")
+    return pairs.select([i for i in range(len(pairs)) if i not in problems])
+
+
+def _render_problem(chat: ChatFormat, pair: dict) -> str:
+    """Why the chat template cannot render this pair's prompt + chosen or prompt + rejected ("" when it can)."""
+    for side in ("chosen", "rejected"):
+        try:
+            chat.render(pair["prompt"] + pair[side])
+        except ChatTemplateError as e:
+            return f"prompt + {side}: {e}"
+    return ""
 
 
 def _as_messages(value: object, field_name: str, role: str) -> list[dict]:
@@ -124,29 +127,27 @@ def normalize_preference_row(row: dict) -> dict:
 def load_preferences(source: str | Dataset, split: str = "train", config: str | None = None) -> Dataset:
     """Read preference pairs through `readers.read_rows` and normalise them (`normalize_preference_row`).
 
-    Errors name source, line/row, id and field; a line that is not a JSON object stops the read.
+    Every row that cannot be read (a line that is not a JSON object, a field that is not a conversation) is
+    named in one error: source, line/row, id and field.
     """
     raw = read_rows(source, split, config)
-    if raw.bad:
-        b = raw.bad[0]
-        raise RowError(f"{raw.source}: {b['row']}: {b['problem']} ({len(raw.bad)} such lines)")
     missing = [c for c in ("chosen", "rejected") if c not in raw.columns]
-    if missing:
+    if missing and len(raw):
         raise ValueError(
             f"{raw.source}: preference data needs `chosen` and `rejected` (and usually `prompt`); "
             f"missing {missing} (columns: {raw.columns})"
         )
-    pairs = []
+    pairs, bad = [], list(raw.bad)
     for i, row in enumerate(
         raw.iter_rows([*PREFERENCE_COLUMNS, "conversations", "system", "id", "prompt_id"])
     ):
         try:
             pairs.append(normalize_preference_row(row))
         except RowError as e:
-            raise RowError(f"{raw.source}: {raw.where(i)} (id={row_id(row)}): {e}") from e
+            bad.append(BadRow(row=raw.where(i), id=row_id(row), problem=str(e)))
+    what = f"{raw.source}: {len(bad)} of {len(raw) + len(raw.bad)} rows cannot be read as preference pairs"
+    refuse_or_skip(input_order(bad), what, "error", RowError, hint="remove them from the file")
     if not pairs:
         raise ValueError(f"{raw.source}: no rows")
-    print(
-        f"poft: {raw.source} [{split}]: {len(pairs)} preference pairs (conversational prompt/chosen/rejected)"
-    )
+    say(f"{raw.source} [{split}]: {len(pairs)} preference pairs (conversational prompt/chosen/rejected)")
     return Dataset.from_list(pairs)

@@ -25,6 +25,7 @@ from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from .chat import ChatFormat, ChatTemplateError
+from .console import BadRow, input_order, name_bad_rows, refuse_or_skip, say
 from .readers import FINGERPRINT_COLUMN, RowError, SFTRows, fingerprint, parse_label, read_sft
 
 SCORE_COLUMNS = ("poft_ref_score", "poft_direction", "poft_response_bytes")
@@ -32,51 +33,6 @@ ROW_COLUMN = "poft_row"  # optional in pre-tokenised rows
 SEQUENCE_COLUMNS = (*SCORE_COLUMNS, ROW_COLUMN)  # one value per sequence, carried through packing
 PROVENANCE_COLUMN = "score_provenance"  # shards.PROVENANCE_COLUMN, written by `poft score`
 FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max; the one bound for scores and beta/gamma
-
-
-def _encode_row(
-    row: dict,
-    index: int,
-    chat: ChatFormat,
-    max_length: int | None,
-    ref_score_column: str | None,
-    direction_column: str | None,
-    check_fingerprint: bool = False,
-) -> dict:
-    out = {"input_ids": [], "labels": [], "poft_problem": "", "poft_truncated": False, "poft_stale": False}
-    out.update(poft_ref_score=float("nan"), poft_direction=1, poft_response_bytes=0, poft_row=index)
-    if direction_column is not None:
-        try:
-            out["poft_direction"] = (
-                -1 if parse_label(row.get(direction_column), direction_column) is False else 1
-            )
-        except RowError as e:
-            out["poft_problem"] = f"bad label ({e})"
-            return out
-    try:
-        encoded = chat.encode(row["messages"], max_length)
-    except ChatTemplateError as e:  # this row only: the template dropped, moved or rewrote a message
-        out["poft_problem"] = f"the chat template refused it ({e})"
-        return out
-    out["poft_stale"] = check_fingerprint and row[FINGERPRINT_COLUMN] != fingerprint(row["messages"])
-    out["input_ids"] = encoded.input_ids
-    out["labels"] = [t if m else -100 for t, m in zip(encoded.input_ids, encoded.response_mask, strict=True)]
-    out["poft_truncated"] = encoded.truncated
-    out["poft_response_bytes"] = encoded.response_bytes
-    # The model predicts token t from position t-1, so the first token can never be a trained label
-    if not any(encoded.response_mask[1:]):
-        out["poft_problem"] = f"no response token after truncation to max_length={max_length}"
-        return out
-    if ref_score_column is not None:
-        score = row.get(ref_score_column)
-        if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
-            out["poft_problem"] = f"missing or non-finite {ref_score_column}"
-            return out
-        if abs(score) > FLOAT32_MAX:  # finite in float64, infinite in the float32 loss
-            out["poft_problem"] = f"{ref_score_column} beyond float32 range ({score:g})"
-            return out
-        out["poft_ref_score"] = float(score)
-    return out
 
 
 def prepare_training_dataset(
@@ -97,16 +53,43 @@ def prepare_training_dataset(
     `dataset` is what `readers.read_sft` returned (`poft train` reads the file once, there), or a Dataset in
     any SFT format, which is read here. Rows the reader could not read and rows that cannot be trained on
     (the target's chat template drops, moves or rewrites a message, no response token after truncation, no
-    finite score, a bad label) are dropped with one printed line
-    saying how many and why, or, with on_bad_row="error", refused in one error naming them.
+    finite score, a bad label) are dropped with one printed line saying how many and why, or, with
+    on_bad_row="error", refused in one error naming them.
     ref_score_column=None means scores are not needed (SFT). direction_column=None means all rows +1.
     score_normalization: how training normalises r_theta; scores made by `poft score` with another one are
     refused (`score_provenance`).
     """
     name = f"{dataset_name} dataset"
-    if not isinstance(dataset, SFTRows):
-        dataset = read_sft(dataset, on_bad_row="skip", name=name, report=False)
-    rows, data = dataset, dataset.dataset
+    rows = dataset
+    if not isinstance(rows, SFTRows):
+        rows = read_sft(dataset, on_bad_row="skip", name=name, report=False)
+    _check_columns(rows.dataset, name, ref_score_column, direction_column)
+    provenance = None
+    if ref_score_column is not None:
+        provenance = _score_provenance(rows.dataset, rows, name, score_normalization)
+    encoded = rows.dataset.map(
+        _encode_row,
+        with_indices=True,
+        fn_kwargs={
+            "chat": ChatFormat.from_tokenizer(tokenizer, model_name),
+            "max_length": max_length,
+            "ref_score_column": ref_score_column,
+            "direction_column": direction_column,
+            "check_fingerprint": ref_score_column is not None,
+        },
+        num_proc=num_proc,
+        desc=f"Encoding {dataset_name} conversations under the target's chat template",
+    )
+    _refuse_stale_scores(encoded, rows, name)
+    encoded = _leave_out_bad_rows(encoded, rows, name, on_bad_row)
+    _say_truncated(encoded, dataset_name, max_length, provenance)
+    return encoded.remove_columns(["poft_problem", "poft_truncated", "poft_stale"])
+
+
+def _check_columns(
+    data: Dataset, name: str, ref_score_column: str | None, direction_column: str | None
+) -> None:
+    """Refuse data without the score column PoFT needs, or the label column bi-PoFT needs."""
     if ref_score_column is not None and ref_score_column not in data.column_names:
         raise ValueError(
             f"{name}: no {ref_score_column!r} column with reference scores "
@@ -118,64 +101,100 @@ def prepare_training_dataset(
             f"columns: {data.column_names}. Add it, name another one with direction_column, or train with "
             "objective='poft'"
         )
-    provenance = (
-        _score_provenance(data, rows, name, score_normalization) if ref_score_column is not None else None
-    )
-    chat = ChatFormat.from_tokenizer(tokenizer, model_name)
-    encoded = data.map(
-        _encode_row,
-        with_indices=True,
-        fn_kwargs={
-            "chat": chat,
-            "max_length": max_length,
-            "ref_score_column": ref_score_column,
-            "direction_column": direction_column,
-            "check_fingerprint": ref_score_column is not None,
-        },
-        num_proc=num_proc,
-        desc=f"Encoding {dataset_name} conversations under the target's chat template",
-    )
-    _refuse_stale_scores(encoded, rows, name)
+
+
+def _encode_row(
+    row: dict,
+    index: int,
+    chat: ChatFormat,
+    max_length: int | None,
+    ref_score_column: str | None,
+    direction_column: str | None,
+    check_fingerprint: bool = False,
+) -> dict:
+    """One row -> its training columns; `poft_problem` says why it cannot be trained on ("" when it can)."""
+    out = {"input_ids": [], "labels": [], "poft_problem": "", "poft_truncated": False, "poft_stale": False}
+    out.update(poft_ref_score=float("nan"), poft_direction=1, poft_response_bytes=0, poft_row=index)
+    if direction_column is not None:
+        try:
+            label = parse_label(row.get(direction_column), direction_column)
+        except RowError as e:
+            return {**out, "poft_problem": f"bad label ({e})"}
+        out["poft_direction"] = -1 if label is False else 1
+    try:
+        encoded = chat.encode(row["messages"], max_length)
+    except ChatTemplateError as e:  # this row only: the template dropped, moved or rewrote a message
+        return {**out, "poft_problem": f"the chat template refused it ({e})"}
+    out["poft_stale"] = check_fingerprint and row[FINGERPRINT_COLUMN] != fingerprint(row["messages"])
+    out["input_ids"] = encoded.input_ids
+    out["labels"] = [t if m else -100 for t, m in zip(encoded.input_ids, encoded.response_mask, strict=True)]
+    out["poft_truncated"] = encoded.truncated
+    out["poft_response_bytes"] = encoded.response_bytes
+    # The model predicts token t from position t-1, so the first token can never be a trained label
+    if not any(encoded.response_mask[1:]):
+        return {**out, "poft_problem": f"no response token after truncation to max_length={max_length}"}
+    if ref_score_column is not None:
+        score = row.get(ref_score_column)
+        out["poft_problem"] = _score_problem(score, ref_score_column)
+        out["poft_ref_score"] = float("nan") if out["poft_problem"] else float(score)
+    return out
+
+
+def _score_problem(score: object, column: str) -> str:
+    """Why a reference score cannot be trained with ("" when it can)."""
+    if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+        return f"missing or non-finite {column}"
+    if abs(score) > FLOAT32_MAX:  # finite in float64, infinite in the float32 loss
+        return f"{column} beyond float32 range ({score:g})"
+    return ""
+
+
+def _leave_out_bad_rows(encoded: Dataset, rows: SFTRows, name: str, on_bad_row: str) -> Dataset:
+    """Refuse, or drop with one line, the rows the reader left out and the rows that cannot be trained on,
+    named together in input order with a count per reason."""
     problems = encoded["poft_problem"]
-    untrainable = [i for i, p in enumerate(problems) if p]
-    ids = data.select(untrainable[:5])["id"] if untrainable else []
-    bad = [(b["row"], b["id"], f"bad conversation ({b['problem']})") for b in rows.bad]
-    bad += [(rows.where[i], ids[k] if k < 5 else None, problems[i]) for k, i in enumerate(untrainable)]
-    bad.sort(key=lambda b: int(b[0].split()[1]))  # input order: "line 12" / "row 3"
-    if bad and on_bad_row == "error":
-        named = "; ".join(f"{where} (id={row_id}): {problem}" for where, row_id, problem in bad[:5])
-        label = name if rows.source == name else f"{name} ({rows.source})"
-        raise ValueError(
-            f"{label}: {len(bad)} of {rows.n_rows_in} rows cannot be trained on: {named}"
-            + ("; ..." if len(bad) > 5 else "")
-            + " (set on_bad_row='skip' to drop them)"
-        )
-    if bad:
-        reasons = Counter(problem.split(" (")[0] for _, _, problem in bad)
-        detail = ", ".join(f"{n} {reason}" for reason, n in reasons.most_common())
-        print(f"poft: dropped {len(bad)} of {rows.n_rows_in} rows from the {name}: {detail}")
-        encoded = encoded.filter(lambda p: not p, input_columns="poft_problem")
+    untrainable = [i for i, problem in enumerate(problems) if problem]
+    ids = rows.dataset.select(untrainable)["id"] if untrainable else []
+    bad = [BadRow(row=b["row"], id=b["id"], problem=f"bad conversation ({b['problem']})") for b in rows.bad]
+    bad += [
+        BadRow(row=rows.where[i], id=row_id, problem=problems[i])
+        for i, row_id in zip(untrainable, ids, strict=True)
+    ]
+    if not bad:
+        return encoded
+    reasons = Counter(b["problem"].split(" (")[0] for b in bad)
+    detail = ", ".join(f"{n} {reason}" for reason, n in reasons.most_common())
+    label = name if rows.source == name else f"{name} ({rows.source})"
+    what = f"{label}: {len(bad)} of {rows.n_rows_in} rows cannot be trained on ({detail})"
+    refuse_or_skip(input_order(bad), what, on_bad_row, ValueError, hint="set on_bad_row='skip' to drop them")
+    return encoded.filter(lambda problem: not problem, input_columns="poft_problem")
+
+
+def _say_truncated(
+    encoded: Dataset, dataset_name: str, max_length: int | None, provenance: dict | None
+) -> None:
+    """Say how many rows training truncates, and warn when the scorer saw them whole (or less cut)."""
     n_truncated = sum(encoded["poft_truncated"])
-    if n_truncated:
-        print(f"poft: {n_truncated} {dataset_name} rows were truncated to max_length={max_length}")
-        scorer_max = provenance.get("max_length", 0) if provenance else 0
-        if provenance and (scorer_max is None or scorer_max > max_length):
-            print(
-                f"poft: warning: {n_truncated} {dataset_name} rows are cut at max_length={max_length} in "
-                f"training but were scored {'whole' if scorer_max is None else f'up to {scorer_max} tokens'}: "
-                "their r_theta covers fewer response tokens than their r_ref (score with the same --max-length "
-                "to compare like with like)"
-            )
-    return encoded.remove_columns(["poft_problem", "poft_truncated", "poft_stale"])
+    if not n_truncated:
+        return
+    say(f"{n_truncated} {dataset_name} rows were truncated to max_length={max_length}")
+    scorer_max = provenance.get("max_length", 0) if provenance else 0
+    if provenance and (scorer_max is None or scorer_max > max_length):
+        say(
+            f"warning: {n_truncated} {dataset_name} rows are cut at max_length={max_length} in training but "
+            f"were scored {'whole' if scorer_max is None else f'up to {scorer_max} tokens'}: their r_theta "
+            "covers fewer response tokens than their r_ref (score with the same --max-length to compare like "
+            "with like)"
+        )
 
 
 def _score_provenance(data: Dataset, rows: SFTRows, name: str, normalization: str | None) -> dict | None:
     """How the scores were made (one run), or None (not from `poft score`: said once). Refuses a mix of
     scoring runs and a normalisation other than training's."""
     if PROVENANCE_COLUMN not in data.column_names:
-        print(
-            f"poft: {name}: no {PROVENANCE_COLUMN!r} column (scores not written by `poft score`): how they were "
-            "made (models, normalisation, max length) cannot be checked"
+        say(
+            f"{name}: no {PROVENANCE_COLUMN!r} column (scores not written by `poft score`): how they were made "
+            "(models, normalisation, max length) cannot be checked"
         )
         return None
     values = data[PROVENANCE_COLUMN]
@@ -208,12 +227,15 @@ def _refuse_stale_scores(encoded: Dataset, rows: SFTRows, name: str) -> None:
     stale = [i for i, flag in enumerate(encoded["poft_stale"]) if flag]
     if not stale:
         return
-    ids = rows.dataset.select(stale[:5])["id"]
-    named = ", ".join(f"{rows.where[i]} (id={ids[k]})" for k, i in enumerate(stale[:5]))
+    ids = rows.dataset.select(stale)["id"]
+    problem = f"its `{FINGERPRINT_COLUMN}` differs from the text's"
+    bad = [
+        BadRow(row=rows.where[i], id=row_id, problem=problem) for i, row_id in zip(stale, ids, strict=True)
+    ]
     raise ValueError(
-        f"{name}: {len(stale)} of {len(encoded)} rows no longer match the conversation that was "
-        f"scored (their `{FINGERPRINT_COLUMN}` differs from the text's): {named}{', ...' if len(stale) > 5 else ''}. "
-        "The data was edited, re-ordered or joined to the wrong scores after `poft score`; re-score it."
+        f"{name}: {len(stale)} of {len(encoded)} rows no longer match the conversation that was scored: "
+        f"{name_bad_rows(bad)}. The data was edited, re-ordered or joined to the wrong scores after "
+        "`poft score`; re-score it."
     )
 
 

@@ -6,14 +6,13 @@ import re
 
 import pytest
 from datasets import Dataset
+from fixtures.scoring import score  # tests/ is on sys.path
 
 from poft.chat import ChatTemplateError
 from poft.dpo import PoFTDPOTrainer
-from poft.training_configs import PoFTDPOConfig
-from poft.scoring import score_dataset
 from poft.shards import shard_files
 from poft.trainer import PoFTTrainer
-from poft.training_configs import PoFTConfig
+from poft.training_configs import PoFTConfig, PoFTDPOConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -57,7 +56,7 @@ def data(tmp_path) -> str:
 
 def test_score_leaves_the_row_out_for_every_model_and_records_it(models, data, tmp_path, capsys):
     out = tmp_path / "scored"
-    scored = score_dataset(data, [models["chatml"], models["zephyr"]], out, on_bad_row="skip", progress=False)
+    scored = score(data, [models["chatml"], models["zephyr"]], out, on_bad_row="skip", progress=False)
     assert scored["id"] == ["r0", "r2"]  # chatml renders the row fine; it is left out for both models
     assert "1 of 3 rows cannot be scored under the chat templates, skipped: line 2 (id=r1): zephyr:" in (
         capsys.readouterr().out
@@ -73,7 +72,7 @@ def test_score_error_names_row_id_and_model(models, data, tmp_path):
     with pytest.raises(
         ChatTemplateError, match=rf"1 of 3 rows .*line 2 \(id=r1\): {DROPPED}.*--on-bad-row skip"
     ):
-        score_dataset(data, [models["chatml"], models["zephyr"]], tmp_path / "out", progress=False)
+        score(data, [models["chatml"], models["zephyr"]], tmp_path / "out", progress=False)
 
 
 def test_train_drops_the_row_with_the_others(models, tmp_path, capsys):
@@ -84,7 +83,7 @@ def test_train_drops_the_row_with_the_others(models, tmp_path, capsys):
     assert line.startswith(
         "poft: train dataset: 1 of 3 rows cannot be trained on (1 the chat template refused it)"
     )
-    assert re.search(rf"left out: row 1 \(id=r1\): the chat template refused it \({DROPPED}", line)
+    assert re.search(rf"left out: row 1 \(id=r1\): the chat template refused it \(.*{DROPPED}", line)
     args = PoFTConfig(output_dir=str(tmp_path / "out"), on_bad_row="error", **CPU)
     with pytest.raises(
         ValueError, match=rf"1 of 3 rows cannot be trained on \(.*\): row 1 \(id=r1\): .*{DROPPED}"
@@ -102,7 +101,9 @@ def test_dpo_drops_the_pair_or_names_it(models, tmp_path, capsys):
     args = PoFTDPOConfig(output_dir=str(tmp_path / "dpo"), max_length=64, **CPU)
     trainer = PoFTDPOTrainer(model=models["zephyr"], args=args, train_dataset=pairs)
     assert len(trainer.train_dataset) == 2
-    assert "dropped 1 of 3 preference pairs of the train dataset" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "train dataset: 1 of 3 preference pairs cannot be rendered verbatim by the chat template" in said
+    assert "left out: pair 1: prompt + chosen: " in said
     args = PoFTDPOConfig(output_dir=str(tmp_path / "dpo"), max_length=64, on_bad_row="error", **CPU)
     with pytest.raises(
         ChatTemplateError, match=r"pair 1: prompt \+ chosen: .*dropped messages\[2\] \(role tool\)"
@@ -128,9 +129,9 @@ def test_score_skips_a_row_that_encodes_to_two_bos_tokens(tiny_model, tmp_path, 
     rows = [{"id": f"r{i}", "messages": [{"role": "user", "content": text}, {"role": "assistant", "content": "ok"}]}
             for i, text in enumerate(["hello", "! hello", "bye"])]  # fmt: skip
     with pytest.raises(ChatTemplateError, match=r"1 of 3 rows .*row 1 \(id=r1\): bang: .*two BOS"):
-        score_dataset(Dataset.from_list(rows), [str(folder)], tmp_path / "error", progress=False)
+        score(Dataset.from_list(rows), [str(folder)], tmp_path / "error", progress=False)
     assert shard_files(tmp_path / "error", "bang") == []  # refused before anything was scored
-    scored = score_dataset(
+    scored = score(
         Dataset.from_list(rows), [str(folder)], tmp_path / "skip", on_bad_row="skip", progress=False
     )
     assert scored["id"] == ["r0", "r2"]

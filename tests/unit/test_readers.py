@@ -397,5 +397,8 @@ def test_llama_factory_sharegpt_preference_rows_are_read(tmp_path):
     rows[1]["chosen"] = {"from": "bot", "value": "Rome."}
     rows[1]["id"] = "it"
     path.write_text(json.dumps(rows, indent=1))
-    with pytest.raises(RowError, match=r"dpo_en_demo\.json: row 1 \(id=it\): chosen\[0\]\.from is 'bot'"):
+    with pytest.raises(
+        RowError,
+        match=r"dpo_en_demo\.json: 1 of 2 rows cannot be read as preference pairs: row 1 \(id=it\): chosen\[0\]\.from is 'bot'",
+    ):
         load_preferences(str(path))
