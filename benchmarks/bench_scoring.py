@@ -5,7 +5,7 @@
     python benchmarks/bench_scoring.py --budgets 512,2048,8192  # poft's packed budget, side by side
     python benchmarks/bench_scoring.py --device cuda --dtype bfloat16 --preset llama-1b --rows 512   # a GPU
 
-Same rows (real Alpaca rows, tests/real/data/alpaca_real.json, under the model's own chat template), same
+Same rows (real Alpaca rows, data/alpaca_real.json, under the model's own chat template), same
 tokens, same process; every scorer turns them into per-row mean response log-probs:
   bound       the unpadded plain forward: `model(input_ids=row)` one row at a time (no padding, no
               log-softmax); what any scorer pays at least for the decoder, plus the full LM head
@@ -43,7 +43,7 @@ from poft.chat import ChatFormat  # noqa: E402
 from poft.logprobs import default_batch_tokens, packed_batches, packed_logprob_sums  # noqa: E402
 
 REAL = Path("~/.cache/poft/real-models/hf/smollm2-135m-instruct").expanduser()
-ROWS = Path(__file__).resolve().parent.parent / "tests/real/data/alpaca_real.json"
+ROWS = Path(__file__).resolve().parent.parent / "data/alpaca_real.json"
 PRESETS = {
     "vocab128k": dict(vocab_size=128256, hidden_size=512, intermediate_size=1408, num_hidden_layers=4,
                       num_attention_heads=8, num_key_value_heads=4),

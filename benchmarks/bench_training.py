@@ -48,7 +48,7 @@ from trl import SFTConfig, SFTTrainer  # noqa: E402
 from poft import PoFTConfig, PoFTTrainer  # noqa: E402
 
 REAL = Path("~/.cache/poft/real-models/hf/smollm2-135m-instruct").expanduser()
-ROWS = Path(__file__).resolve().parent.parent / "tests/real/data/alpaca_real.json"
+ROWS = Path(__file__).resolve().parent.parent / "data/alpaca_real.json"
 CONFIGS = {
     "vocab128k": dict(vocab_size=128256, hidden_size=256, intermediate_size=688, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=4),

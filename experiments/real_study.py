@@ -47,7 +47,6 @@ from .entry import run_main
 PROG = "python -m experiments.real_study"
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ROWS = ROOT / "data" / "alpaca_real.json"
-DEFAULT_TEMPLATE = ROOT / "tests" / "real" / "gemma_chat_template.jinja"
 KINDS = ("clean", "wrong_prompt", "corrupted")
 
 
@@ -69,7 +68,10 @@ class RealStudyConfig:
         default=str(DEFAULT_ROWS), metadata={"help": "Alpaca JSON rows (instruction/input/output)"}
     )
     chat_template: str = field(
-        default=str(DEFAULT_TEMPLATE), metadata={"help": "Jinja chat template given to the base target"}
+        default="gemma",
+        metadata={
+            "help": "chat template given to the base target: a name shipped with poft, or a .jinja file"
+        },
     )
     seed: int = field(default=0, metadata={"help": "seed of the split, the noise, LoRA init and data order"})
     n_train: int = field(default=64, metadata={"help": "training rows (clean + noisy)"})
@@ -253,7 +255,8 @@ def train_one(
 
     from poft.chat import ChatFormat
     from poft.device import has_gpu
-    from poft.trainer import PoFTConfig, PoFTTrainer
+    from poft.trainer import PoFTTrainer
+    from poft.training_configs import PoFTConfig
 
     work = Path(config.output) / "work" / f"{noise}_{method}"
     args = PoFTConfig(
@@ -319,6 +322,7 @@ def run_study(config: RealStudyConfig) -> dict:
     from tqdm.auto import tqdm
 
     from poft.aligned import resolve_dtype
+    from poft.configs import ScoreConfig
     from poft.device import has_gpu
     from poft.scoring import score_dataset
 
@@ -353,8 +357,10 @@ def run_study(config: RealStudyConfig) -> dict:
     union.write_text(
         "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in distinct.values()), encoding="utf-8"
     )
-    scored = score_dataset(str(union), config.aligned, out / "scored",
-                           dtype="bfloat16" if autocast else "float32")  # fmt: skip
+    dtype = "bfloat16" if autocast else "float32"
+    scored = score_dataset(
+        ScoreConfig(dataset=str(union), model=config.aligned, output=str(out / "scored"), dtype=dtype)
+    )
     score_seconds = time.perf_counter() - started
     by_id = {row_id: i for i, row_id in enumerate(scored["id"])}
     ref_of = dict(zip(scored["id"], scored["ref_score"], strict=True))
@@ -405,9 +411,10 @@ def _measure_base(probe: Probe, config: RealStudyConfig, autocast: bool) -> dict
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from poft.chat import ChatFormat
+    from poft.templates import resolve_chat_template
 
     tokenizer = AutoTokenizer.from_pretrained(config.target)
-    tokenizer.chat_template = Path(config.chat_template).read_text()
+    tokenizer.chat_template = Path(resolve_chat_template(config.chat_template)).read_text()
     model = AutoModelForCausalLM.from_pretrained(config.target, dtype="float32")
     return probe.measure(model, ChatFormat.from_tokenizer(tokenizer, "gemma-3-270m"), config, autocast)
 

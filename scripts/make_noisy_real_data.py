@@ -1,15 +1,16 @@
-"""Make the real-model tier's data: a slice of real Alpaca rows and a seeded noisy copy of it.
+"""Make the real rows (data/): a slice of real Alpaca rows and a seeded noisy copy of it.
 
-Why: the real-model tests (tests/real) and the real-model figures in RESULTS.md need real text with known
+Why: the real-model study (experiments/real_study.py), the real-model tests (tests/real), the scoring and
+training benchmarks and the real-model figures in docs/RESULTS.md need real text with known
 noise, so that `poft inspect --by-label noise` can say how well real aligned models tell noise apart (ROC AUC).
-The noise is made by hand, the two kinds of the paper's noise study (and of `poft demo`):
+The noise is made by hand, the two kinds of the paper's noise study (and of the demo, experiments/demo):
 - wrong_prompt: the response of another row of the slice (never the row's own);
 - corrupted:    the row's response with characters inserted, deleted or substituted (each character with
                 probability CHAR_RATE; at least one edit).
 Noisy rows are chosen at random (seeded): a NOISE share of them, half of each kind.
 
 Input: ../shared/data/alpaca_en_demo.json (999 GPT-4 Alpaca rows from LLaMA-Factory's data/ folder; the
-Alpaca data is CC BY-NC 4.0, research use). Output (tests/real/data/, committed; re-running gives the same
+Alpaca data is CC BY-NC 4.0, research use). Output (data/, committed; re-running gives the same
 bytes):
   alpaca_real.json           the first N_ROWS rows whose instruction + input + output have at most
                              MAX_CHARS characters (short rows keep CPU tests fast), with an `id`
@@ -33,7 +34,7 @@ NOISE = 0.25
 CHAR_RATE = 0.1
 SEED = 0
 ALPHABET = string.ascii_letters + string.digits
-OUT = Path(__file__).resolve().parent.parent / "tests" / "real" / "data"
+OUT = Path(__file__).resolve().parent.parent / "data"
 
 
 def corrupt(text: str, rng: random.Random, rate: float = CHAR_RATE) -> str:

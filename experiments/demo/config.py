@@ -164,11 +164,17 @@ class DemoArguments:
         },
     )
     rebuild: bool = field(default=False, metadata={"help": "Rebuild the cached aligned models and scores."})
+    workers: int | None = field(
+        default=None,
+        metadata={
+            "help": "Parallel training processes, 1 torch thread each (default 2, --mini 1); no result depends on it."
+        },
+    )
 
     def __post_init__(self):
         if self.full and self.mini:
             raise ValueError("argument --mini: not allowed with argument --full")
-        for name in ("seeds", "epochs"):
+        for name in ("seeds", "epochs", "workers"):
             value = getattr(self, name)
             if value is not None and value < 1:  # epochs 0 once ran 8 min, then failed
                 raise ValueError(f"--{name} must be at least 1, got {value}")
@@ -182,6 +188,6 @@ class DemoArguments:
         preset = FULL if self.full else MINI if self.mini else {}
         noise_levels = tuple(self.noise_levels) if self.noise_levels else None
         overrides = {"seeds": self.seeds, "noise_levels": noise_levels, "epochs": self.epochs,
-                     "learning_rate": self.learning_rate}  # fmt: skip
+                     "learning_rate": self.learning_rate, "workers": self.workers}  # fmt: skip
         config = DemoConfig(output=self.output, rebuild=self.rebuild, **preset)
         return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})

@@ -32,6 +32,7 @@ from datasets import Dataset, load_from_disk
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from poft.configs import ScoreConfig
 from poft.loss import poft_weight
 from poft.scoring import score_dataset
 
@@ -101,10 +102,15 @@ def score_rows(rows: list[dict], assets: Assets, folder: Path, normalization: st
     """The aligned models score the training rows through `poft score`'s code path (score_dataset)."""
     models = [f"{alias}={path}" for alias, path in assets.aligned.items()]
     with tqdm.external_write_mode():  # score_dataset prints a summary line; keep the progress bar intact
-        return score_dataset(
-            Dataset.from_list(rows), models, folder, normalization=normalization, dtype="float32",
+        config = ScoreConfig(
+            dataset="demo rows",
+            model=models,
+            output=str(folder),
+            normalization=normalization,
+            dtype="float32",
             progress=False,
-        )  # fmt: skip
+        )
+        return score_dataset(config, Dataset.from_list(rows))
 
 
 def run_demo(config: DemoConfig, grid: tuple[float, ...] | None = None) -> dict:

@@ -18,7 +18,8 @@ from transformers.trainer_callback import PrinterCallback
 
 from poft.device import has_gpu
 from poft.records import RunRecord
-from poft.trainer import PoFTConfig, PoFTTrainer
+from poft.trainer import PoFTTrainer
+from poft.training_configs import PoFTConfig
 
 from .config import DemoConfig
 

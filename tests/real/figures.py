@@ -4,7 +4,7 @@ project's noisy copy of real rows, from the same code the real-model tests run (
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python tests/real/figures.py --rows 200 --output /tmp/real200
 
 Runs `poft score` (SmolLM2 + Qwen2.5-Coder, float32) and `poft inspect --by-label noise` on the first ROWS
-rows of tests/real/data/alpaca_real_noisy.jsonl, the reference of test_real_score on them, and prints
+rows of data/alpaca_real_noisy.jsonl, the reference of test_real_score on them, and prints
 markdown tables: max |poft - reference| per model, and each score's ROC AUC for clean vs each noise kind
 (P(a clean row scores above a noisy row), ties one half) next to inspect's one-vs-rest AUCs.
 """

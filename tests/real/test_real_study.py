@@ -1,4 +1,4 @@
-"""`poft demo --real` (poft/demo/real.py), the SFT-vs-PoFT study on real checkpoints, at the smallest size.
+"""`python -m experiments.real_study` (experiments/real_study.py), the SFT-vs-PoFT study on real checkpoints, at the smallest size.
 
 The study's numbers are in RESULTS.md ("Real models: SFT vs PoFT"); here the command must run end to end on the
 real models (score, train with LoRA, evaluate after the epoch, answer), write its table and plot, resume without
@@ -7,17 +7,34 @@ retraining, and its held-out NLL must be the real model's: checked against a pla
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import torch
-from conftest import GEMMA_TEMPLATE, reference_scores, run_poft
+from conftest import ENV, GEMMA_TEMPLATE, reference_scores
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_study(args: list[str]) -> None:
+    """`python -m experiments.real_study ARGS` from the repository root, in a subprocess as a user runs it."""
+    start = time.time()
+    result = subprocess.run([sys.executable, "-m", "experiments.real_study", *args], cwd=ROOT, env=ENV,
+                            capture_output=True, text=True, timeout=3600)  # fmt: skip
+    print(
+        f"$ python -m experiments.real_study {' '.join(args)}  ({time.time() - start:.0f} s)\n{result.stdout[-4000:]}"
+    )
+    assert result.returncode == 0, result.stderr[-6000:]
 
 
 def test_held_out_nll_equals_a_plain_forward_pass(real_models):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from experiments.real_study import DEFAULT_ROWS, alpaca_messages, response_logprobs
     from poft.chat import ChatFormat
-    from poft.demo.real import DEFAULT_ROWS, alpaca_messages, response_logprobs
 
     rows = json.loads(DEFAULT_ROWS.read_text())[:4]
     template = GEMMA_TEMPLATE.read_text()
@@ -32,10 +49,10 @@ def test_held_out_nll_equals_a_plain_forward_pass(real_models):
 
 def test_study_runs_end_to_end_and_resumes(real_models, tmp_path):
     out = tmp_path / "study"
-    args = ["demo", "--real", "--output", str(out), "--n_train", "8", "--n_heldout", "4", "--n_answers", "1",
+    args = ["--output", str(out), "--n_train", "8", "--n_heldout", "4", "--n_answers", "1",
             "--epochs", "1", "--batch_size", "4", "--noise_levels", "0.5", "--methods", "sft", "poft", "--max_new_tokens", "8",
             "--models_dir", str(real_models["gemma"].parent)]  # fmt: skip
-    run_poft(args)
+    run_study(args)
     results = json.loads((out / "results.json").read_text())
     assert [(r["noise"], r["method"]) for r in results["runs"]] == [(0.5, "sft"), (0.5, "poft")]
     for run in results["runs"]:
@@ -50,5 +67,5 @@ def test_study_runs_end_to_end_and_resumes(real_models, tmp_path):
         assert len(run["answers"]) == 1 and isinstance(run["answers"][0], str)
     assert (out / "curves.png").stat().st_size > 0 and "| 0.5 | poft |" in (out / "table.md").read_text()
     before = (out / "runs" / "0.5_poft.json").read_text()
-    run_poft(args)  # finished runs are read back, not trained again (their train_seconds would differ)
+    run_study(args)  # finished runs are read back, not trained again (their train_seconds would differ)
     assert (out / "runs" / "0.5_poft.json").read_text() == before

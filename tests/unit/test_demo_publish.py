@@ -1,11 +1,11 @@
-"""The RESULTS.md marker blocks (poft.demo.publish): a block is replaced by the run's own tables, nothing else."""
+"""The RESULTS.md marker blocks (experiments.publish): a block is replaced by the run's own tables, nothing else."""
 
 import json
 
 import pytest
 
-from poft.demo.publish import markers, publish, read_block, replace_block
-from poft.demo.report import claims_table, results_table
+from experiments.demo.report import claims_table, results_table
+from experiments.publish import main, markers, publish, read_block, replace_block
 
 RUNS = [
     {"method": m, "noise": 0.3, "seed": s, "epoch": e, "learning_rate": 1e-3,
@@ -65,3 +65,20 @@ def test_publish_writes_the_run_tables_and_refuses_a_report_that_differs(tmp_pat
     with pytest.raises(ValueError, match="not the one in report.md"):
         publish(out, results, "default")
     assert results.read_text() == text  # nothing written
+
+
+def test_main_writes_the_block_and_a_missing_run_is_one_line(tmp_path, capsys):
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps({"runs": RUNS}))
+    (out / "report.md").write_text(f"{results_table(RUNS)}\n\n" + "\n".join(claims_table(RUNS)) + "\n")
+    results = tmp_path / "RESULTS.md"
+    results.write_text(_document("default"))
+    assert main(["--output", str(out), "--results", str(results)]) == 0
+    assert read_block(results.read_text(), "default") == results_table(RUNS)
+    assert main(["--output", str(tmp_path / "missing"), "--results", str(results)]) == 1
+    err = capsys.readouterr().err
+    assert (
+        err
+        == f"python -m experiments.publish: error: {tmp_path / 'missing' / 'results.json'}: No such file or directory\n"
+    )

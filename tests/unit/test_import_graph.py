@@ -1,4 +1,5 @@
-"""No import cycle anywhere in src/poft: every module can be read (and imported) before the ones that use it.
+"""No import cycle anywhere in src/poft or experiments/: every module can be read (and imported) before the ones
+that use it; and the library never reaches back into the experiments or the tests.
 
 The graph is built from the source with `ast`, from every import statement, including those inside
 functions: a lazy import that closes a loop is still a loop (`demo/parallel.py` once imported `demo/run.py`
@@ -6,9 +7,11 @@ inside a worker initialiser while `run.py` imported `parallel.py` through `asset
 """
 
 import ast
+import re
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[2] / "src"
+ROOT = Path(__file__).resolve().parents[2]
+SRC = ROOT / "src"
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -80,11 +83,75 @@ def test_the_graph_sees_relative_lazy_and_submodule_imports(tmp_path):
     assert find_cycle(graph) == ["pkg.a", "pkg.sub.b", "pkg.a"]
 
 
-def test_poft_has_no_import_cycle():
+def test_poft_and_the_experiments_have_no_import_cycle():
     graph = import_graph(SRC, "poft")
-    assert {"poft.trainer", "poft.demo.run", "poft.demo.parallel"} <= set(graph)
-    assert "poft.loss" in graph["poft.trainer"]  # the graph really holds the imports
+    assert (
+        "poft.trainer" in graph and "poft.loss" in graph["poft.trainer"]
+    )  # the graph really holds the imports
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+    graph = import_graph(ROOT, "experiments")
+    assert {"experiments.demo.run", "experiments.demo.parallel", "experiments.real_study"} <= set(graph)
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+OUTSIDE = ("experiments", "tests")  # what the installed library must never need
+PATH_INTO_OUTSIDE = re.compile(r"(?<![\w.-])(experiments|tests)[/\\]")
+
+
+def reaches_outside(path: Path) -> list[str]:
+    """Where the module at `path` imports `experiments` or `tests` (at any depth), or holds a path into
+    `experiments/` or `tests/` in a string (a default file, a fixture): neither exists in an installed poft.
+    Docstrings may name a test that pins a behaviour: they are documentation, not paths that are read."""
+    tree = ast.parse(path.read_text(), str(path))
+    docstrings = {
+        id(node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Expr)
+        and isinstance(node.value, ast.Constant)
+        and isinstance(node.value.value, str)
+    }
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [
+                f"line {node.lineno}: import {a.name}" for a in node.names if a.name.split(".")[0] in OUTSIDE
+            ]
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            if node.module.split(".")[0] in OUTSIDE:
+                found.append(f"line {node.lineno}: import {node.module}")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            if PATH_INTO_OUTSIDE.search(node.value):
+                found.append(f"line {node.lineno}: the path {node.value!r}")
+    return sorted(found)
+
+
+def test_reaches_outside_sees_imports_and_paths_not_docstrings(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text(
+        '"""Pinned by tests/unit/test_m.py."""\nimport os\nfrom experiments.demo import run\n\n'
+        "def f():\n    import tests.real.conftest\n\n"
+        "ROWS = 'tests/real/data/rows.json'\nOK = 'see the tests; my_experiments/x'\n"
+    )
+    assert reaches_outside(module) == [
+        "line 3: import experiments.demo",
+        "line 6: import tests.real.conftest",
+        "line 8: the path 'tests/real/data/rows.json'",
+    ]
+
+
+def test_the_library_never_reaches_into_the_experiments_or_the_tests():
+    """src/poft is the library and its CLI only: the experiments import it, never the reverse, and it reads no
+    file of tests/ or experiments/ (an installed poft has neither). The CLI has no `demo` command."""
+    found = {
+        str(path.relative_to(ROOT)): hits
+        for path in sorted((SRC / "poft").rglob("*.py"))
+        if (hits := reaches_outside(path))
+    }
+    assert not found, found
+    from poft.cli import COMMANDS
+
+    assert "demo" not in COMMANDS
+    assert not (SRC / "poft" / "demo").exists()
 
 
 HEAVY = ("torch", "transformers", "trl", "datasets", "accelerate")

@@ -1,4 +1,4 @@
-"""The real-model study's data and report (poft/demo/real.py): the parts that need no model.
+"""The real-model study's data, options and report (experiments/real_study.py): the parts that need no model.
 
 The study itself runs on real checkpoints (tests/real/test_real_study.py, RESULTS.md "Real models: SFT vs PoFT")."""
 
@@ -11,13 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from poft.demo.real import (
+from experiments.entry import parse_options
+from experiments.real_study import (
     DEFAULT_ROWS,
     KINDS,
+    PROG,
     RealStudyConfig,
     by_kind,
+    main,
     noisy_training_rows,
-    parse_args,
     refuse_other_settings,
     results_table,
     split_rows,
@@ -86,15 +88,45 @@ def test_table_has_every_epoch_and_the_best():
     assert "| 0.3 | poft | 0 | 0.800 | nan | nan | -2.000 | nan | nan |" in table
 
 
-def test_command_line_overrides():
+def parse_args(argv: list[str]) -> RealStudyConfig:
+    return parse_options(RealStudyConfig, argv, PROG)
+
+
+def test_command_line_and_config_file_overrides(tmp_path):
     config = parse_args(["--n_train", "8", "--noise_levels", "0.5", "--methods", "poft", "--full_finetune"])
     assert (config.n_train, config.noise_levels, config.methods, config.full_finetune) == (
         8,
-        (0.5,),
-        ("poft",),
+        [0.5],
+        ["poft"],
         True,
     )
     assert parse_args([]) == RealStudyConfig()
+    assert DEFAULT_ROWS.is_file() and DEFAULT_ROWS.parent.name == "data"  # data/, not a test fixture
+    yaml = tmp_path / "study.yaml"
+    yaml.write_text("epochs: 5\nnoise_levels: [0.0, 0.5]\nlearning_rate: 1.0e-4\n")
+    config = parse_args(["--config", str(yaml), "--epochs", "2"])  # the command line overrides the file
+    assert (config.epochs, config.noise_levels, config.learning_rate) == (2, [0.0, 0.5], 1e-4)
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["--n-train", "0"], 2, "--n_train must be at least 1, got 0"),
+        (["--noise_levels", "1"], 2, "shares in [0, 1)"),
+        (["--dtype", "float16"], 2, "invalid choice: 'float16'"),
+        (["--bogus"], 2, "unrecognized arguments: --bogus"),
+        (["--models_dir", "/nonexistent"], 1, "real models not found: /nonexistent/gemma-3-270m"),
+    ],
+)
+def test_a_user_error_is_one_line_not_a_traceback(argv, code, message, capsys, tmp_path):
+    if code == 2:
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        assert stop.value.code == 2
+    else:
+        assert main([*argv, "--output", str(tmp_path / "study")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"{PROG}: error: ") and message in err and err.count("\n") == 1, err
 
 
 def test_a_folder_made_with_other_settings_is_refused(tmp_path):
@@ -105,10 +137,3 @@ def test_a_folder_made_with_other_settings_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"other settings \(epochs, learning_rate\)"):
         refuse_other_settings(tmp_path, RealStudyConfig(output=str(tmp_path), epochs=4, learning_rate=1e-4))
     refuse_other_settings(tmp_path / "new", made)  # no folder yet: nothing to refuse
-
-
-def test_real_in_a_demo_config_file_is_refused_not_ignored():
-    from poft.configs import DemoArguments
-
-    with pytest.raises(ValueError, match="poft demo --real"):
-        DemoArguments(real=True)
