@@ -22,8 +22,8 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 install: $(STAMP)
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks experiments
+	$(VENV)/bin/ruff format --check src tests benchmarks experiments
 	$(PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/real
 
 test-fast: $(STAMP)
@@ -43,24 +43,26 @@ cli-docs: $(STAMP)
 test-real: real-models
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -p no:cacheprovider --durations=15 tests/real
 
+# The experiments run from the repository root (experiments/ is not installed with poft).
 demo: $(STAMP)
-	$(VENV)/bin/poft demo --output demo_output
+	$(PY) -m experiments.demo --output demo_output
 
-# After `make demo`: its tables into RESULTS.md's marker block (`--block full` after `poft demo --full`).
+# After `make demo`: its tables into docs/RESULTS.md's marker block (`--block full` after
+# `python -m experiments.demo --full`).
 demo-results: $(STAMP)
-	$(PY) -m poft.demo.publish --output demo_output --results docs/RESULTS.md --block default
+	$(PY) -m experiments.publish --output demo_output --results docs/RESULTS.md --block default
 
 tiny-example: $(STAMP)
 	$(VENV)/bin/poft tiny-example --output runs/tiny
 	$(VENV)/bin/poft train --config examples/tiny_poft.yaml
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks experiments
+	$(VENV)/bin/ruff format --check src tests benchmarks experiments
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format src tests benchmarks
-	$(VENV)/bin/ruff check --fix src tests benchmarks
+	$(VENV)/bin/ruff format src tests benchmarks experiments
+	$(VENV)/bin/ruff check --fix src tests benchmarks experiments
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache
