@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from datasets import Dataset, concatenate_datasets
 
+from .console import say
 from .loss import normalize_scores
 
 SHARDS_DIR = "shards"
@@ -93,10 +94,8 @@ def write_shard(
     try:
         write_json_atomic(path, record)
     except OutputWriteError as e:
-        raise OutputWriteError(
-            e.errno, f"{e.strerror}. Shards written before it are kept: fix the cause and re-run the same "
-            "command to resume where it stopped"
-        ) from e  # fmt: skip
+        hint = "Shards written before it are kept: fix the cause and re-run the same command to resume"
+        raise OutputWriteError(e.errno, f"{e.strerror}. {hint} where it stopped") from e
     return path
 
 
@@ -134,9 +133,7 @@ def merge_shards(output: Path, alias: str, n_rows: int) -> dict[str, np.ndarray]
                 continue
             logp[r], count[r], truncated[r] = s, n, t
     if duplicates:
-        print(
-            f"poft: {alias}: {duplicates} rows were scored twice (two runs shared {output}?); kept one copy each"
-        )
+        say(f"{alias}: {duplicates} rows were scored twice (two runs shared {output}?); kept one copy each")
     return {"logp_sum": logp, "n_tokens": count, "truncated": truncated}
 
 
@@ -199,16 +196,56 @@ def finalize(
     columns: dict[str, object] = {"response_bytes": np.asarray(response_bytes, dtype=np.int64)}
     per_model = [_merge_model(output, entry, len(dataset), columns, normalization) for entry in models]
     columns["ref_score"] = np.mean([m.pop("scores") for m in per_model], axis=0)
-    provenance = provenance_record(models, normalization, run["settings"])
-    columns[PROVENANCE_COLUMN] = [provenance] * len(dataset)
+    columns[PROVENANCE_COLUMN] = [provenance_record(models, normalization, run["settings"])] * len(dataset)
     replaced = [c for c in columns if c in dataset.column_names]
     if replaced:
-        print(f"poft: replacing existing columns {replaced} with new scores")
-    dataset = dataset.remove_columns(replaced)
-    scored = concatenate_datasets([dataset, Dataset.from_dict(columns)], axis=1)
+        say(f"replacing existing columns {replaced} with new scores")
+    scored = concatenate_datasets([dataset.remove_columns(replaced), Dataset.from_dict(columns)], axis=1)
     previous = _read_manifest(output)
     # From here until the manifest is written again, readers refuse the folder as unfinished
     (output / MANIFEST_FILE).unlink(missing_ok=True)
+    _save_dataset(scored, output)
+    aliases = [m["alias"] for m in models]
+    tokens = sum(s[a]["tokens"] for s in stats for a in aliases)
+    seconds = sum(max(s[a]["seconds"] for s in stats) for a in aliases)  # the slowest process per model
+    throughput = _throughput(tokens, seconds, len(stats), previous)
+    manifest = _manifest(scored, per_model, columns["ref_score"], normalization, run, throughput)
+    write_json_atomic(output / MANIFEST_FILE, manifest)  # last: marks the folder complete
+    rate = f", {tokens / seconds:,.0f} tok/s" if seconds > 0 else ""
+    say(
+        f"scored {len(scored)} rows with {len(models)} models -> {output} "
+        f"({len(run['bad_rows'])} bad rows skipped, {tokens} tokens this run{rate})"
+    )
+    return scored
+
+
+def _manifest(
+    scored: Dataset,
+    per_model: list[dict],
+    ref_score: np.ndarray,
+    normalization: str,
+    run: dict,
+    throughput: dict,
+) -> dict:
+    """What `manifest.json` records: the data, each model, the settings, the counts and the throughput."""
+    return {
+        "dataset": {**run["dataset"], "n_rows_out": len(scored)},
+        "models": per_model,
+        "normalization": normalization,
+        **run["settings"],
+        "counts": {
+            "dropped": len(run["bad_rows"]),
+            "truncated": {m["alias"]: m["n_truncated"] for m in per_model},
+            "ref_score_nan": int(np.isnan(ref_score).sum()),
+        },
+        "bad_rows": run["bad_rows"],
+        "throughput": throughput,
+        "columns": scored.column_names,
+    }
+
+
+def _save_dataset(scored: Dataset, output: Path) -> None:
+    """`save_to_disk` and fsync; a failure says that every shard is kept and how to finish."""
     try:
         scored.save_to_disk(str(output))
         _sync_to_disk(output)
@@ -218,40 +255,22 @@ def finalize(
             f"cannot write the scored dataset to {output}: {e.strerror or e}. Every shard is kept: "
             "fix the cause and re-run the same command to finish (nothing is scored again)",
         ) from e
-    aliases = [m["alias"] for m in models]
-    tokens = sum(s[a]["tokens"] for s in stats for a in aliases)
-    seconds = sum(max(s[a]["seconds"] for s in stats) for a in aliases)
-    manifest = {
-        "dataset": {**run["dataset"], "n_rows_out": len(scored)},
-        "models": per_model,
-        "normalization": normalization,
-        **run["settings"],
-        "counts": {
-            "dropped": len(run["bad_rows"]),
-            "truncated": {m["alias"]: m["n_truncated"] for m in per_model},
-            "ref_score_nan": int(np.isnan(columns["ref_score"]).sum()),
-        },
-        "bad_rows": run["bad_rows"],
-        "throughput": {
-            "processes": len(stats),
-            "tokens_this_run": tokens,
-            "scoring_seconds_this_run": round(seconds, 3),  # tokenise + forward, slowest process
-            "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
-        }
-        if tokens or not previous.get("throughput")
-        else {
+
+
+def _throughput(tokens: int, seconds: float, processes: int, previous: dict) -> dict:
+    """The manifest's throughput: this run's tokens and scoring seconds; a run that scored nothing keeps the
+    figures of the run that did."""
+    if not tokens and previous.get("throughput"):
+        return {
             **previous["throughput"],
             "note": "nothing was scored by the last run; figures of the run that scored",
-        },
-        "columns": scored.column_names,
+        }
+    return {
+        "processes": processes,
+        "tokens_this_run": tokens,
+        "scoring_seconds_this_run": round(seconds, 3),  # tokenise + forward, slowest process
+        "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
     }
-    write_json_atomic(output / MANIFEST_FILE, manifest)  # last: marks the folder complete
-    rate = f", {tokens / seconds:,.0f} tok/s" if seconds > 0 else ""
-    print(
-        f"poft: scored {len(scored)} rows with {len(models)} models -> {output} "
-        f"({len(run['bad_rows'])} bad rows skipped, {tokens} tokens this run{rate})"
-    )
-    return scored
 
 
 def provenance_record(models: list[dict], normalization: str, settings: dict) -> str:
