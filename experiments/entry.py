@@ -16,7 +16,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from poft.cli import error_line, quiet_libraries, usage_exit
+from poft.cli import usage_exit
+from poft.exits import error_line, quiet_libraries
 from poft.options import OptionParser
 
 # Errors that say what is wrong in their message; NotImplementedError: a setting the experiment does not support

@@ -103,8 +103,6 @@ def poft_weight(
         return beta * torch.sigmoid(-margin)
 
 
-
-
 def bi_poft_loss(
     policy_scores: torch.Tensor,
     ref_scores: torch.Tensor,

@@ -84,7 +84,12 @@ def score_dataset(config: ScoreConfig, dataset: Dataset | None = None) -> Datase
     run = _Settings.for_device(config, state)
     output = _make_output_folder(config.output)
     rows = read_sft(
-        source, config.split, format=config.format, on_bad_row=config.on_bad_row, keep_fingerprints=False
+        source,
+        config.split,
+        format=config.format,
+        on_bad_row=config.on_bad_row,
+        name=config.dataset if dataset is not None else None,
+        keep_fingerprints=False,
     )
     aligned = load_aligned_models(config.model, config.chat_template)
     work = _encode_share(rows, aligned, config, state)

@@ -273,7 +273,7 @@ def test_eval_leaves_out_git_complaints_outside_a_repository(tmp_path, monkeypat
     pytest.importorskip("lm_eval", reason="lm-eval is the optional extra poft[eval]")
     from lm_eval import evaluator
 
-    from poft.cli import quiet_git_hash
+    from poft.commands import quiet_git_hash
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(evaluator, "get_git_commit_hash", evaluator.get_git_commit_hash)  # restored after

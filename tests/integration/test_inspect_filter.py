@@ -9,12 +9,12 @@ import random
 import numpy as np
 import pytest
 from datasets import Dataset, load_from_disk
+from fixtures.scoring import score  # tests/ is on sys.path
 
 from poft.cli import main
 from poft.filtering import select_rows
 from poft.inspection import inspect_scores
 from poft.readers import load_sft_dataset
-from poft.scoring import score_dataset
 
 
 def conversation(i: int, rng: random.Random) -> list[dict]:
@@ -35,7 +35,7 @@ def scored(tmp_path_factory, tiny_model):
     rng = random.Random(0)
     rows = [{"id": f"r{i}", "messages": conversation(i, rng)} for i in range(96)]
     (root / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    score_dataset(root / "data.jsonl", models, root / "scores", progress=False)
+    score(root / "data.jsonl", models, root / "scores", progress=False)
     return {"root": root, "models": models, "rows": rows}
 
 
@@ -58,10 +58,8 @@ def test_sharegpt_and_alpaca_files_score_exactly_like_their_messages_twins(score
     for name, twin_rows in twins.items():
         messages_twin = tmp_path / f"{name}.messages.jsonl"
         messages_twin.write_text("".join(json.dumps({"messages": r["messages"]}) + "\n" for r in twin_rows))
-        expected = score_dataset(
-            messages_twin, scored["models"], tmp_path / f"scores-{name}-twin", progress=False
-        )
-        out = score_dataset(tmp_path / name, scored["models"], tmp_path / f"scores-{name}", progress=False)
+        expected = score(messages_twin, scored["models"], tmp_path / f"scores-{name}-twin", progress=False)
+        out = score(tmp_path / name, scored["models"], tmp_path / f"scores-{name}", progress=False)
         assert out["messages"] == [r["messages"] for r in twin_rows]
         for column in (
             "chatml_logp_sum",
@@ -204,9 +202,7 @@ def test_inspect_counts_truncated_and_unscored_rows(scored, tmp_path):
     """A short max_length truncates rows (some lose their whole response: NaN ref_score); inspect reports both."""
     rows = scored["rows"][:12]
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    data = score_dataset(
-        tmp_path / "d.jsonl", scored["models"], tmp_path / "s", max_length=28, progress=False
-    )
+    data = score(tmp_path / "d.jsonl", scored["models"], tmp_path / "s", max_length=28, progress=False)
     summary = inspect_scores(tmp_path / "s", k=2)
     n_nan = int(np.isnan(np.array(data["ref_score"], dtype=float)).sum())
     assert 0 < n_nan < len(rows)  # the test data really has both kinds of row

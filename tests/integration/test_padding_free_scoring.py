@@ -98,6 +98,7 @@ def test_models_sharing_tokenizer_and_template_encode_once(tiny_model, tmp_path,
     from datasets import Dataset
 
     import poft.scoring as scoring
+    from poft.configs import ScoreConfig
 
     path = tiny_model("chatml", hidden_size=32)
     calls = []
@@ -105,8 +106,9 @@ def test_models_sharing_tokenizer_and_template_encode_once(tiny_model, tmp_path,
     monkeypatch.setattr(scoring, "_encode_rows", lambda *a, **k: calls.append(1) or encode(*a, **k))
     rows = [{"messages": [{"role": "user", "content": "hi " * (i + 1)}, {"role": "assistant", "content": "ok " * i + "."}]}
             for i in range(6)]  # fmt: skip
-    scored = scoring.score_dataset(
-        Dataset.from_list(rows), [f"a={path}", f"b={path}"], tmp_path / "o", progress=False
+    config = ScoreConfig(
+        dataset="rows", model=[f"a={path}", f"b={path}"], output=str(tmp_path / "o"), progress=False
     )
+    scored = scoring.score_dataset(config, Dataset.from_list(rows))
     assert len(calls) == 1
     assert scored["a_logp_sum"] == scored["b_logp_sum"] and scored["a_n_tokens"] == scored["b_n_tokens"]

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 from datasets import load_from_disk
+from fixtures.scoring import score  # tests/ is on sys.path
 
 from poft.readers import load_sft_dataset
-from poft.scoring import score_dataset
 from poft.shards import shard_files
 from poft.tiny import build_tokenizer
 from poft.training_data import prepare_training_dataset
@@ -158,10 +158,10 @@ def test_sigkill_mid_run_then_resume_loses_and_doubles_nothing(tmp_path, tiny_mo
     scored_before = sum(len(json.loads(p.read_text())["rows"]) for p in shard_files(out, "zephyr"))
     assert 0 < scored_before < 240
 
-    resumed = score_dataset(str(data), [zephyr], out, batch_tokens=128, progress=False)
+    resumed = score(str(data), [zephyr], out, batch_tokens=128, progress=False)
     rows = [r for p in shard_files(out, "zephyr") for r in json.loads(p.read_text())["rows"]]
     assert sorted(rows) == list(range(240))  # every row exactly once across the killed and resumed runs
-    fresh = score_dataset(str(data), [zephyr], tmp_path / "fresh", batch_tokens=128, progress=False)
+    fresh = score(str(data), [zephyr], tmp_path / "fresh", batch_tokens=128, progress=False)
     assert resumed["id"] == fresh["id"] == [f"r{i}" for i in range(240)]
     assert resumed["zephyr_n_tokens"] == fresh["zephyr_n_tokens"]
     assert resumed["zephyr_logp_sum"] == pytest.approx(fresh["zephyr_logp_sum"], rel=1e-6)

@@ -21,10 +21,10 @@ from pathlib import Path
 import psutil
 import pytest
 from datasets import Dataset
+from fixtures.scoring import score  # tests/ is on sys.path
 
 from poft.cli import main
 from poft.readers import load_sft_dataset
-from poft.scoring import score_dataset
 from poft.shards import SHARDS_DIR, shard_files
 from poft.tiny import build_tokenizer
 
@@ -52,9 +52,7 @@ def setup(tmp_path_factory, tiny_model) -> dict:
         lines.append(json.dumps({"id": f"r{i}", "messages": messages}))
     (root / "data.jsonl").write_text("\n".join(lines) + "\n")
     data = str(root / "data.jsonl")
-    reference = score_dataset(
-        data, models, root / "reference", batch_tokens=1, rows_per_shard=4, progress=False
-    )
+    reference = score(data, models, root / "reference", batch_tokens=1, rows_per_shard=4, progress=False)
     return {"root": root, "models": models, "data": data, "reference": reference.to_list()}
 
 

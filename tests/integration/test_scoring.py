@@ -11,13 +11,13 @@ import random
 
 import pytest
 import torch
+from fixtures.scoring import score  # tests/ is on sys.path
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from poft.aligned import parse_model_spec
 from poft.chat import ChatFormat, ChatTemplateError
 from poft.readers import RowError
 from poft.readers import fingerprint as row_fingerprint
-from poft.scoring import score_dataset
 from poft.shards import RunMismatchError, shard_files
 from poft.tiny import build_model, build_tokenizer
 
@@ -88,7 +88,7 @@ def assert_matches_reference(
 def test_batched_scores_equal_naive_reference_under_three_templates(aligned, tmp_path):
     rows = make_rows(36)
     max_length = 90  # some conversations are longer: truncation is exercised
-    scored = score_dataset(
+    scored = score(
         rows_dataset(rows), list(aligned.values()), tmp_path / "out", max_length=max_length,
         batch_tokens=400, rows_per_shard=7, progress=False,
     )  # fmt: skip
@@ -113,7 +113,7 @@ def rows_dataset(rows: list[dict]):
 def test_output_columns_ids_and_ref_score(aligned, tmp_path):
     rows = [{"prompt_id": f"p{i}", **row} for i, row in enumerate(make_rows(8, seed=1))]
     models = [f"a={aligned['chatml']}", f"b={aligned['zephyr']}"]
-    scored = score_dataset(rows_dataset(rows), models, tmp_path / "tok", progress=False)
+    scored = score(rows_dataset(rows), models, tmp_path / "tok", progress=False)
     assert scored.column_names == [
         "prompt_id", "messages", "extra", "id", "fingerprint", "response_bytes",
         "a_logp_sum", "a_n_tokens", "a_truncated", "b_logp_sum", "b_n_tokens", "b_truncated", "ref_score",
@@ -124,9 +124,7 @@ def test_output_columns_ids_and_ref_score(aligned, tmp_path):
     for r in scored:
         expected = (r["a_logp_sum"] / r["a_n_tokens"] + r["b_logp_sum"] / r["b_n_tokens"]) / 2
         assert r["ref_score"] == pytest.approx(expected, rel=1e-6)
-    by_byte = score_dataset(
-        rows_dataset(rows), models, tmp_path / "byte", normalization="byte", progress=False
-    )
+    by_byte = score(rows_dataset(rows), models, tmp_path / "byte", normalization="byte", progress=False)
     for r in by_byte:
         assert r["ref_score"] == pytest.approx((r["a_logp_sum"] + r["b_logp_sum"]) / 2 / r["response_bytes"])
     manifest = json.loads((tmp_path / "byte" / "manifest.json").read_text())
@@ -137,8 +135,8 @@ def test_output_columns_ids_and_ref_score(aligned, tmp_path):
 
 def test_content_hash_id_when_the_dataset_has_none(aligned, tmp_path):
     rows = make_rows(3)
-    scored = score_dataset(rows_dataset(rows), [aligned["chatml"]], tmp_path / "o", progress=False)
-    again = score_dataset(rows_dataset(rows), [aligned["chatml"]], tmp_path / "o2", progress=False)
+    scored = score(rows_dataset(rows), [aligned["chatml"]], tmp_path / "o", progress=False)
+    again = score(rows_dataset(rows), [aligned["chatml"]], tmp_path / "o2", progress=False)
     assert scored["id"] == again["id"] and len(set(scored["id"])) == 3
 
 
@@ -147,14 +145,14 @@ def test_resume_skips_finished_shards_and_loses_nothing(aligned, tmp_path):
     out = tmp_path / "out"
     models = [aligned["chatml"], aligned["llama3"]]
     kwargs = {"batch_tokens": 300, "rows_per_shard": 5, "progress": False}
-    full = score_dataset(rows_dataset(rows), models, out, **kwargs)
+    full = score(rows_dataset(rows), models, out, **kwargs)
     shards = shard_files(out, "llama3")
     for path in shards[::2]:  # as if killed: some llama3 shards never written, no final dataset
         path.unlink()
     (out / "manifest.json").unlink()
     stale = out / "shards" / "llama3" / ".tmp-half-written.json"
     stale.write_text('{"rows": [0, 1')  # a writer killed mid-write leaves only a temporary file
-    resumed = score_dataset(rows_dataset(rows), models, out, **kwargs)
+    resumed = score(rows_dataset(rows), models, out, **kwargs)
     assert not stale.exists()
     assert resumed["llama3_n_tokens"] == full["llama3_n_tokens"]
     assert resumed["llama3_logp_sum"] == pytest.approx(full["llama3_logp_sum"], rel=1e-6)
@@ -170,17 +168,17 @@ def test_bf16_resume_equals_an_uninterrupted_run_bit_for_bit(tiny_model, tmp_pat
     rows = make_rows(30, seed=5)
     out = tmp_path / "out"
     kwargs = {"dtype": "bfloat16", "batch_tokens": 300, "rows_per_shard": 3, "progress": False}
-    full = score_dataset(rows_dataset(rows), [model], out, **kwargs)
+    full = score(rows_dataset(rows), [model], out, **kwargs)
     for path in shard_files(out, "llama3")[1::2]:  # as if killed: every other shard never written
         path.unlink()
     (out / "manifest.json").unlink()
-    resumed = score_dataset(rows_dataset(rows), [model], out, **kwargs)
+    resumed = score(rows_dataset(rows), [model], out, **kwargs)
     assert resumed["llama3_logp_sum"] == full["llama3_logp_sum"]
     manifest = json.loads((out / "manifest.json").read_text())
     batching = {"batch_tokens": 300, "processes": 1, "packing": "padding-free"}
     assert manifest["dtype"] == "bfloat16" and manifest["batching"] == batching
     with pytest.raises(RunMismatchError, match="batching"):
-        score_dataset(rows_dataset(rows), [model], out, **{**kwargs, "batch_tokens": 200})
+        score(rows_dataset(rows), [model], out, **{**kwargs, "batch_tokens": 200})
 
 
 def test_bf16_run_of_another_packing_scheme_is_not_resumed(tiny_model, tmp_path, monkeypatch):
@@ -193,20 +191,20 @@ def test_bf16_run_of_another_packing_scheme_is_not_resumed(tiny_model, tmp_path,
     rows = rows_dataset(make_rows(6, seed=5))
     kwargs = {"dtype": "bfloat16", "batch_tokens": 300, "progress": False}
     out = tmp_path / "out"
-    score_dataset(rows, [model], out, **kwargs)
+    score(rows, [model], out, **kwargs)
     config = json.loads((out / "scoring_config.json").read_text())
     assert config["batching"]["packing"] == "padding-free"
     del config["batching"]["packing"]  # what the build before padding-free scoring recorded
     (out / "scoring_config.json").write_text(json.dumps(config))
     (out / "manifest.json").unlink()
     with pytest.raises(RunMismatchError, match="batching.*'packing': 'padding-free'"):
-        score_dataset(rows, [model], out, **kwargs)
+        score(rows, [model], out, **kwargs)
     fresh = tmp_path / "fresh"
-    score_dataset(rows, [model], fresh, **kwargs)
+    score(rows, [model], fresh, **kwargs)
     (fresh / "manifest.json").unlink()  # as if killed before the end
     monkeypatch.setattr(poft.scoring, "PACKING", "another-scheme")  # a later build's scheme
     with pytest.raises(RunMismatchError, match="batching.*'packing': 'another-scheme'"):
-        score_dataset(rows, [model], fresh, **kwargs)
+        score(rows, [model], fresh, **kwargs)
 
 
 def test_dtype_auto_follows_the_cpu(aligned, tmp_path, monkeypatch, capsys):
@@ -216,11 +214,11 @@ def test_dtype_auto_follows_the_cpu(aligned, tmp_path, monkeypatch, capsys):
     rows = rows_dataset(make_rows(2))
     monkeypatch.setenv("POFT_CPU_BF16", "1")
     monkeypatch.setattr(poft.console, "_SAID", set())
-    score_dataset(rows, [aligned["chatml"]], tmp_path / "bf16", progress=False)
+    score(rows, [aligned["chatml"]], tmp_path / "bf16", progress=False)
     assert json.loads((tmp_path / "bf16" / "manifest.json").read_text())["dtype"] == "bfloat16"
     assert "--dtype auto: scoring in bfloat16 (this CPU has bf16 instructions" in capsys.readouterr().out
     monkeypatch.setenv("POFT_CPU_BF16", "0")
-    score_dataset(rows, [aligned["chatml"]], tmp_path / "fp32", progress=False)
+    score(rows, [aligned["chatml"]], tmp_path / "fp32", progress=False)
     manifest = json.loads((tmp_path / "fp32" / "manifest.json").read_text())
     assert manifest["dtype"] == "float32" and "batching" not in manifest
     assert "scoring in float32 (no bf16 hardware on cpu" in capsys.readouterr().out
@@ -229,15 +227,13 @@ def test_dtype_auto_follows_the_cpu(aligned, tmp_path, monkeypatch, capsys):
 def test_refuses_to_mix_runs(aligned, tmp_path):
     rows = make_rows(4)
     out = tmp_path / "out"
-    score_dataset(rows_dataset(rows), [aligned["chatml"]], out, max_length=64, progress=False)
+    score(rows_dataset(rows), [aligned["chatml"]], out, max_length=64, progress=False)
     with pytest.raises(RunMismatchError, match="max_length"):
-        score_dataset(rows_dataset(rows), [aligned["chatml"]], out, max_length=32, progress=False)
+        score(rows_dataset(rows), [aligned["chatml"]], out, max_length=32, progress=False)
     with pytest.raises(RunMismatchError, match="models"):
-        score_dataset(rows_dataset(rows), [aligned["zephyr"]], out, max_length=64, progress=False)
+        score(rows_dataset(rows), [aligned["zephyr"]], out, max_length=64, progress=False)
     with pytest.raises(RunMismatchError, match="dataset_fingerprint"):
-        score_dataset(
-            rows_dataset(make_rows(4, seed=9)), [aligned["chatml"]], out, max_length=64, progress=False
-        )
+        score(rows_dataset(make_rows(4, seed=9)), [aligned["chatml"]], out, max_length=64, progress=False)
 
 
 def test_adding_an_aligned_model_scores_only_the_new_one(aligned, tmp_path):
@@ -246,12 +242,12 @@ def test_adding_an_aligned_model_scores_only_the_new_one(aligned, tmp_path):
     throughput figures of the run that scored (it used to write null)."""
     rows = make_rows(10, seed=4)
     out = tmp_path / "out"
-    score_dataset(rows_dataset(rows), [aligned["chatml"]], out, progress=False)
+    score(rows_dataset(rows), [aligned["chatml"]], out, progress=False)
     first = json.loads((out / "manifest.json").read_text())["throughput"]["tokens_this_run"]
-    both = score_dataset(rows_dataset(rows), [aligned["chatml"], aligned["llama3"]], out, progress=False)
+    both = score(rows_dataset(rows), [aligned["chatml"], aligned["llama3"]], out, progress=False)
     both = {k: list(both[k]) for k in ("ref_score", "chatml_logp_sum")}  # before the folder is rewritten
     added = json.loads((out / "manifest.json").read_text())
-    fresh = score_dataset(
+    fresh = score(
         rows_dataset(rows), [aligned["chatml"], aligned["llama3"]], tmp_path / "fresh", progress=False
     )
     everything = json.loads((tmp_path / "fresh" / "manifest.json").read_text())["throughput"][
@@ -261,14 +257,14 @@ def test_adding_an_aligned_model_scores_only_the_new_one(aligned, tmp_path):
     assert [m["alias"] for m in added["models"]] == ["chatml", "llama3"]
     assert both["ref_score"] == pytest.approx(list(fresh["ref_score"]), rel=1e-6)
     assert both["chatml_logp_sum"] == pytest.approx(list(fresh["chatml_logp_sum"]), rel=1e-6)
-    renormalised = score_dataset(
+    renormalised = score(
         rows_dataset(rows), [aligned["chatml"], aligned["llama3"]], out, normalization="byte", progress=False
     )
     throughput = json.loads((out / "manifest.json").read_text())["throughput"]
     assert throughput["tokens_per_s"] is not None and "nothing was scored" in throughput["note"]
     assert list(renormalised["ref_score"]) != both["ref_score"]
     with pytest.raises(RunMismatchError, match="models"):  # dropping an earlier model is not adding one
-        score_dataset(rows_dataset(rows), [aligned["llama3"]], out, progress=False)
+        score(rows_dataset(rows), [aligned["llama3"]], out, progress=False)
 
 
 BAD_LINES = [
@@ -302,7 +298,7 @@ def test_bad_rows_stop_the_run_naming_file_line_id_and_problem(aligned, tmp_path
     data = tmp_path / "data.jsonl"
     data.write_text("\n".join(line for line, _ in BAD_LINES) + "\n")
     with pytest.raises(RowError) as err:
-        score_dataset(str(data), [aligned["chatml"]], tmp_path / "out", progress=False)
+        score(str(data), [aligned["chatml"]], tmp_path / "out", progress=False)
     message = str(err.value)
     assert str(data) in message and "6 of 8 rows cannot be read" in message
     assert "line 2: malformed JSON" in message and "line 3 (id=u1): no assistant turn" in message
@@ -311,9 +307,7 @@ def test_bad_rows_stop_the_run_naming_file_line_id_and_problem(aligned, tmp_path
 def test_bad_rows_can_be_skipped_and_recorded(aligned, tmp_path, capsys):
     data = tmp_path / "data.jsonl"
     data.write_text("\n".join(line for line, _ in BAD_LINES) + "\n")
-    scored = score_dataset(
-        str(data), [aligned["chatml"]], tmp_path / "out", on_bad_row="skip", progress=False
-    )
+    scored = score(str(data), [aligned["chatml"]], tmp_path / "out", on_bad_row="skip", progress=False)
     assert scored["id"] == ["ok1", "ok2"]
     assert (
         "6 of 8 rows cannot be read as messages, left out: line 2: malformed JSON" in capsys.readouterr().out
@@ -331,9 +325,7 @@ def test_template_that_cannot_be_handled_names_the_model(tmp_path):
     build_model(tokenizer, hidden_size=16, num_layers=1).save_pretrained(tmp_path / "shouty")
     tokenizer.save_pretrained(tmp_path / "shouty")
     with pytest.raises(ChatTemplateError, match="shouty"):
-        score_dataset(
-            rows_dataset(make_rows(2)), [str(tmp_path / "shouty")], tmp_path / "out", progress=False
-        )
+        score(rows_dataset(make_rows(2)), [str(tmp_path / "shouty")], tmp_path / "out", progress=False)
 
 
 def test_model_specs_and_alias_clash(tmp_path):
@@ -344,7 +336,7 @@ def test_model_specs_and_alias_clash(tmp_path):
     )
     assert parse_model_spec("l3=a/b=c") == ("l3", "a/b=c")
     with pytest.raises(ValueError, match="ALIAS=PATH"):
-        score_dataset(rows_dataset(make_rows(1)), ["x/m", "y/m"], tmp_path / "o", progress=False)
+        score(rows_dataset(make_rows(1)), ["x/m", "y/m"], tmp_path / "o", progress=False)
     assert not (tmp_path / "o").exists()  # refused before anything was written
 
 
@@ -369,7 +361,7 @@ def test_other_architectures_gemma2_softcap_and_sliding_window(tmp_path):
         tokenizer.save_pretrained(tmp_path / name)
         paths[name] = str(tmp_path / name)
     rows = make_rows(12, seed=3)
-    scored = score_dataset(
+    scored = score(
         rows_dataset(rows), list(paths.values()), tmp_path / "out", batch_tokens=256, progress=False
     )
     assert_matches_reference(scored, paths, rows, None)

@@ -58,7 +58,7 @@ def test_score_leaves_the_row_out_for_every_model_and_records_it(models, data, t
     out = tmp_path / "scored"
     scored = score(data, [models["chatml"], models["zephyr"]], out, on_bad_row="skip", progress=False)
     assert scored["id"] == ["r0", "r2"]  # chatml renders the row fine; it is left out for both models
-    assert "1 of 3 rows cannot be scored under the chat templates, skipped: line 2 (id=r1): zephyr:" in (
+    assert "1 of 3 rows cannot be scored under the chat templates, left out: line 2 (id=r1): zephyr:" in (
         capsys.readouterr().out
     )
     manifest = json.loads((out / "manifest.json").read_text())

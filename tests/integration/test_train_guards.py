@@ -170,14 +170,12 @@ def test_bi_poft_without_its_label_column_is_an_error(tiny, tmp_path):
 @pytest.fixture(scope="module")
 def scored(tiny, tmp_path_factory):
     """The training rows scored by `poft score`'s code with two different aligned models (and max_length 40)."""
-    from poft.scoring import score_dataset
+    from fixtures.scoring import score
 
     root = tmp_path_factory.mktemp("provenance")
     rows = [{"id": r["id"], "messages": r["messages"]} for r in tiny["rows"]]
-    first = score_dataset(
-        Dataset.from_list(rows), [f"a={tiny['model']}"], root / "a", max_length=40, progress=False
-    )
-    second = score_dataset(Dataset.from_list(rows), [f"b={tiny['model']}"], root / "b", progress=False)
+    first = score(Dataset.from_list(rows), [f"a={tiny['model']}"], root / "a", max_length=40, progress=False)
+    second = score(Dataset.from_list(rows), [f"b={tiny['model']}"], root / "b", progress=False)
     return {"a": first, "b": second, "root": root}
 
 

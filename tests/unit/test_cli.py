@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 import poft
-from poft.cli import COMMANDS, main, model_init_kwargs, parse_command
+from poft.cli import COMMANDS, main, parse_command
+from poft.commands import model_init_kwargs
 from poft.configs import FORMATS, DemoArguments, FilterConfig, InspectConfig, ScoreConfig
 
 HEAVY = ("torch", "transformers", "trl", "datasets")
@@ -236,8 +237,7 @@ def test_shipped_recipes_use_no_deprecated_option(path):
 
     from trl import ModelConfig, ScriptArguments, TrlParser
 
-    from poft.training_configs import PoFTDPOConfig
-    from poft.training_configs import PoFTConfig
+    from poft.training_configs import PoFTConfig, PoFTDPOConfig
 
     config = PoFTDPOConfig if "_dpo_" in path.name else PoFTConfig
     with warnings.catch_warnings(record=True) as caught:

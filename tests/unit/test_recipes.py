@@ -11,8 +11,7 @@ import yaml
 from trl import ModelConfig, ScriptArguments, TrlParser
 
 from poft.cli import parse_command
-from poft.training_configs import PoFTDPOConfig
-from poft.training_configs import PoFTConfig
+from poft.training_configs import PoFTConfig, PoFTDPOConfig
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 RECIPES = sorted(p for p in EXAMPLES.glob("*.yaml"))

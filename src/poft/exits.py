@@ -1,0 +1,119 @@
+"""How a `poft` command ends: one line for an error, one line for Ctrl-C, and a clean end of a multi-process run.
+
+A user error is one line on stderr, `poft <command>: error: ...`, exit 2 for options that cannot be used
+(argparse's convention) and 1 for a failure (a missing file, a bad row, a model without a chat template,
+...); an error poft does not expect is one line too, marked internal. Ctrl-C says what was kept and how to
+resume, exit 130. `poft --debug <command>` (or POFT_DEBUG=1) shows tracebacks and the library warnings that
+are otherwise filtered (`quiet_libraries`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+
+
+def not_deepspeed_cpu_fallback(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Setting accelerator to CPU")
+
+
+def quiet_libraries() -> None:
+    """Filter the warnings every run printed that a user can do nothing about, before the libraries load.
+    Only these lines, by their text: poft's own warnings and every other library warning stay."""
+    # DeepSpeed (imported by transformers / accelerate when installed) on any machine without a GPU
+    logging.getLogger("DeepSpeed").addFilter(not_deepspeed_cpu_fallback)
+    # TRL's configs default `gradient_checkpointing=True`: transformers' deprecated name for
+    # `activation_checkpointing`, so every run warned (poft's recipes use the new name)
+    warnings.filterwarnings("ignore", "`gradient_checkpointing` is deprecated", FutureWarning)
+    # transformers asks the DataLoader to pin memory; torch warns when there is no GPU to pin it for
+    warnings.filterwarnings("ignore", "'pin_memory' argument is set as true but no accelerator", UserWarning)
+
+
+def error_line(error: Exception, model: str | None = None) -> str:
+    """The one line a user sees for an error: the message of poft's own errors and of the errors that name
+    what is wrong (ValueError, OSError, ImportError); any other error is marked internal. `model`: the model
+    the command loads, for library errors that do not name it."""
+    message = " ".join(str(error).split())  # library messages span lines
+    if isinstance(error, OSError) and error.errno is not None and error.strerror:
+        # "[Errno 13] Permission denied: 'out'" -> "out: Permission denied"; poft's OutputWriteError and
+        # CheckpointWriteError keep their sentence, without "[Errno 28]"
+        message = f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+        if isinstance(error, PermissionError) or error.errno == 30:  # EROFS: a read-only file system
+            message += " (choose a folder you can write to)"
+        elif error.errno == 28 and "run" not in error.strerror:  # ENOSPC, unless poft said what to do
+            message += " (free some space, then run the same command again)"
+        return message
+    if type(error).__name__ == "SafetensorError":  # a weight file cut short or damaged
+        return (
+            f"the weights of {model or 'the model'} cannot be read ({message}): copy or download them again"
+        )
+    if type(error).__name__ == "OutOfMemoryError":
+        return (
+            f"out of memory ({message}): use smaller batches (--per_device_train_batch_size, --batch-tokens)"
+        )
+    if type(error).__module__.startswith("poft.") or isinstance(error, (ValueError, OSError, ImportError)):
+        return message
+    return (
+        f"internal error: {type(error).__name__}: {message} (run `poft --debug ...` for the traceback; "
+        "please report it)"
+    )
+
+
+def model_of(name: str, options: tuple | None) -> str | None:
+    """The model `train`, `dpo` and `eval` load (`score` names its aligned models itself)."""
+    if options and name in ("train", "dpo"):
+        return options[2].model_name_or_path
+    return options[0].model if options and name == "eval" else None
+
+
+def interrupted_line(name: str, options: tuple | None) -> str:
+    """What Ctrl-C leaves and how to go on, per command."""
+    if name == "score" and options:
+        return (
+            f"interrupted; the finished shards in {options[0].output} are kept: run the same command again "
+            "to resume"
+        )
+    if name in ("train", "dpo") and options:
+        config = options[1]
+        if getattr(config.save_strategy, "value", config.save_strategy) == "no":
+            return (
+                "interrupted; save_strategy is 'no', so no checkpoint was saved: the same command starts over"
+            )
+        return (
+            f"interrupted; the checkpoints saved so far in {config.output_dir} are kept: run the same "
+            "command with --resume_from_checkpoint last to resume"
+        )
+    return "interrupted; nothing to resume: run the same command again"
+
+
+def end_run(code: int) -> int:
+    """End a multi-process run (`poft.distributed.end_distributed`): the process group is destroyed and gloo's
+    threads joined now, while the interpreter is whole, once the command's trainer is out of reach.
+
+    If a library poft does not know still holds the group, it would be torn down at interpreter exit, which
+    can abort a finished rank (pytorch/pytorch#190489): only then, and after flushing, leave at once.
+    """
+    from .distributed import end_distributed
+
+    try:
+        end_distributed()
+    except RuntimeError as e:
+        print(f"poft: warning: {e}; leaving without interpreter teardown", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def interrupted(name: str, options: tuple | None) -> int:
+    """Ctrl-C: one line (from one process of a multi-process run), exit 130. A multi-process run leaves at
+    once: its peers are interrupted too, and waiting for the process group could hang."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"\npoft {name}: {interrupted_line(name, options)}", file=sys.stderr)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    return 130
