@@ -14,6 +14,8 @@ import json
 import re
 from pathlib import Path
 
+from .console import say
+
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 _WEIGHTS = (
     "model.safetensors",
@@ -78,14 +80,14 @@ def resolve_resume(value: str | bool | None, output_dir: str | Path) -> str | No
     if value is True or (isinstance(value, str) and value.lower() in LATEST):
         path, skipped = latest_complete_checkpoint(output_dir)
         for folder, why in skipped:
-            print(f"poft: {folder} is incomplete ({why}); not resuming from it")
+            say(f"{folder} is incomplete ({why}); not resuming from it")
         if path is None:
             raise CheckpointError(
                 f"--resume_from_checkpoint {value}: no complete checkpoint in {output_dir}"
                 + (f" ({len(skipped)} incomplete)" if skipped else "")
                 + "; drop the option to start from the beginning"
             )
-        print(f"poft: resuming from {path}")
+        say(f"resuming from {path}")
         return str(path)
     problem = checkpoint_problem(value)
     if problem:

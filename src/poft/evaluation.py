@@ -14,6 +14,8 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
+from .console import say
+
 # task -> (few-shot count, headline metric) of the Open LLM Leaderboard v1, as used by the paper
 LEADERBOARD_V1: dict[str, tuple[int, str]] = {
     "arc_challenge": (25, "acc_norm,none"),
@@ -73,29 +75,47 @@ def evaluate_model(
         where = f" or in {include_path}" if include_path else " (give --include-path for local task files)"
         raise ValueError(f"unknown lm-eval tasks {unknown}: not built into lm-eval{where}")
     lm = HFLM(pretrained=model, device=device, dtype=dtype, batch_size=batch_size)  # loaded once, shared
-    by_shots: dict[int | None, list[str]] = defaultdict(list)
-    for task, shots in tasks.items():
-        by_shots[shots].append(task)
-    merged: dict[str, dict] = {"results": {}, "n-shot": {}, "versions": {}, "n-samples": {}}
-    for shots, names in by_shots.items():
-        print(f"poft: evaluating {model} on {names} with {'task-default' if shots is None else shots} shots")
-        out = lm_eval.simple_evaluate(
-            model=lm, tasks=names, num_fewshot=shots, task_manager=manager, limit=limit, log_samples=False,
-            apply_chat_template=apply_chat_template, random_seed=seed, numpy_random_seed=seed,
-            torch_random_seed=seed, fewshot_random_seed=seed,
-        )  # fmt: skip
-        for key in merged:
-            merged[key].update(out.get(key, {}))
-    summary = summarise(merged, tasks)
-    report = {"model": model, "tasks": summary, "lm_eval": merged, "limit": limit}
-    if set(LEADERBOARD_V1) <= set(summary):
-        headline = [summary[t]["metrics"].get(LEADERBOARD_V1[t][1]) for t in LEADERBOARD_V1]
-        if all(v is not None for v in headline):
-            report["leaderboard_v1_average"] = 100 * sum(headline) / len(headline)
+    settings = {"task_manager": manager, "limit": limit, "apply_chat_template": apply_chat_template}
+    merged = _evaluate_by_shots(lm_eval, lm, model, tasks, settings, seed)
+    report = {"model": model, "tasks": summarise(merged, tasks), "lm_eval": merged, "limit": limit}
+    average = leaderboard_average(report["tasks"])
+    if average is not None:
+        report["leaderboard_v1_average"] = average
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     (output / "results.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     return report
+
+
+def _evaluate_by_shots(
+    lm_eval, lm, model: str, tasks: dict[str, int | None], settings: dict, seed: int
+) -> dict:
+    """One `lm_eval.simple_evaluate` call per few-shot count (lm-eval takes one per call), results merged."""
+    by_shots: dict[int | None, list[str]] = defaultdict(list)
+    for task, shots in tasks.items():
+        by_shots[shots].append(task)
+    seeds = dict.fromkeys(
+        ("random_seed", "numpy_random_seed", "torch_random_seed", "fewshot_random_seed"), seed
+    )
+    merged: dict[str, dict] = {"results": {}, "n-shot": {}, "versions": {}, "n-samples": {}}
+    for shots, names in by_shots.items():
+        say(f"evaluating {model} on {names} with {'task-default' if shots is None else shots} shots")
+        out = lm_eval.simple_evaluate(
+            model=lm, tasks=names, num_fewshot=shots, log_samples=False, **settings, **seeds
+        )
+        for key in merged:
+            merged[key].update(out.get(key, {}))
+    return merged
+
+
+def leaderboard_average(summary: dict[str, dict]) -> float | None:
+    """The Open LLM Leaderboard v1 average (in %) of the six headline metrics, None unless all six ran."""
+    if not set(LEADERBOARD_V1) <= set(summary):
+        return None
+    headline = [summary[t]["metrics"].get(LEADERBOARD_V1[t][1]) for t in LEADERBOARD_V1]
+    if any(v is None for v in headline):
+        return None
+    return 100 * sum(headline) / len(headline)
 
 
 def summarise(results: dict, tasks: dict[str, int | None]) -> dict[str, dict]:

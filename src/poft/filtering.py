@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from datasets import Dataset
 
+from .console import say
+
 
 def select_rows(
     scores: np.ndarray, *, keep_top: float | None = None, min_score: float | None = None
@@ -67,31 +69,45 @@ def filter_dataset(
     """Keep rows by `by`, save them to `output` (save_to_disk + filter.json), print and return the counts."""
     scores = numeric_column(dataset, by)
     kept = select_rows(scores, keep_top=keep_top, min_score=min_score)
-    n_unscored = int((~np.isfinite(scores)).sum())
-    rule = f"top {keep_top:g} of scored rows" if keep_top is not None else f"{by} >= {min_score:g}"
-    report = {
-        "source": source,
-        "by": by,
-        "rule": rule,
-        "keep_top": keep_top,
-        "min_score": min_score,
-        "n_rows_in": len(dataset),
-        "n_kept": len(kept),
-        "n_dropped": len(dataset) - len(kept),
-        "n_dropped_without_score": n_unscored,
-        "threshold": float(scores[kept].min()) if len(kept) else None,
-        "mean_score_kept": float(scores[kept].mean()) if len(kept) else None,
-        "mean_score_all": float(np.nanmean(scores)) if n_unscored < len(dataset) else None,
-    }
-    score_manifest = Path(source) / "manifest.json"
-    if score_manifest.is_file():  # so `poft inspect` on the filtered folder knows how scores were normalised
-        report["score_manifest"] = json.loads(score_manifest.read_text())
+    report = _filter_report(scores, kept, by=by, keep_top=keep_top, min_score=min_score, source=source)
     output = Path(output)
     dataset.select(kept).save_to_disk(str(output))
     (output / "filter.json").write_text(json.dumps(report, indent=2) + "\n")
     threshold = "" if report["threshold"] is None else f" (lowest kept {by} {report['threshold']:.4f})"
-    print(
-        f"poft: filter by {rule}: kept {len(kept)} of {len(dataset)} rows, dropped {report['n_dropped']} "
-        f"({n_unscored} without a finite {by}){threshold} -> {output}"
+    say(
+        f"filter by {report['rule']}: kept {len(kept)} of {len(dataset)} rows, dropped {report['n_dropped']} "
+        f"({report['n_dropped_without_score']} without a finite {by}){threshold} -> {output}"
     )
+    return report
+
+
+def _filter_report(
+    scores: np.ndarray,
+    kept: np.ndarray,
+    *,
+    by: str,
+    keep_top: float | None,
+    min_score: float | None,
+    source: str,
+) -> dict:
+    """What `filter.json` records: the rule, the counts, the scores kept, and the `poft score` manifest of the
+    source (so `poft inspect` on the filtered folder knows how the scores were normalised)."""
+    n_unscored = int((~np.isfinite(scores)).sum())
+    report = {
+        "source": source,
+        "by": by,
+        "rule": f"top {keep_top:g} of scored rows" if keep_top is not None else f"{by} >= {min_score:g}",
+        "keep_top": keep_top,
+        "min_score": min_score,
+        "n_rows_in": len(scores),
+        "n_kept": len(kept),
+        "n_dropped": len(scores) - len(kept),
+        "n_dropped_without_score": n_unscored,
+        "threshold": float(scores[kept].min()) if len(kept) else None,
+        "mean_score_kept": float(scores[kept].mean()) if len(kept) else None,
+        "mean_score_all": float(np.nanmean(scores)) if n_unscored < len(scores) else None,
+    }
+    score_manifest = Path(source) / "manifest.json"
+    if score_manifest.is_file():
+        report["score_manifest"] = json.loads(score_manifest.read_text())
     return report
