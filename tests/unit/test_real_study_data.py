@@ -137,3 +137,15 @@ def test_a_folder_made_with_other_settings_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"other settings \(epochs, learning_rate\)"):
         refuse_other_settings(tmp_path, RealStudyConfig(output=str(tmp_path), epochs=4, learning_rate=1e-4))
     refuse_other_settings(tmp_path / "new", made)  # no folder yet: nothing to refuse
+
+
+def test_ctrl_c_says_what_is_kept_and_how_to_resume(monkeypatch, capsys, tmp_path):
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("experiments.real_study.run_study", interrupted)
+    assert main(["--output", str(tmp_path / "study")]) == 130
+    assert capsys.readouterr().err == (
+        f"\n{PROG}: interrupted; the scores and the finished runs in {tmp_path / 'study'} are kept: the same command "
+        "resumes from them\n"
+    )
