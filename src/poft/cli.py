@@ -182,7 +182,11 @@ def help_parser(name: str) -> argparse.ArgumentParser:
         prog=f"poft {name}",
         usage=f"poft {name} [--config YAML] [--help-all] [options]",
         description=f"{COMMANDS[name].help}.\n\n"
-        + textwrap.fill("poft's own options are below. " + TRL_OPTIONS[name], 100),
+        + textwrap.fill(
+            f"poft's own options are below; `poft {name} --help-all` lists every option. "
+            + TRL_OPTIONS[name],
+            100,
+        ),
         epilog=f"All of them, with their help (a few seconds, ~900 lines): poft {name} --help-all",
         formatter_class=Formatter,
     )

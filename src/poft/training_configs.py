@@ -15,7 +15,7 @@ from trl import DPOConfig, SFTConfig
 from .configs import OBJECTIVES, ON_BAD_ROW, PoFTArguments, PoFTDPOArguments, check_choices
 from .console import say_once
 from .device import fit_training_args
-from .templates import resolve_chat_template
+from .templates import TEMPLATE_NAMES, template_path
 
 
 @dataclass
@@ -24,7 +24,10 @@ class PoFTConfig(PoFTArguments, SFTConfig):
 
     def __post_init__(self):
         self._read_deprecated_loss_type()
-        self.chat_template_path = resolve_chat_template(self.chat_template_path)
+        if (
+            self.chat_template_path in TEMPLATE_NAMES
+        ):  # else TRL's meaning: a .jinja file, a tokenizer folder / id
+            self.chat_template_path = str(template_path(self.chat_template_path))
         say_once(fit_training_args(self))  # no GPU: the CPU, in bf16 where it has the instructions
         SFTConfig.__post_init__(self)
         self.check_poft_options()

@@ -12,7 +12,7 @@ import pytest
 import poft
 from poft.cli import COMMANDS, main, parse_command
 from poft.commands import model_init_kwargs
-from poft.configs import FORMATS, DemoArguments, FilterConfig, InspectConfig, ScoreConfig
+from poft.configs import FORMATS, FilterConfig, InspectConfig, ScoreConfig
 
 HEAVY = ("torch", "transformers", "trl", "datasets")
 LIGHT_COMMANDS = [name for name in COMMANDS if name not in ("train", "dpo")]
@@ -51,10 +51,28 @@ def test_import_poft_and_the_cli_imports_no_heavy_library():
 def test_help_and_version_import_no_heavy_library():
     calls = "".join(
         f"try:\n    main({argv!r})\nexcept SystemExit as e:\n    assert e.code == 0, {argv!r}\n"
-        for argv in [["--help"], ["--version"], *([name, "--help"] for name in LIGHT_COMMANDS)]
+        for argv in [["--help"], ["--version"], *([name, "--help"] for name in COMMANDS)]
     )
     heavy = imported_after(f"from poft.cli import main\n{calls}")
-    assert heavy == []  # not even TRL: these commands' options are parsed by poft.options
+    assert heavy == []  # not even TRL: train and dpo --help list poft's own options (configs.py)
+
+
+@pytest.mark.parametrize("name", ["train", "dpo"])
+def test_train_and_dpo_help_list_poft_options_first_and_say_where_trls_are(name, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([name, "--help"])
+    assert exit_info.value.code == 0
+    head = capsys.readouterr().out.splitlines()[:40]
+    first = COMMANDS[name].own_options[0]
+    assert any(line.strip().startswith(f"--{dataclasses.fields(first)[0].name}") for line in head)
+    assert any(f"poft {name} --help-all" in line for line in head)
+    with pytest.raises(SystemExit) as exit_info:
+        main([name, "--help-all"])
+    assert exit_info.value.code == 0
+    everything = capsys.readouterr().out
+    assert "--learning_rate" in everything and "--model_name_or_path" in everything
+    for config in COMMANDS[name].own_options:  # typed once: the full parser has poft's options too
+        assert all(f"--{f.name}" in everything for f in dataclasses.fields(config))
 
 
 def test_public_names_load_on_first_use():
@@ -123,7 +141,6 @@ def test_score_usage_errors(capsys):
         capsys, "score", "--dataset", "d", "--model", "m", "--output", "o", "--max-length", "-3"
     )
     assert "--max-length must be a positive number" in err  # was accepted, and scored nothing sensible
-    assert "--epochs must be at least 1" in usage_error(capsys, "demo", "--epochs", "0")
 
 
 def test_config_file_errors_are_usage_errors(tmp_path, capsys):
@@ -170,15 +187,6 @@ def test_eval_tasks_spellings():
     assert (config.include_path, config.batch_size, config.limit) == ("tasks/", "auto", 0.5)
     assert config.apply_chat_template is True
     assert options("eval", "--model", "m")[0].tasks is None  # the leaderboard six
-
-
-def test_demo_spellings_and_full_mini_exclusion(capsys):
-    (args,) = options("demo", "--mini", "--noise-levels", "0", "0.3", "--learning-rate", "1e-3", "--rebuild",
-                      "--seeds", "2", "--epochs", "3", "--output", "d")  # fmt: skip
-    assert args == DemoArguments(output="d", mini=True, seeds=2, noise_levels=[0.0, 0.3], epochs=3,
-                                 learning_rate=1e-3, rebuild=True)  # fmt: skip
-    assert options("demo", "--full")[0].full is True
-    assert "not allowed with argument --full" in usage_error(capsys, "demo", "--full", "--mini")
 
 
 def test_tiny_example_options():
