@@ -16,7 +16,7 @@ How response characters are found, for any template (no per-family token-id tabl
   ChatTemplateError saying what it did: it dropped a message (Zephyr and Phi-3.5 drop `tool` messages;
   Mistral v0.3 drops the system prompt when the conversation ends with an answer), moved one (a
   mistral-common style template puts the system prompt into the last user turn) or rewrote one. Scoring
-  such a row would score a different conversation, and searching for text that is not there used to mark
+  such a row would score a different conversation, and searching on for text that is not there would mark
   a later, wrong span. Greedy in-order search finds an in-order placement whenever one exists, so a
   template that renders each message verbatim in order is never refused (a dropped message whose text
   happens to appear further on in the render, in order, goes unnoticed); the check is one pass of `find`

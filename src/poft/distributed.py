@@ -2,7 +2,7 @@
 
 `torch.distributed.destroy_process_group()` only removes a group from torch's tables: the group object, and
 with it gloo's threads (`gloo_tcp_loop`, `pt_gloo_runloop`), lives as long as Python references it. After
-`trainer.end()` both ranks of a 2-process `poft train` still referenced it from:
+`trainer.end()` every rank of a multi-process `poft train` still references it from:
   - the DDP wrapper (`DistributedDataParallel.process_group`), kept by the trainer (`model_wrapped`,
     accelerate's `Accelerator._models`); under DeepSpeed, the engine, its ZeRO optimizer, every trained
     parameter (`_dp_group`) and `deepspeed.utils.groups`' module globals hold DeepSpeed's own group;
@@ -12,8 +12,8 @@ with it gloo's threads (`gloo_tcp_loop`, `pt_gloo_runloop`), lives as long as Py
     defaults hold the live group for the life of the process. `torch.distributed.nn.functional` does the
     same with ten collectives when it is imported after the group (as `poft score` does, through
     transformers' lazily imported model modules).
-The groups were then destroyed during interpreter finalization, and a rank that had finished and saved
-sometimes aborted there ("terminate called without an active exception", exit -6): tearing gloo down while
+Left alone, the groups are destroyed during interpreter finalization, where a rank that has finished and
+saved sometimes aborts ("terminate called without an active exception", exit -6): tearing gloo down while
 the interpreter is being torn down is a known crash (pytorch/pytorch#190489). `end_distributed` releases
 every holder instead, so gloo's threads are joined at the end of the run while the interpreter is whole.
 """

@@ -45,8 +45,8 @@ def aligned_aliases(dataset: Dataset, manifest: dict) -> list[str]:
     if manifest.get("models"):
         return [m["alias"] for m in manifest["models"]]
     columns = set(dataset.column_names)
-    return [c.removesuffix("_logp_sum") for c in dataset.column_names if c.endswith("_logp_sum")
-            and c.removesuffix("_logp_sum") + "_n_tokens" in columns]  # fmt: skip
+    aliases = [c.removesuffix("_logp_sum") for c in dataset.column_names if c.endswith("_logp_sum")]
+    return [alias for alias in aliases if f"{alias}_n_tokens" in columns]
 
 
 def model_scores(dataset: Dataset, manifest: dict) -> dict[str, np.ndarray]:
@@ -124,8 +124,12 @@ def separation_by_label(scores: dict[str, np.ndarray], classes: np.ndarray, colu
     that class from the others (rows without a label or a finite score are left out)."""
     labelled = classes != ""
     names = sorted(set(classes[labelled]))
-    out = {"column": column, "classes": {c: int((classes == c).sum()) for c in names},
-           "n_unlabelled": int((~labelled).sum()), "scores": {}}  # fmt: skip
+    out = {
+        "column": column,
+        "classes": {c: int((classes == c).sum()) for c in names},
+        "n_unlabelled": int((~labelled).sum()),
+        "scores": {},
+    }
     for name, values in scores.items():
         keep = labelled & np.isfinite(values)
         v, c = values[keep], classes[keep]
@@ -136,8 +140,13 @@ def separation_by_label(scores: dict[str, np.ndarray], classes: np.ndarray, colu
     return out
 
 
-def plot_by_label(scores: dict[str, np.ndarray], classes: np.ndarray, column: str, output: Path,
-                  normalization: str = "token") -> Path:  # fmt: skip
+def plot_by_label(
+    scores: dict[str, np.ndarray],
+    classes: np.ndarray,
+    column: str,
+    output: Path,
+    normalization: str = "token",
+) -> Path:
     """One panel per score: a histogram per label class, with each class's AUC in the legend."""
     import matplotlib
 
@@ -152,9 +161,9 @@ def plot_by_label(scores: dict[str, np.ndarray], classes: np.ndarray, column: st
         for label in names:
             chosen = keep & (classes == label)
             auc = roc_auc(values[keep], classes[keep] == label)
-            ax.hist(values[chosen], bins=bins, density=True, histtype="step", linewidth=1.5,
-                    label=f"{column}={label} (n={int(chosen.sum())}, AUC {auc:.2f})" if auc is not None
-                    else f"{column}={label} (n={int(chosen.sum())})")  # fmt: skip
+            auc_text = f", AUC {auc:.2f}" if auc is not None else ""
+            legend = f"{column}={label} (n={int(chosen.sum())}{auc_text})"
+            ax.hist(values[chosen], bins=bins, density=True, histtype="step", linewidth=1.5, label=legend)
         ax.set(title=name, xlabel=AXIS_LABELS[normalization], ylabel="density")
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -195,8 +204,8 @@ def plot_scores(scores: dict[str, np.ndarray], output: Path, normalization: str 
         plt.close(fig)
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, values in finite.items():
-        ax.hist(values, bins=bins, density=True, histtype="step", linewidth=2 if name == "ref_score" else 1.2,
-                label=name)  # fmt: skip
+        width = 2 if name == "ref_score" else 1.2
+        ax.hist(values, bins=bins, density=True, histtype="step", linewidth=width, label=name)
     ax.set(title="score distributions", xlabel=AXIS_LABELS[normalization], ylabel="density")
     ax.legend()
     fig.tight_layout()
@@ -214,8 +223,10 @@ def format_row(row: dict, row_scores: dict[str, float], width: int = 100, max_ch
         content = str(message.get("content", ""))
         if len(content) > max_chars:
             content = content[:max_chars] + f" [... {len(content) - max_chars} more chars]"
-        wrapped = textwrap.fill(content, width=width, initial_indent="    ", subsequent_indent="    ",
-                                replace_whitespace=False)  # fmt: skip
+        indent = "    "
+        wrapped = textwrap.fill(
+            content, width=width, initial_indent=indent, subsequent_indent=indent, replace_whitespace=False
+        )
         lines.append(f"  [{message.get('role')}]\n{wrapped}")
     return "\n".join(lines)
 
@@ -273,8 +284,10 @@ def summary_table(summary: dict) -> str:
     for name, s in summary["scores"].items():
         q = s["quantiles"]
         if s["count"]:
-            lines.append(f"{name:<20} {s['count']:>7} {s['n_missing']:>7} {s['mean']:>9.4f} {s['std']:>8.4f} "
-                         f"{q['0.05']:>9.4f} {q['0.5']:>9.4f} {q['0.95']:>9.4f}")  # fmt: skip
+            lines.append(
+                f"{name:<20} {s['count']:>7} {s['n_missing']:>7} {s['mean']:>9.4f} {s['std']:>8.4f} "
+                f"{q['0.05']:>9.4f} {q['0.5']:>9.4f} {q['0.95']:>9.4f}"
+            )
         else:
             lines.append(f"{name:<20} {0:>7} {s['n_missing']:>7}")
     names = list(summary["scores"])
@@ -289,8 +302,10 @@ def summary_table(summary: dict) -> str:
     if "by_label" in summary:
         by = summary["by_label"]
         classes = list(by["classes"])
-        lines.append(f"\nROC AUC of each score for telling {by['column']}=<class> from the other rows "
-                     f"({', '.join(f'{c}: {n}' for c, n in by['classes'].items())} rows)")  # fmt: skip
+        counts = ", ".join(f"{c}: {n}" for c, n in by["classes"].items())
+        lines.append(
+            f"\nROC AUC of each score for telling {by['column']}=<class> from the other rows ({counts} rows)"
+        )
         lines.append(" " * 20 + "".join(f"{c[:10]:>11}" for c in classes))
         for name, s in by["scores"].items():
             cells = "".join(

@@ -194,13 +194,7 @@ def packed_logprob_sums(
     response = torch.from_numpy(np.concatenate([mask for _, mask in sequences]).astype(bool))
     position_ids = torch.cat([torch.arange(n) for n in lengths])
     input_ids, response, position_ids = input_ids.to(device), response.to(device), position_ids.to(device)
-    kwargs = {}
-    if len(sequences) > 1:
-        kwargs["position_ids"] = position_ids[None]
-        if model.config._attn_implementation == "sdpa":
-            bounds = torch.tensor([0, *np.cumsum(lengths)], dtype=torch.int32)
-            kwargs.update(cu_seq_lens_q=bounds, cu_seq_lens_k=bounds, max_length_q=max(lengths))
-            kwargs["max_length_k"] = max(lengths)
+    kwargs = _packing_kwargs(model, lengths, position_ids)
     with _attention(model, VARLEN_SDPA if "cu_seq_lens_q" in kwargs else None):
         hidden = model.get_decoder()(input_ids=input_ids[None], use_cache=False, **kwargs)
     hidden = hidden.last_hidden_state[0, :-1]
@@ -220,6 +214,19 @@ def packed_logprob_sums(
         0, rows, torch.ones_like(rows)
     )
     return sums.cpu().numpy(), counts.cpu().numpy()
+
+
+def _packing_kwargs(model: torch.nn.Module, lengths: list[int], position_ids: torch.Tensor) -> dict:
+    """What the decoder needs to keep packed sequences apart: positions restarting at 0, and under sdpa the
+    sequence bounds `varlen_sdpa_attention` reads. One sequence needs nothing."""
+    if len(lengths) < 2:
+        return {}
+    kwargs = {"position_ids": position_ids[None]}
+    if model.config._attn_implementation == "sdpa":
+        bounds = torch.tensor([0, *np.cumsum(lengths)], dtype=torch.int32)
+        kwargs.update(cu_seq_lens_q=bounds, cu_seq_lens_k=bounds, max_length_q=max(lengths))
+        kwargs["max_length_k"] = max(lengths)
+    return kwargs
 
 
 VARLEN_SDPA = "poft_varlen_sdpa"
@@ -253,18 +260,11 @@ def varlen_sdpa_attention(
         if window is not None and end - start > window:
             i = torch.arange(end - start, device=query.device)
             mask = (i[None] <= i[:, None]) & (i[:, None] - i[None] < window)
-        pieces.append(
-            torch.nn.functional.scaled_dot_product_attention(
-                q,
-                k,
-                v,
-                attn_mask=mask,
-                is_causal=mask is None,
-                scale=scaling,
-                enable_gqa=q.shape[1] != k.shape[1],
-                dropout_p=dropout,
-            )  # fmt: skip
+        gqa = q.shape[1] != k.shape[1]
+        piece = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None, scale=scaling, enable_gqa=gqa, dropout_p=dropout
         )
+        pieces.append(piece)
     return torch.cat(pieces, dim=2).transpose(1, 2).contiguous(), None
 
 
@@ -358,10 +358,9 @@ def response_log_probs(model: torch.nn.Module, inputs: dict) -> ResponseLogProbs
     empty = torch.empty(0, dtype=torch.long, device=device)
     hidden = model(**features, logits_to_keep=empty, output_hidden_states=True).hidden_states[-1]
     labels = inputs["labels"][:, 1:].to(head.weight.device)
-    log_probs = chunked_token_log_probs(
-        hidden[:, :-1].to(head.weight.device), head.weight, labels, head.bias, softcap(inner),
-        chunk_size=max(1, (1 << 25) // head.weight.shape[0]),  # <= 128 MiB of fp32 logits per chunk
-    )  # fmt: skip
+    chunk_size = max(1, (1 << 25) // head.weight.shape[0])  # <= 128 MiB of fp32 logits per chunk
+    hidden = hidden[:, :-1].to(head.weight.device)
+    log_probs = chunked_token_log_probs(hidden, head.weight, labels, head.bias, softcap(inner), chunk_size)
     return ResponseLogProbs(log_probs, labels != -100)
 
 

@@ -23,8 +23,15 @@ LOG_FILE = "log.jsonl"
 CURVES_FILE = "curves.png"
 STATE_FILE = "trainer_state.json"
 CURVE_KEYS = (
-    "loss", "poft/weight", "poft/margin", "poft/win_rate", "poft/nll", "rewards/margins", "rewards/accuracies", "grad_norm",
-)  # fmt: skip
+    "loss",
+    "poft/weight",
+    "poft/margin",
+    "poft/win_rate",
+    "poft/nll",
+    "rewards/margins",
+    "rewards/accuracies",
+    "grad_norm",
+)
 
 
 class RunRecord(TrainerCallback):
