@@ -343,7 +343,7 @@ class PoFTArguments:
         return self.objective != "sft"
 
     def check_poft_options(self) -> None:
-        """Refuse values that cannot train (a NaN beta trained a NaN model with exit 0)."""
+        """Refuse values that cannot train (a NaN beta would train a NaN model and still exit 0)."""
         check_choices(
             self,
             {"objective": OBJECTIVES, "score_normalization": NORMALIZATIONS, "on_bad_row": ON_BAD_ROW},
