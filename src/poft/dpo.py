@@ -57,19 +57,21 @@ def check_pair_templates(
     pairs: Dataset, tokenizer: PreTrainedTokenizerBase, on_bad_row: str = "skip", name: str = "train"
 ) -> Dataset:
     """Drop (on_bad_row="skip", one printed line) or refuse (one error naming them) the pairs whose prompt +
-    chosen or prompt + rejected the tokenizer's chat template does not render verbatim in order."""
+    chosen or prompt + rejected the tokenizer's chat template does not render verbatim in order. When no pair
+    would be left, they are refused whatever on_bad_row says."""
     chat = ChatFormat.from_tokenizer(tokenizer, tokenizer.name_or_path or "the model")
     problems = {i: problem for i, pair in enumerate(pairs) if (problem := _render_problem(chat, pair))}
     if not problems:
         return pairs
     bad = [BadRow(row=f"pair {i}", id=None, problem=problem) for i, problem in problems.items()]
-    what = f"{name} dataset: {len(bad)} of {len(pairs)} preference pairs cannot be rendered verbatim by the "
-    what += "chat template"
-    if len(bad) == len(pairs):
-        refuse_or_skip(
-            bad, what, "error", ChatTemplateError, hint="use a model whose chat template renders them"
-        )
-    refuse_or_skip(bad, what, on_bad_row, ChatTemplateError, hint="set on_bad_row='skip' to drop them")
+    what = (
+        f"{name} dataset: {len(bad)} of {len(pairs)} preference pairs cannot be rendered verbatim by the chat "
+        "template"
+    )
+    hint = "set on_bad_row='skip' to drop them"
+    if len(bad) == len(pairs):  # dropping them all would leave nothing to train on
+        on_bad_row, hint = "error", "use a model whose chat template renders them"
+    refuse_or_skip(bad, what, on_bad_row, ChatTemplateError, hint)
     return pairs.select([i for i in range(len(pairs)) if i not in problems])
 
 

@@ -109,6 +109,12 @@ def test_dpo_drops_the_pair_or_names_it(models, tmp_path, capsys):
         ChatTemplateError, match=r"pair 1: prompt \+ chosen: .*dropped messages\[2\] \(role tool\)"
     ):
         PoFTDPOTrainer(model=models["zephyr"], args=args, train_dataset=pairs)
+    every = Dataset.from_list([{**good, "prompt": TOOL_TURN[:3]}] * 2)  # skip would leave no pair
+    args = PoFTDPOConfig(output_dir=str(tmp_path / "dpo"), max_length=64, **CPU)
+    with pytest.raises(
+        ChatTemplateError, match=r"2 of 2 preference pairs .*pair 0: .*; pair 1: .*use a model"
+    ):
+        PoFTDPOTrainer(model=models["zephyr"], args=args, train_dataset=every)
 
 
 def test_score_skips_a_row_that_encodes_to_two_bos_tokens(tiny_model, tmp_path, capsys):
