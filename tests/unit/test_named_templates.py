@@ -221,3 +221,33 @@ def test_template_specs_are_checked_before_any_tokenizer_loads(base_and_instruct
         load_aligned_models(specs, [f"a={tmp_path}"])
     with pytest.raises(ValueError, match="no aligned model is called 'a'"):  # nothing was loaded first
         load_aligned_models([f"b={tmp_path / 'missing'}"], ["a=gemma"])
+
+
+def test_poft_score_takes_a_named_template_on_the_command_line(base_and_instruct, tmp_path, capsys):
+    """`poft score --chat_template NAME` scores a base model exactly as the same weights with that template."""
+    from datasets import load_from_disk
+
+    from poft.cli import main
+
+    base, instruct = base_and_instruct
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"messages": m}) + "\n" for m in CONVERSATIONS.values()))
+    common = ["--dataset", str(data), "--dtype", "float32", "--no-progress"]
+    assert main(["score", *common, "--model", f"m={base}", "--output", str(tmp_path / "b")]) == 1
+    assert "no chat template" in capsys.readouterr().err
+    argv = [
+        "score",
+        *common,
+        "--model",
+        f"m={base}",
+        "--chat_template",
+        "llama3",
+        "--output",
+        str(tmp_path / "b"),
+    ]
+    assert main(argv) == 0
+    assert main(["score", *common, "--model", f"m={instruct}", "--output", str(tmp_path / "i")]) == 0
+    given, own = load_from_disk(str(tmp_path / "b")), load_from_disk(str(tmp_path / "i"))
+    assert given["m_logp_sum"] == own["m_logp_sum"] and given["m_n_tokens"] == own["m_n_tokens"]
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["models"][0]["chat_template"] == "llama3"
