@@ -82,8 +82,8 @@ class ChatFormat:
         if not isinstance(template, str) or not template:
             raise ChatTemplateError(
                 f"{name}: the tokenizer has no chat template (a single string is needed; a base model has none): "
-                "give one with `--chat_template_path FILE.jinja` (poft train), or save it with the tokenizer "
-                "(chat_template.jinja in the model folder) for poft score"
+                "give one by name (gemma, llama3, chatml, mistral, zephyr, qwen2.5, phi3.5: poft.templates) or as a "
+                ".jinja file: `--chat_template_path NAME` for poft train, `--chat_template ALIAS=NAME` for poft score"
             )
         if not tokenizer.is_fast:
             raise ChatTemplateError(
