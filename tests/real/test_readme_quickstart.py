@@ -68,7 +68,8 @@ def test_readme_quickstart_runs_as_written(real_models, tmp_path):
     work = tmp_path / "poft"
     copy_checkout(work)
     start = time.time()
-    env = {k: v for k, v in ENV.items() if k != "POFT_CPU_BF16"}  # the user's defaults (the tier sets float32)
+    # the user's defaults: the tier's POFT_CPU_BF16=0 (float32 training) left out
+    env = {k: v for k, v in ENV.items() if k != "POFT_CPU_BF16"}
     done = subprocess.run(["bash", "-c", script(commands)], cwd=work, env=env, capture_output=True, text=True)
     output = done.stdout + done.stderr
     finished, last = {}, start
