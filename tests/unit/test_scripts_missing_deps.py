@@ -1,6 +1,6 @@
-"""The scripts the README tells a user to run, started with a Python that lacks poft's dependencies (a system
-`python3` instead of .venv's): one line saying what to run instead, exit 1, nothing downloaded. The missing
-package is simulated by a `torch` module on PYTHONPATH whose import raises ImportError."""
+"""The scripts the docs tell a user to run, started with a Python that lacks poft's dependencies (a system
+`python3` instead of .venv's): one line saying what to run instead, exit 1, nothing downloaded. A missing torch
+is simulated by a `torch` module on PYTHONPATH whose import raises ImportError; a Python without poft by `-S`."""
 
 import os
 import subprocess
@@ -36,3 +36,14 @@ def test_fetch_real_models_check_needs_no_torch(tmp_path):
     done = run_without_torch(tmp_path, "fetch_real_models.py", "--check")
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "missing (run `make real-models`)" in done.stdout
+
+
+def test_cli_reference_without_poft_says_make_cli_docs_in_one_line():
+    # `python -S`: no site-packages, so neither poft (installed in .venv) nor its dependencies import
+    done = subprocess.run(
+        [sys.executable, "-S", str(ROOT / "scripts" / "cli_reference.py"), "--check"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1 and done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and "`make cli-docs`" in lines[0], done.stderr
