@@ -251,7 +251,8 @@ def resolve_dtype(dtype: str, device: torch.device, bf16_cpu: bool | None = None
     """ "auto": bf16 on CUDA and on CPUs with bf16 instructions (AMX / AVX512-BF16, 2-3x faster there),
     float32 elsewhere; the choice is printed once. Any other value is taken as given."""
     if dtype == "auto":
-        from .device import cpu_has_bf16, say_once
+        from .console import say_once
+        from .device import cpu_has_bf16
 
         if device.type == "cuda":
             chosen, why = torch.bfloat16, "a CUDA GPU"

@@ -19,6 +19,7 @@ from .configs import (
     ScoreConfig,
     TinyExampleConfig,
 )
+from .console import say
 
 
 class UsageError(Exception):
@@ -94,8 +95,8 @@ def run_train(script_args, config, model_args, format_args: DatasetFormatArgumen
         eval_dataset=evaluation,
         peft_config=get_peft_config(model_args),
     )
-    trainer.accelerator.print(
-        f"poft: objective={config.objective} beta={config.beta} gamma={config.gamma} "
+    say(
+        f"objective={config.objective} beta={config.beta} gamma={config.gamma} "
         f"normalization={config.score_normalization}, {len(trainer.train_dataset)} training rows"
     )
     if len(trainer.train_dataset) == 0:  # torch would say "num_samples=0"
@@ -105,7 +106,7 @@ def run_train(script_args, config, model_args, format_args: DatasetFormatArgumen
         )
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     trainer.save_model(config.output_dir)
-    trainer.accelerator.print(f"poft: model saved to {config.output_dir}")
+    say(f"model saved to {config.output_dir}")
     trainer.accelerator.free_memory()  # drop the DDP / DeepSpeed wrappers; main() then ends the process group
     return 0
 
@@ -138,15 +139,15 @@ def run_dpo(script_args, config, model_args) -> int:
         eval_dataset=evaluation,
         peft_config=get_peft_config(model_args),
     )
-    trainer.accelerator.print(
-        f"poft: DPO from {model_args.model_name_or_path}: beta={config.beta} loss={config.loss_type}, "
+    say(
+        f"DPO from {model_args.model_name_or_path}: beta={config.beta} loss={config.loss_type}, "
         f"{len(trainer.train_dataset)} pairs, reference log-probs "
         + ("precomputed" if config.precompute_ref_log_probs else "computed on the fly")
     )
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     trainer.save_model(config.output_dir)
     trainer.save_state()  # trainer_state.json: the logged DPO losses and reward margins, for comparisons
-    trainer.accelerator.print(f"poft: model saved to {config.output_dir}")
+    say(f"model saved to {config.output_dir}")
     trainer.accelerator.free_memory()
     return 0
 
@@ -222,7 +223,7 @@ def run_eval(config: EvalConfig) -> int:
         apply_chat_template=config.apply_chat_template,
     )
     print(results_table(report))
-    print(f"poft: results written to {Path(output) / 'results.json'}")
+    say(f"results written to {Path(output) / 'results.json'}")
     return 0
 
 
@@ -231,7 +232,7 @@ def run_tiny_example(config: TinyExampleConfig) -> int:
     from .example import write_tiny_example
 
     paths = write_tiny_example(config.output, n_rows=config.rows, seed=config.seed)
-    print(f"poft: wrote {paths['model']} and {paths['data']}")
+    say(f"wrote {paths['model']} and {paths['data']}")
     return 0
 
 
