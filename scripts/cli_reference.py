@@ -26,9 +26,7 @@ def help_text(name: str | None) -> str:
 
     if name is None:
         return cli.top_parser().format_help()
-    # the lead's help_parser (poft's own options first, without TRL) once it exists; the full parser until then
-    parser = getattr(cli, "help_parser", cli.command_parser)(name)
-    return parser.format_help()
+    return cli.help_parser(name).format_help()  # exactly what `poft NAME --help` prints
 
 
 def render() -> str:
