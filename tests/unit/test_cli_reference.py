@@ -1,6 +1,6 @@
 """docs/cli.md is what scripts/cli_reference.py writes from the option dataclasses now: every command's
 `--help`, at a fixed width. A changed option, help text or command makes this fail until the page is regenerated.
-The generator runs in a fresh process, as `make cli-docs` runs it (train/dpo --help may import TRL)."""
+The generator runs in a fresh process, as `make cli-docs` runs it."""
 
 import os
 import subprocess
