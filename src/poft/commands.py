@@ -189,7 +189,7 @@ def run_filter(config: FilterConfig) -> int:
 
     if Path(config.output).resolve() == Path(config.dir).resolve():
         raise ValueError("--output must differ from the input")
-    dataset = load_sft_dataset(config.dir, config.split, format=config.format)
+    dataset = load_sft_dataset(config.dir, config.split, format=config.format, on_bad_row=config.on_bad_row)
     filter_dataset(
         dataset,
         config.output,

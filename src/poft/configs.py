@@ -200,6 +200,13 @@ class FilterConfig:
             "choices": FORMATS,
         },
     )
+    on_bad_row: str = field(
+        default="error",
+        metadata={
+            "help": "A row that cannot be read: 'error' stops naming it, 'skip' leaves it out of the output.",
+            "choices": ON_BAD_ROW,
+        },
+    )
 
     def __post_init__(self):
         if not self.dir:

@@ -27,6 +27,8 @@ def quiet_libraries() -> None:
     # TRL's configs default `gradient_checkpointing=True`: transformers' deprecated name for
     # `activation_checkpointing`, so every run warned (poft's recipes use the new name)
     warnings.filterwarnings("ignore", "`gradient_checkpointing` is deprecated", FutureWarning)
+    # transformers' own PEFT integration asks for `is_gradient_checkpointing` (deprecated) on LoRA runs
+    warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
     # transformers asks the DataLoader to pin memory; torch warns when there is no GPU to pin it for
     warnings.filterwarnings("ignore", "'pin_memory' argument is set as true but no accelerator", UserWarning)
 

@@ -242,3 +242,18 @@ def test_inspect_and_filter_of_a_scored_folder_import_no_torch_transformers_or_t
             [sys.executable, "-c", check, *argv], capture_output=True, text=True, check=True
         )
         assert done.stdout.strip().splitlines()[-1] == "[]", (argv[0], done.stdout[-500:], done.stderr[-500:])
+
+
+def test_filter_names_a_bad_row_and_skips_it_when_asked(tmp_path, capsys):
+    """The hint of the bad-row error (`--on-bad-row skip`) is an option `poft filter` has."""
+    good = [{"id": f"g{i}", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+             "ref_score": -float(i)} for i in range(4)]  # fmt: skip
+    lines = [json.dumps(r) for r in good] + ['{"id": "bad", "messages": [{"role": "user", "content": "q"}]}']
+    (tmp_path / "d.jsonl").write_text("\n".join(lines) + "\n")
+    argv = ["filter", str(tmp_path / "d.jsonl"), "--keep-top", "0.5", "--output", str(tmp_path / "top")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "line 5 (id=bad)" in err and "--on-bad-row skip" in err
+    assert main([*argv, "--on-bad-row", "skip"]) == 0
+    assert "left out: line 5 (id=bad)" in capsys.readouterr().out
+    assert load_from_disk(str(tmp_path / "top"))["id"] == ["g0", "g1"]
