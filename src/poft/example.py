@@ -2,7 +2,7 @@
 
 The reference scores here are SYNTHETIC (clean rows about -1.5, corrupted rows about -4.0, with noise):
 they stand in for `poft score` output so the training path can be exercised on its own. The demo
-(`poft demo`) builds real aligned models and scores data with them.
+(`make demo`) builds real aligned models and scores data with them.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""The command-line parser of poft's own option dataclasses (`poft score`, `inspect`, `filter`, `eval`, `demo`,
-`tiny-example`), without TRL.
+"""The command-line parser of poft's own option dataclasses (`poft score`, `inspect`, `filter`, `eval`,
+`tiny-example`, the `--help` of `train` and `dpo`, and the experiments' entry points), without TRL.
 
-`poft train` and `poft dpo` parse TRL's config classes with TRL's own parser (`trl.TrlParser`). The other
-commands need nothing of TRL, and importing it costs about 0.35 s (it reads every installed package's
-metadata), so `poft inspect --help` and `poft inspect DIR` on a scored folder would pay for a library they
-do not use. This parser follows TrlParser's conventions for the field types poft's dataclasses use, so
+A run of `poft train` or `poft dpo` parses TRL's config classes with TRL's own parser (`trl.TrlParser`):
+hundreds of transformers options whose types only transformers' parser knows, not copied here. Everything
+else needs nothing of TRL, and importing TRL's configs costs several seconds, so `poft inspect DIR` or
+`poft train --help` would pay for a library they do not use. This parser follows TrlParser's conventions for the field types poft's dataclasses use, so
 both kinds of command read the same way:
 - every field is `--name` and, with underscores, also `--na-me`, plus its metadata's `aliases`; the rest
   of its metadata (help, choices, action) goes to argparse; a field without a default is required; defaults show in `--help`;
