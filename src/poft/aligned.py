@@ -1,7 +1,8 @@
 """An aligned model as `poft score` sees it: where it comes from, what its template does, how it is loaded.
 
-A model is an HF folder, a Hub id, or a single `.gguf` file (transformers dequantises it; the file's
-sha256 is its revision). Its chat template is its tokenizer's, or one given for it (`ALIAS=NAME_OR_FILE`: a
+A model is an HF folder, a Hub id, a single `.gguf` file (transformers dequantises it; the file's
+sha256 is its revision), or a LoRA adapter folder (`poft.adapters`: scored as base + adapter merged, with the
+adapter folder's tokenizer and template; its revision holds the adapter's hash and its base's revision). Its chat template is its tokenizer's, or one given for it (`ALIAS=NAME_OR_FILE`: a
 poft.templates name or a .jinja file), which lets a base model, saved without a template, be scored. Its
 identity (`AlignedModel.identity`: path, revision, chat-template and tokenizer hashes) goes into the run
 identity of a score folder (`shards.check_run_config`), so a resumed run never mixes scores of two
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from .adapters import AdapterError, adapter_sha256, base_model, is_adapter, load_merged, load_tokenizer
 from .chat import ChatFormat
 from .configs import DTYPES
 from .logprobs import chunked_token_log_probs, softcap
@@ -44,6 +46,7 @@ class AlignedModel:
     tokenizer_hash: str
     file_sha256: str | None = None  # a .gguf file's full hash (its revision is the first 16 hex digits)
     chat_template: str | None = None  # the template name or file given for it; None: its tokenizer's own
+    base_model: str | None = None  # a LoRA adapter's base model (its weights are base + adapter)
 
     def identity(self) -> dict:
         return {
@@ -52,6 +55,7 @@ class AlignedModel:
             "revision": self.revision,
             "template_hash": self.template_hash,
             "tokenizer_hash": self.tokenizer_hash,
+            **({"base_model": self.base_model} if self.base_model else {}),
         }
 
     def manifest_entry(self) -> dict:
@@ -172,9 +176,12 @@ def load_aligned_models(
             gguf = gguf_location(path)
         except AlignedModelError as e:
             raise AlignedModelError(f"aligned model {alias}: {e}") from e
+        base = _base_model(alias, path) if not gguf else None
         try:
             if gguf:
                 tokenizer = AutoTokenizer.from_pretrained(gguf[0], **gguf[1])
+            elif base:
+                tokenizer = load_tokenizer(path, base)
             else:
                 tokenizer = AutoTokenizer.from_pretrained(path)
         except Exception as e:  # transformers raises OSError, ValueError, ...: keep the cause, name the model
@@ -190,13 +197,28 @@ def load_aligned_models(
         )
         tokenizer_hash = short_hash(tokenizer.backend_tokenizer.to_str())
         sha = file_sha256(path) if gguf else None
-        revision = f"gguf-sha256-{sha[:16]}" if sha else _revision(path)
+        if sha:
+            revision = f"gguf-sha256-{sha[:16]}"
+        elif base:  # the adapter's own hash and its base's revision: either changing changes the scores
+            revision = f"adapter-sha256-{adapter_sha256(path)[:16]}+{_revision(base)}"
+        else:
+            revision = _revision(path)
         models.append(
             AlignedModel(
-                alias, path, chat, revision, short_hash(template), tokenizer_hash, sha, given.get(alias)
+                alias, path, chat, revision, short_hash(template), tokenizer_hash, sha, given.get(alias), base
             )
         )
     return models
+
+
+def _base_model(alias: str, path: str) -> str | None:
+    """A LoRA adapter's base model (checked to be there), None for a model."""
+    if not is_adapter(path):
+        return None
+    try:
+        return base_model(path)
+    except AdapterError as e:
+        raise AlignedModelError(f"aligned model {alias}: {e}") from e
 
 
 def load_weights(model: AlignedModel, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
@@ -206,7 +228,10 @@ def load_weights(model: AlignedModel, dtype: torch.dtype, device: torch.device) 
     if "gguf_file" in kwargs:
         kwargs.update(_dequantized())
     try:
-        network = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs).to(device).eval()
+        if model.base_model:  # a LoRA adapter: base + adapter, merged
+            network = load_merged(path, base=model.base_model, dtype=dtype).to(device).eval()
+        else:
+            network = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs).to(device).eval()
     except Exception as e:  # a weight file cut short or damaged (safetensors' own error type), ...
         cause = " ".join(str(e).split())
         raise AlignedModelError(

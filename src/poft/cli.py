@@ -27,6 +27,7 @@ from .commands import (
     run_eval,
     run_filter,
     run_inspect,
+    run_merge,
     run_score,
     run_tiny_example,
     run_train,
@@ -36,6 +37,7 @@ from .configs import (
     EvalConfig,
     FilterConfig,
     InspectConfig,
+    MergeConfig,
     PoFTArguments,
     PoFTDPOArguments,
     ScoreConfig,
@@ -101,6 +103,12 @@ COMMANDS = {
     ),
     "eval": Command(
         "lm-evaluation-harness benchmarks (default: Open LLM Leaderboard v1)", lambda: (EvalConfig,), run_eval
+    ),
+    "merge": Command(
+        "write a full model from a LoRA adapter folder and its base model",
+        lambda: (MergeConfig,),
+        run_merge,
+        positional="adapter",
     ),
     "tiny-example": Command(
         "write a tiny model and a small scored dataset (offline)",

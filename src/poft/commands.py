@@ -8,7 +8,6 @@ the process may use (`device.fit_cpu_threads`).
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from .configs import (
@@ -16,6 +15,7 @@ from .configs import (
     EvalConfig,
     FilterConfig,
     InspectConfig,
+    MergeConfig,
     ScoreConfig,
     TinyExampleConfig,
 )
@@ -26,24 +26,35 @@ class UsageError(Exception):
     """Options that parse but cannot be run together: the command exits 2 with argparse's message."""
 
 
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # `name` or `org/name`
+def check_model_path(option: str, path: str, check_base: bool = True) -> str:
+    """What a model path is (`adapters.model_kind`: "model", "adapter" or "gguf"), checked before anything loads.
 
-
-def check_model_path(option: str, path: str) -> None:
-    """A model that is neither a local file or folder nor a Hub id is named as missing: transformers would say
+    A model that is neither a local file or folder nor a Hub id is named as missing: transformers would say
     "Repo id must use alphanumeric chars" (`./missing`) or that it could not reach the Hub. A Hub id is left
-    to transformers, unless the Hub is offline and the HF cache has no copy of it."""
-    if Path(path).expanduser().exists():
-        return
-    if not HUB_ID.fullmatch(path) or path.lower().endswith(".gguf"):
-        raise FileNotFoundError(f"{option} {path}: no such file or folder")
-    from huggingface_hub import constants, try_to_load_from_cache
+    to transformers, unless the Hub is offline and the HF cache has no copy of it. A folder that is neither a
+    model nor an adapter is refused saying what it lacks, and an adapter's base model must be there too
+    (`check_base`)."""
+    from .adapters import ADAPTER_CONFIG, HUB_ID, NotAModelError, base_model, model_kind
 
-    if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(path, "config.json"), str):
-        raise FileNotFoundError(
-            f"{option} {path}: no such file or folder here, and no Hub model of that name in the HF cache "
-            "(the Hub is offline: HF_HUB_OFFLINE=1)"
-        )
+    local = Path(path).expanduser().exists()
+    if not local and (not HUB_ID.fullmatch(path) or path.lower().endswith(".gguf")):
+        raise FileNotFoundError(f"{option} {path}: no such file or folder")
+    if not local:
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        cached = (isinstance(try_to_load_from_cache(path, f), str) for f in ("config.json", ADAPTER_CONFIG))
+        if constants.HF_HUB_OFFLINE and not any(cached):
+            raise FileNotFoundError(
+                f"{option} {path}: no such file or folder here, and no Hub model of that name in the HF cache "
+                "(the Hub is offline: HF_HUB_OFFLINE=1)"
+            )
+    try:
+        kind = model_kind(path)
+    except NotAModelError as e:
+        raise NotAModelError(f"{option} {e}") from e
+    if kind == "adapter" and check_base:
+        base_model(path)  # its error names the adapter and the base
+    return kind
 
 
 def model_init_kwargs(config, model_args) -> dict:
@@ -71,7 +82,11 @@ def run_train(script_args, config, model_args, format_args: DatasetFormatArgumen
         raise UsageError(
             "--dataset_name is required (a JSON/JSONL/Parquet/CSV file, a save_to_disk folder or a Hub id)"
         )
-    check_model_path("--model_name_or_path", model_args.model_name_or_path)
+    if check_model_path("--model_name_or_path", model_args.model_name_or_path) == "adapter":
+        raise ValueError(
+            f"--model_name_or_path {model_args.model_name_or_path} is a PEFT adapter folder: poft train starts "
+            f"from a full model; write one with `poft merge {model_args.model_name_or_path} --output DIR`"
+        )
     config.model_init_kwargs = model_init_kwargs(config, model_args)
     if config.use_cpu:  # set by PoFTConfig where there is no GPU
         fit_cpu_threads()
@@ -116,16 +131,20 @@ def run_dpo(script_args, config, model_args) -> int:
     from trl import get_peft_config
 
     from .device import fit_cpu_threads
-    from .dpo import PoFTDPOTrainer, load_preferences
+    from .dpo import PoFTDPOTrainer, drop_reference_copy, load_preferences, policy_from_adapter
 
     if not model_args.model_name_or_path or not script_args.dataset_name:
         raise UsageError(
             "--model_name_or_path (the PoFT checkpoint) and --dataset_name (preference pairs) are required"
         )
-    check_model_path("--model_name_or_path", model_args.model_name_or_path)
+    kind = check_model_path("--model_name_or_path", model_args.model_name_or_path)
     config.model_init_kwargs = model_init_kwargs(config, model_args)
     if config.use_cpu:  # set by PoFTDPOConfig where there is no GPU
         fit_cpu_threads()
+    model, tokenizer, peft_config = model_args.model_name_or_path, None, get_peft_config(model_args)
+    if kind == "adapter":  # the reference is base + adapter, not the base
+        model, tokenizer = policy_from_adapter(model_args.model_name_or_path, config, model_args.use_peft)
+        peft_config = None
 
     def pairs(split: str):
         return load_preferences(script_args.dataset_name, split, script_args.dataset_config)
@@ -133,11 +152,12 @@ def run_dpo(script_args, config, model_args) -> int:
     train = pairs(script_args.dataset_train_split)
     evaluation = pairs(script_args.dataset_test_split) if config.eval_strategy != "no" else None
     trainer = PoFTDPOTrainer(
-        model=model_args.model_name_or_path,
+        model=model,
         args=config,
         train_dataset=train,
         eval_dataset=evaluation,
-        peft_config=get_peft_config(model_args),
+        processing_class=tokenizer,
+        peft_config=peft_config,
     )
     say(
         f"DPO from {model_args.model_name_or_path}: beta={config.beta} loss={config.loss_type}, "
@@ -145,6 +165,7 @@ def run_dpo(script_args, config, model_args) -> int:
         + ("precomputed" if config.precompute_ref_log_probs else "computed on the fly")
     )
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    drop_reference_copy(trainer.model)
     trainer.save_model(config.output_dir)
     trainer.save_state()  # trainer_state.json: the logged DPO losses and reward margins, for comparisons
     say(f"model saved to {config.output_dir}")
@@ -224,6 +245,23 @@ def run_eval(config: EvalConfig) -> int:
     )
     print(results_table(report))
     say(f"results written to {Path(output) / 'results.json'}")
+    return 0
+
+
+def run_merge(config: MergeConfig) -> int:
+    """`poft merge ADAPTER --output DIR [--dtype D]`: base + adapter written as one full model."""
+    from .adapters import AdapterError, merge_adapter
+
+    if config.base_model is not None:
+        check_model_path("--base_model", config.base_model)
+    try:
+        kind = check_model_path("adapter", config.adapter, check_base=config.base_model is None)
+    except AdapterError as e:
+        raise AdapterError(f"{e} (or give the base with --base_model)") from e
+    if kind != "adapter":
+        raise ValueError(f"{config.adapter} is a {kind}, not a PEFT adapter folder: nothing to merge")
+    output = merge_adapter(config.adapter, config.output, config.dtype, config.base_model)
+    say(f"merged {config.adapter} into its base model: full model written to {output}")
     return 0
 
 

@@ -392,3 +392,41 @@ class PoFTDPOArguments:
             "choices": list(ON_BAD_ROW),
         },
     )
+
+
+@dataclass
+class MergeConfig:
+    """`poft merge ADAPTER --output DIR`: a full model from a PEFT adapter folder and its base model."""
+
+    output: str = field(
+        metadata={
+            "help": "Folder for the merged model: safetensors weights, config, tokenizer and chat template "
+            "(the adapter folder's: the template `poft train --chat_template_path` gave is kept)."
+        }
+    )
+    adapter: str | None = field(
+        default=None,
+        metadata={
+            "help": "A PEFT adapter folder (what `poft train --use_peft` and `poft dpo --use_peft` write); or "
+            "as a bare word: poft merge ADAPTER."
+        },
+    )
+    base_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "The base model's folder or Hub id (unset: base_model_name_or_path in the adapter's "
+            "adapter_config.json)."
+        },
+    )
+    dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "dtype of the merged weights ('auto': the base model's saved dtype).",
+            "choices": DTYPES,
+        },
+    )
+
+    def __post_init__(self):
+        if not self.adapter:
+            raise ValueError("the adapter folder is required: poft merge ADAPTER --output DIR")
+        check_choices(self, {"dtype": DTYPES})

@@ -11,7 +11,8 @@ Two things are decided here:
   `chosen` / `rejected` one {from, value} reply each, optional `system`); rows are read by `readers.py`
   (each JSON line parsed once) and a bad row is named by source, line/row, id and field;
 - reference log-probs are precomputed once (`precompute_ref_log_probs=True` by default), so no second
-  copy of the model sits in memory during training: the reference is the PoFT checkpoint itself;
+  copy of the model sits in memory during training: the reference is the PoFT checkpoint itself, and from
+  a LoRA adapter folder base + adapter, never the bare base (`policy_from_adapter`);
 - a pair the model's chat template cannot render with every message verbatim in order (it drops, moves or
   rewrites one, or fails: `chat.ChatFormat.render`, the check `poft score` and `poft train` make) is
   dropped with one printed line, or with on_bad_row="error" named in one error, before TRL tokenises it:
@@ -51,6 +52,48 @@ class PoFTDPOTrainer(DPOTrainer):
         if isinstance(dataset, Dataset) and set(PREFERENCE_COLUMNS) <= set(dataset.column_names):
             dataset = check_pair_templates(dataset, processing_class, args.on_bad_row, dataset_name)
         return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+
+
+def policy_from_adapter(adapter: str, config, continue_adapter: bool) -> tuple[object, object]:
+    """(policy model, tokenizer) for DPO from a PEFT adapter folder, whose reference must be the model PoFT
+    trained, base + adapter, and not the bare base.
+
+    `continue_adapter` (`--use_peft`): the adapter itself is trained on (its own LoRA settings); TRL's
+    DPOTrainer, given a PeftModel, computes the reference with a frozen copy of it (the "ref" adapter), so
+    only the adapter's weights are held twice, and the output is again an adapter on the same base. Without
+    it: the adapter is merged into the base in memory and the whole model is trained, its starting weights
+    being the reference. The tokenizer is the adapter folder's: its chat template is the one PoFT used.
+    `config.model_init_kwargs` (dtype, attention) load the base; the model is built here, so they are cleared.
+    """
+    from .adapters import adapter_config, base_model, load_adapter_model, load_merged, load_tokenizer
+
+    kwargs = {k: v for k, v in (config.model_init_kwargs or {}).items() if k != "revision"}
+    config.model_init_kwargs = None
+    base = base_model(adapter)
+    if continue_adapter:
+        settings = adapter_config(adapter)
+        say(
+            f"{adapter} is an adapter on {base}: DPO trains it on (r={settings.get('r')}, "
+            f"alpha={settings.get('lora_alpha')}; --lora_* options are not used); the reference is a frozen "
+            "copy of it"
+        )
+        model = load_adapter_model(adapter, trainable=True, **kwargs)
+    else:
+        say(
+            f"{adapter} is an adapter on {base}: merged into it, the whole model is trained (--use_peft to train "
+            "the adapter on); the reference is base + adapter"
+        )
+        model = load_merged(adapter, **kwargs)
+    return model, load_tokenizer(adapter)
+
+
+def drop_reference_copy(model) -> None:
+    """Before the output is saved: TRL holds the frozen reference copy of a continued adapter as a second
+    adapter, "ref", which peft would save beside the trained one (in `ref/`); the output is the trained one."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel) and "ref" in model.peft_config:
+        model.delete_adapter("ref")
 
 
 def check_pair_templates(

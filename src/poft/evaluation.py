@@ -58,7 +58,8 @@ def evaluate_model(
     apply_chat_template: bool = False,
     seed: int = 1234,
 ) -> dict:
-    """Run lm-eval on `model` (a folder or Hub id) for each task; write `output/results.json`; return it."""
+    """Run lm-eval on `model` (a folder, a LoRA adapter folder or a Hub id) for each task; write
+    `output/results.json`; return it."""
     try:
         import lm_eval
         from lm_eval.models.huggingface import HFLM
@@ -74,10 +75,11 @@ def evaluate_model(
     if unknown:
         where = f" or in {include_path}" if include_path else " (give --include-path for local task files)"
         raise ValueError(f"unknown lm-eval tasks {unknown}: not built into lm-eval{where}")
-    lm = HFLM(pretrained=model, device=device, dtype=dtype, batch_size=batch_size)  # loaded once, shared
+    lm, provenance = _language_model(HFLM, model, device, dtype, batch_size)  # loaded once, shared
     settings = {"task_manager": manager, "limit": limit, "apply_chat_template": apply_chat_template}
     merged = _evaluate_by_shots(lm_eval, lm, model, tasks, settings, seed)
-    report = {"model": model, "tasks": summarise(merged, tasks), "lm_eval": merged, "limit": limit}
+    report = {"model": model, **provenance, "tasks": summarise(merged, tasks), "lm_eval": merged}
+    report["limit"] = limit
     average = leaderboard_average(report["tasks"])
     if average is not None:
         report["leaderboard_v1_average"] = average
@@ -85,6 +87,30 @@ def evaluate_model(
     output.mkdir(parents=True, exist_ok=True)
     (output / "results.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     return report
+
+
+def _language_model(HFLM, model: str, device: str, dtype: str, batch_size: int | str) -> tuple[object, dict]:
+    """lm-eval's HFLM on `model`, and what the report records of where it came from. A LoRA adapter folder is
+    merged into its base model in memory, with the adapter's tokenizer and chat template: it computes what the
+    adapter model computes, and what `poft merge` would write (lm-eval's own `peft=` resizes the embeddings
+    to the tokenizer's length where they differ, which changes the log-likelihoods)."""
+    import logging
+
+    from .adapters import adapter_sha256, base_model, is_adapter, load_merged, load_tokenizer
+
+    if not is_adapter(model):
+        return HFLM(pretrained=model, device=device, dtype=dtype, batch_size=batch_size), {}
+    base = base_model(model)
+    say(f"{model} is a LoRA adapter: evaluated merged into its base model {base}")
+    network = load_merged(model, dtype=dtype).to(device).eval()
+    quiet = logging.getLogger("lm_eval.models.huggingface")  # "`pretrained` model kwarg is not of type `str`"
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        lm = HFLM(pretrained=network, tokenizer=load_tokenizer(model), batch_size=batch_size)
+    finally:
+        quiet.setLevel(level)
+    return lm, {"base_model": base, "adapter_sha256": adapter_sha256(model)}
 
 
 def _evaluate_by_shots(
