@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,16 +93,17 @@ def score_dataset(config: ScoreConfig, dataset: Dataset | None = None) -> Datase
         keep_fingerprints=False,
     )
     aligned = load_aligned_models(config.model, config.chat_template)
-    work = _encode_share(rows, aligned, config, state)
-    identity = _run_identity(work.rows, aligned, config, run, state)
-    check_run_config(output, identity, write=state.is_main_process)
-    if state.is_main_process:
-        remove_stale_temporaries(output)
-    stats = {model.alias: _score_model(model, work, output, config, run, state) for model in aligned}
-    all_stats = _gather(stats, state)
-    if state.is_main_process:
-        _write_scored_dataset(output, work.rows, aligned, identity, all_stats, config.normalization)
-    state.wait_for_everyone()
+    with _peer_lost_is_said(output, state):
+        work = _encode_share(rows, aligned, config, state)
+        identity = _run_identity(work.rows, aligned, config, run, state)
+        check_run_config(output, identity, write=state.is_main_process)
+        if state.is_main_process:
+            remove_stale_temporaries(output)
+        stats = {model.alias: _score_model(model, work, output, config, run, state) for model in aligned}
+        all_stats = _gather(stats, state)
+        if state.is_main_process:
+            _write_scored_dataset(output, work.rows, aligned, identity, all_stats, config.normalization)
+        state.wait_for_everyone()
     scored = load_from_disk(str(output))
     if started_group:
         _end_process_group(state)
@@ -444,6 +446,30 @@ def _end_process_group(state) -> None:
 
     end_distributed()
     PartialState._reset_state()
+
+
+class PeerLostError(RuntimeError):
+    """Another process of a multi-process run ended (its node lost or killed) while this one worked."""
+
+
+# What gloo says at the next collective when the process at the other end has gone
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+
+
+@contextmanager
+def _peer_lost_is_said(output: Path, state):
+    """A process whose peer died says what is kept and how to go on (one line, `PeerLostError`), instead of
+    an internal error. Processes meet only to share bad rows, before each model and at the end, so when a
+    node dies the others finish the share of the model they are scoring (their shards are kept) first."""
+    try:
+        yield
+    except RuntimeError as e:
+        if state.num_processes == 1 or not any(text in str(e) for text in _PEER_GONE):
+            raise
+        raise PeerLostError(
+            f"another process of this run ended (killed, or its node lost: see its log); the finished shards "
+            f"in {output} are kept: run the same command again on every node to resume"
+        ) from e
 
 
 def _gather_problems(problems: dict[int, str], state) -> dict[int, str]:
