@@ -7,7 +7,8 @@ defaults would stop on a CPU-only machine. Here, before TRL's checks run:
 - `bf16` not set (TRL's None) on the CPU: bf16 autocast where the CPU has bf16 instructions (AMX or
   AVX512-BF16: 2-3x faster matmuls), float32 elsewhere.
 On the CPU, `poft score`, `train` and `dpo` also set torch's threads from the CPUs this process may use
-(`cpu_threads`: affinity, cgroup quota, processes per node), not from the machine's core count.
+(`cpu_threads`: affinity, cgroup quota, processes per node), not from the machine's core count, and say
+when other work already loads the CPU (`shared_cpu`): timings are then slower than the figures poft quotes.
 What was chosen is printed once. Values the user set are never changed.
 """
 
@@ -88,6 +89,10 @@ class CpuThreads:
             f"{self.threads} CPU {threads} ({source}, cgroup quota {quota}, {self.processes} process{plural})"
         )
 
+    def cores(self) -> int:
+        """CPUs the poft processes of this node keep busy: threads x processes, at most the CPUs allowed."""
+        return max(1, min(self.threads * self.processes, _allowed_cpus(self.affinity, self.quota)))
+
 
 def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
     """CPUs the cgroup's quota allows (quota / period), None when none is set or none can be read.
@@ -145,8 +150,11 @@ def cpu_threads(
         return CpuThreads(
             torch_threads, n_affinity, quota, processes, user=f"torch.set_num_threads({torch_threads})"
         )
-    cpus = n_affinity if quota is None else min(n_affinity, max(1, math.floor(quota)))
-    return CpuThreads(max(1, cpus // processes), n_affinity, quota, processes)
+    return CpuThreads(max(1, _allowed_cpus(n_affinity, quota) // processes), n_affinity, quota, processes)
+
+
+def _allowed_cpus(affinity: int, quota: float | None) -> int:
+    return affinity if quota is None else min(affinity, max(1, math.floor(quota)))
 
 
 def _int(text: str | None) -> int | None:
@@ -193,4 +201,29 @@ def fit_cpu_threads(plan: CpuThreads | None = None) -> CpuThreads:
         if plan.processes > 1:
             os.environ["OMP_NUM_THREADS"] = str(plan.threads)
     say_once(plan.sentence())
+    say_once(shared_cpu(plan, cpu_load()))
     return plan
+
+
+def cpu_load() -> float | None:
+    """The machine's 1-minute load average (runnable tasks), None where the system keeps none."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def shared_cpu(plan: CpuThreads, load: float | None, machine_cpus: int | None = None) -> str | None:
+    """The sentence saying that other work already loads the CPU this run computes on, or None.
+
+    Said when the 1-minute load average, taken as a run starts (before its own work counts), is above the
+    cores poft uses (`CpuThreads.cores`): other work then competes for them. On a machine with many more CPUs
+    than poft uses the load may sit on the others, so there it must also exceed those others.
+    `machine_cpus` defaults to os.cpu_count()."""
+    machine = max(1, machine_cpus or os.cpu_count() or 1)
+    cores = plan.cores()
+    if load is None or load <= max(cores, machine - cores):
+        return None
+    of = f" of {machine}" if machine > cores else ""
+    plural = "s" if cores != 1 else ""
+    return f"the CPU is shared (load {load:.1f} on the {cores} core{plural}{of} poft uses): timings will be slower"

@@ -148,3 +148,51 @@ def test_fit_cpu_threads_sets_torch_unless_the_user_chose(monkeypatch, capsys):
         assert os.environ["OMP_NUM_THREADS"] == "1"
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_shared_cpu_is_said_when_the_load_is_above_the_cores_poft_uses():
+    from poft.device import CpuThreads, shared_cpu
+
+    two = CpuThreads(2, 2, None, 1)  # 2 threads on a 2-CPU machine
+    said = shared_cpu(two, 5.2, machine_cpus=2)
+    assert said == "the CPU is shared (load 5.2 on the 2 cores poft uses): timings will be slower"
+    assert shared_cpu(two, 1.9, machine_cpus=2) is None and shared_cpu(two, None, machine_cpus=2) is None
+    torchrun = CpuThreads(1, 2, None, 2)  # 2 processes x 1 thread: 2 cores
+    assert "load 2.5 on the 2 cores poft uses" in shared_cpu(torchrun, 2.5, machine_cpus=2)
+    pinned = CpuThreads(2, 2, None, 1)  # taskset -c 0,1 on a 64-CPU machine: the load may be elsewhere
+    assert shared_cpu(pinned, 10.0, machine_cpus=64) is None
+    assert "(load 70.0 on the 2 cores of 64 poft uses)" in shared_cpu(pinned, 70.0, machine_cpus=64)
+    user = CpuThreads(8, 2, None, 1, user="OMP_NUM_THREADS=8")  # more threads than CPUs: still 2 cores
+    assert "on the 2 cores" in shared_cpu(user, 3.0, machine_cpus=2)
+    assert "on the 1 core poft" in shared_cpu(CpuThreads(1, 1, None, 1), 1.5, machine_cpus=1)
+
+
+def test_fit_cpu_threads_says_a_shared_cpu_once_on_the_main_process(monkeypatch, capsys):
+    import torch
+
+    import poft.console
+    from poft.device import CpuThreads, fit_cpu_threads
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(poft.console, "_SAID", set())
+    monkeypatch.setattr("os.getloadavg", lambda: (5.2, 4.0, 3.0))  # the faked 1-, 5-, 15-minute loads
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    plan = CpuThreads(2, 2, None, 1)
+    try:
+        monkeypatch.setenv("RANK", "1")
+        fit_cpu_threads(plan)
+        assert capsys.readouterr().out == ""  # another process of a torchrun run says nothing
+        poft.console._SAID.clear()
+        monkeypatch.setenv("RANK", "0")
+        fit_cpu_threads(plan)
+        fit_cpu_threads(plan)  # score, then train in one process: said once
+        out = capsys.readouterr().out
+        line = "poft: the CPU is shared (load 5.2 on the 2 cores poft uses): timings will be slower\n"
+        assert out.count(line) == 1
+        monkeypatch.setattr("os.getloadavg", lambda: (0.3, 0.2, 0.1))
+        poft.console._SAID.clear()
+        fit_cpu_threads(plan)
+        assert "shared" not in capsys.readouterr().out
+    finally:
+        torch.set_num_threads(before)
