@@ -59,7 +59,14 @@ from .aligned import (
 from .chat import ChatFormat, ChatTemplateError, response_bytes
 from .configs import ScoreConfig
 from .console import BadRow, input_order, refuse_or_skip, say
-from .logprobs import PACKING, default_batch_tokens, packed_batches, packed_logprob_sums, scoring_chunk_size
+from .logprobs import (
+    PACKING,
+    batch_budget,
+    default_batch_tokens,
+    packed_batches,
+    packed_logprob_sums,
+    scoring_chunk_size,
+)
 from .readers import SFTRows, read_sft
 from .shards import (
     OutputWriteError,
@@ -382,24 +389,34 @@ def _score_share(
     progress: bool,
 ) -> dict:
     """Score `rows` (whose encodings are `encoded`) with one model, except the rows in `done`. Batches are
-    formed over all of `rows`, so a resume re-forms the same batches and skips the finished ones."""
+    formed over all of `rows`, so a resume re-forms the same batches and skips the finished ones. The bar
+    counts tokens (the work; the longest rows come first, so rows would misjudge the time left): it moves
+    per batch, with tok/s, the rows done and the time left from the first batch on."""
     from tqdm.auto import tqdm
 
     _warn_beyond_context(model, network, encoded)
     chunk_size = scoring_chunk_size(network.get_output_embeddings().weight.shape[0])
     shards = _ShardBuffer(output, model.alias, rank, config.rows_per_shard, config.flush_seconds)
-    todo = sum(r not in done for r in rows)
-    tokens, started = 0, time.perf_counter()
-    bar = tqdm(total=todo, unit="ex", desc=f"scoring {model.alias}", disable=not progress, dynamic_ncols=True)
+    lengths = [len(e[0]) for e in encoded]
+    todo = [i for i, r in enumerate(rows) if r not in done]
+    tokens, scored, started = 0, 0, time.perf_counter()
+    bar = tqdm(
+        total=sum(lengths[i] for i in todo),
+        unit="tok",
+        unit_scale=True,
+        desc=f"scoring {model.alias}",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     with bar, torch.inference_mode():
-        for batch in packed_batches([len(e[0]) for e in encoded], run.batch_tokens):
+        for batch in packed_batches(lengths, batch_budget(lengths, run.batch_tokens)):
             batch = [i for i in batch if rows[i] not in done]
             if not batch:
                 continue
             sums, counts = packed_logprob_sums(
                 network, [encoded[i][:2] for i in batch], chunk_size=chunk_size
             )
-            n_tokens = sum(len(encoded[i][0]) for i in batch)
+            n_tokens = sum(lengths[i] for i in batch)
             shards.add(
                 [rows[i] for i in batch],
                 sums.tolist(),
@@ -407,11 +424,11 @@ def _score_share(
                 [encoded[i][2] for i in batch],
                 n_tokens,
             )
-            tokens += n_tokens
-            bar.update(len(batch))
-            bar.set_postfix_str(f"{tokens / max(time.perf_counter() - started, 1e-9):,.0f} tok/s")
+            tokens, scored = tokens + n_tokens, scored + len(batch)
+            bar.set_postfix_str(f"{scored}/{len(todo)} rows", refresh=False)
+            bar.update(n_tokens)
     shards.flush()
-    return {"rows": todo, "tokens": tokens, "seconds": time.perf_counter() - started}
+    return {"rows": len(todo), "tokens": tokens, "seconds": time.perf_counter() - started}
 
 
 def _warn_beyond_context(model: AlignedModel, network: torch.nn.Module, encoded: list[Encoding]) -> None:

@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from poft.aligned import parse_model_spec
 from poft.chat import ChatFormat, ChatTemplateError
+from poft.logprobs import PACKING
 from poft.readers import RowError
 from poft.readers import fingerprint as row_fingerprint
 from poft.shards import RunMismatchError, shard_files
@@ -175,7 +176,7 @@ def test_bf16_resume_equals_an_uninterrupted_run_bit_for_bit(tiny_model, tmp_pat
     resumed = score(rows_dataset(rows), [model], out, **kwargs)
     assert resumed["llama3_logp_sum"] == full["llama3_logp_sum"]
     manifest = json.loads((out / "manifest.json").read_text())
-    batching = {"batch_tokens": 300, "processes": 1, "packing": "padding-free"}
+    batching = {"batch_tokens": 300, "processes": 1, "packing": PACKING}
     assert manifest["dtype"] == "bfloat16" and manifest["batching"] == batching
     with pytest.raises(RunMismatchError, match="batching"):
         score(rows_dataset(rows), [model], out, **{**kwargs, "batch_tokens": 200})
@@ -193,11 +194,11 @@ def test_bf16_run_of_another_packing_scheme_is_not_resumed(tiny_model, tmp_path,
     out = tmp_path / "out"
     score(rows, [model], out, **kwargs)
     config = json.loads((out / "scoring_config.json").read_text())
-    assert config["batching"]["packing"] == "padding-free"
+    assert config["batching"]["packing"] == PACKING
     del config["batching"]["packing"]  # what the build before padding-free scoring recorded
     (out / "scoring_config.json").write_text(json.dumps(config))
     (out / "manifest.json").unlink()
-    with pytest.raises(RunMismatchError, match="batching.*'packing': 'padding-free'"):
+    with pytest.raises(RunMismatchError, match=f"batching.*'packing': '{PACKING}'"):
         score(rows, [model], out, **kwargs)
     fresh = tmp_path / "fresh"
     score(rows, [model], fresh, **kwargs)
