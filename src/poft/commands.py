@@ -193,7 +193,9 @@ def run_inspect(config: InspectConfig) -> int:
     """`poft inspect DIR [--output OUT]`: score statistics, correlations, histograms, lowest/highest rows."""
     from .inspection import inspect_scores, summary_table
 
-    summary = inspect_scores(config.dir, config.output, k=config.k, by_label=config.by_label)
+    summary = inspect_scores(
+        config.dir, config.output, k=config.k, by_label=config.by_label, weights=config.weights
+    )
     print(summary_table(summary))
     print("\n" + summary["extremes_text"])
     print(

@@ -169,6 +169,14 @@ class InspectConfig:
             "for telling each label from the other rows."
         },
     )
+    weights: str | None = field(
+        default=None,
+        metadata={
+            "help": "After `poft train`: its output folder (the last epoch's row_weights/epoch-N.jsonl) or one "
+            "such file. Adds each row's weight tau beside the scores, joined on id: tau's mean and quantiles "
+            "per label (--by-label, else the rows' `label`), the -k rows with the lowest tau, weights.png."
+        },
+    )
 
     def __post_init__(self):
         if not self.dir:

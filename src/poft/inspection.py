@@ -9,6 +9,11 @@ often trivial or repetitive. Both lists are printed so a user can decide on a fi
 Out (in `output`): summary.json (counts, mean, std, quantiles, Pearson and Spearman correlations,
 truncation and drop counts), scores_<name>.png per aligned model and for ref_score, scores_all.png with
 every distribution on one axis, extremes.txt (the lowest and highest rows).
+
+After training, `--weights RUN` reads the per-row weights `poft train` wrote (`row_weights/epoch-N.jsonl`,
+the last epoch unless one file is named) beside the scores: tau's mean and quantiles per label (the rows'
+`label`, or the `--by-label` column of the scores, joined on `id`), the rows with the lowest tau (the ones
+PoFT leaned on least) in extremes.txt, and weights.png (tau's distribution per label).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from datasets import Dataset
 from .readers import read_sft
 
 QUANTILES = (0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0)
+ROW_WEIGHTS_DIR = "row_weights"  # records.ROW_WEIGHTS_DIR (records imports transformers; inspect stays light)
 
 
 def read_scored(folder: str | Path) -> tuple[Dataset, dict]:
@@ -241,12 +247,18 @@ def extremes(dataset: Dataset, scores: dict[str, np.ndarray], k: int) -> tuple[l
 
 
 def inspect_scores(
-    folder: str | Path, output: str | Path | None = None, k: int = 5, by_label: str | None = None
+    folder: str | Path,
+    output: str | Path | None = None,
+    k: int = 5,
+    by_label: str | None = None,
+    weights: str | Path | None = None,
 ) -> dict:
     """Write the audit (summary.json, PNGs, extremes.txt) to `output` (default FOLDER/inspect); return it.
 
     by_label: a column of row labels (e.g. which rows are known noise): per-label histograms
     (scores_by_<column>.png) and each score's ROC AUC for telling each label from the others (summary.json).
+    weights: a `poft train` output folder, its row_weights/ folder or one epoch-N.jsonl: tau per label and the
+    k rows with the lowest tau (`inspect_weights`).
     """
     dataset, manifest = read_scored(folder)
     scores = model_scores(dataset, manifest)
@@ -270,10 +282,125 @@ def inspect_scores(
         sections.append(f"==== {title} ====\n\n" + "\n\n".join(blocks))
     summary["lowest_ids"] = [dataset[i].get("id") for i in lowest]
     summary["highest_ids"] = [dataset[i].get("id") for i in highest]
+    if weights is not None:
+        summary["weights"], section = inspect_weights(weights, dataset, k, by_label, output)
+        summary["figures"].append(summary["weights"]["figure"])
+        sections.append(section)
     (output / "extremes.txt").write_text("\n\n".join(sections) + "\n")
     (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     summary["extremes_text"] = "\n\n".join(sections)
     return summary
+
+
+def row_weights_file(path: str | Path) -> Path:
+    """PATH when it is a file; else the last `epoch-N.jsonl` of PATH/row_weights/ (a run folder) or of PATH."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    folder = path / ROW_WEIGHTS_DIR if (path / ROW_WEIGHTS_DIR).is_dir() else path
+    files = sorted(folder.glob("epoch-*.jsonl"), key=lambda f: int(f.stem.removeprefix("epoch-") or 0))
+    if not files:
+        raise ValueError(
+            f"--weights {path}: no {ROW_WEIGHTS_DIR}/epoch-N.jsonl there (`poft train` writes one per epoch into "
+            "its output folder, with objective poft or bi_poft)"
+        )
+    return files[-1]
+
+
+def read_row_weights(path: str | Path) -> pd.DataFrame:
+    """The per-row weights of one epoch (`row_weights_file`): one row per training row, in row order."""
+    file = row_weights_file(path)
+    weights = pd.read_json(file, lines=True, dtype=False)
+    missing = {"tau", "r_ref", "r_theta"} - set(weights.columns)
+    if len(weights) == 0 or missing:
+        raise ValueError(f"--weights {file}: not a row-weights file of `poft train` (no {sorted(missing)})")
+    weights.attrs["file"] = str(file)
+    return weights
+
+
+def weight_stats(values: np.ndarray) -> dict:
+    """count, mean, std and quantiles of tau (the finite values)."""
+    finite = values[np.isfinite(values)]
+    if not len(finite):
+        return {"count": 0}
+    quantiles = {f"{q:g}": float(np.quantile(finite, q)) for q in QUANTILES}
+    return {
+        "count": len(finite),
+        "mean": float(finite.mean()),
+        "std": float(finite.std()),
+        "quantiles": quantiles,
+    }
+
+
+def inspect_weights(
+    path: str | Path, dataset: Dataset, k: int, by_label: str | None, output: Path
+) -> tuple[dict, str]:
+    """tau per label (`by_label` of the scores joined on id, else the weights' own `label`), the k rows with the
+    lowest tau (their text from the scores), and weights.png; returns (summary part, extremes.txt section)."""
+    weights = read_row_weights(path)
+    where = {}  # id -> row of the scores (the first, when an id repeats)
+    for i, row_id in enumerate(dataset["id"]):
+        where.setdefault(row_id, i)
+    rows = [where.get(row_id) for row_id in weights["id"]] if "id" in weights else [None] * len(weights)
+    column = by_label if by_label else ("label" if "label" in weights else None)
+    classes = None
+    if by_label:
+        values = label_classes(dataset, by_label)
+        classes = np.array(["" if i is None else values[i] for i in rows], dtype=object)
+    elif column:
+        classes = np.array(["" if v is None else str(v) for v in weights["label"]], dtype=object)
+    tau = weights["tau"].to_numpy(dtype=np.float64)
+    names = sorted(set(classes[classes != ""])) if classes is not None else []
+    order = np.lexsort((np.arange(len(tau)), tau))[:k]
+    blocks = []
+    for j in order:
+        line = weights.iloc[j]
+        values = {name: float(line[name]) for name in ("tau", "r_theta", "r_ref")}
+        found = rows[j] is not None
+        blocks.append(format_row(dataset[rows[j]] if found else {"id": line.get("id")}, values))
+    file = weights.attrs["file"]
+    epoch = int(weights["epoch"].max()) if "epoch" in weights else None
+    part = {
+        "file": file,
+        "epoch": epoch,
+        "n_rows": len(weights),
+        "n_not_in_scores": sum(i is None for i in rows),
+        "column": column,
+        "tau": {"all": weight_stats(tau), **{c: weight_stats(tau[classes == c]) for c in names}},
+        "lowest_ids": [weights.iloc[j].get("id") for j in order],
+        "figure": str(plot_weights(tau, classes, column, output, epoch)),
+    }
+    title = f"==== {len(order)} lowest tau (epoch {epoch}, {file}) ====\n\n"
+    return part, title + "\n\n".join(blocks)
+
+
+def plot_weights(
+    tau: np.ndarray, classes: np.ndarray | None, column: str | None, output: Path, epoch: int | None = None
+) -> Path:
+    """A histogram of tau, one per label class when there are labels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    keep = np.isfinite(tau)
+    bins = np.histogram_bin_edges(tau[keep] if keep.any() else np.zeros(1), bins=40)
+    groups = sorted(set(classes[classes != ""])) if classes is not None else []
+    for label in groups or [None]:
+        chosen = keep if label is None else keep & (classes == label)
+        name = "all rows" if label is None else f"{column}={label}"
+        mean = f", mean {tau[chosen].mean():.3f}" if chosen.any() else ""
+        ax.hist(
+            tau[chosen], bins=bins, histtype="step", linewidth=1.5, label=f"{name} (n={chosen.sum()}{mean})"
+        )
+    ax.set(title=f"per-row weight tau (epoch {epoch})", xlabel="tau", ylabel="rows")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = output / "weights.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def summary_table(summary: dict) -> str:
@@ -312,4 +439,24 @@ def summary_table(summary: dict) -> str:
                 f"{s['auc'][c]:>11.3f}" if s["auc"][c] is not None else f"{'-':>11}" for c in classes
             )
             lines.append(f"{name:<20}{cells}")
+    if "weights" in summary:
+        lines.append(weights_table(summary["weights"]))
+    return "\n".join(lines)
+
+
+def weights_table(weights: dict) -> str:
+    """tau's count, mean and quantiles, over all rows and per label class."""
+    lines = [
+        f"\nper-row weight tau, epoch {weights['epoch']} ({weights['file']}; {weights['n_rows']} rows, "
+        f"{weights['n_not_in_scores']} not in the scores)",
+        f"{'rows':<20} {'count':>7} {'mean':>9} {'p5':>9} {'p25':>9} {'p50':>9} {'p95':>9}",
+    ]
+    for name, s in weights["tau"].items():
+        label = name if name == "all" else f"{weights['column']}={name}"
+        if not s["count"]:
+            lines.append(f"{label:<20} {0:>7}")
+            continue
+        q = s["quantiles"]
+        cells = "".join(f" {q[p]:>9.4f}" for p in ("0.05", "0.25", "0.5", "0.95"))
+        lines.append(f"{label:<20} {s['count']:>7} {s['mean']:>9.4f}{cells}")
     return "\n".join(lines)

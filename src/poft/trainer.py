@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import errno
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from datasets import Dataset
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import SFTTrainer
 
 from .checkpoints import resolve_resume
@@ -42,8 +44,8 @@ from .loss import (
     poft_weight,
     sequence_logprob_sums,
 )
-from .readers import SFTRows
-from .records import RunRecord
+from .readers import SFTRows, read_sft
+from .records import WEIGHT_BY_LABEL, RowWeights, RunRecord
 from .training_configs import PoFTConfig
 from .training_data import (
     ROW_COLUMN,
@@ -119,9 +121,12 @@ class PoFTTrainer(SFTTrainer):
                 self._read_rows[name] = kwargs[key]
                 kwargs[key] = kwargs[key].dataset
         super().__init__(model, args=args, **kwargs)
-        self.add_callback(RunRecord(args.output_dir))
+        self.add_callback(RunRecord(args.output_dir, auto_logging=args.logging_steps_auto))
         self._batch_rows: list[int] = []  # rows of the optimizer step so far (named if it goes non-finite)
+        self.row_weights: RowWeights | None = None  # PoFT / bi-PoFT: row_weights/epoch-N.jsonl
         if args.uses_scores:
+            self.row_weights = RowWeights.for_rows(args.output_dir, self._read_rows.get("train"))
+            self.add_callback(self.row_weights)
             self.data_collator = ScoreCollator(self.data_collator)
             # compute_loss divides by the number of examples in the whole optimizer step (see get_batch_samples)
             self.loss_is_scaled_for_ga = True
@@ -130,6 +135,8 @@ class PoFTTrainer(SFTTrainer):
         """`resume_from_checkpoint`: a checkpoint folder, or `last` / `true` for the latest *complete* one of
         the output folder (a checkpoint cut short by a kill or a full disk is skipped, and said)."""
         resume = resolve_resume(resume_from_checkpoint, self.args.output_dir)
+        if resume is not None and self.row_weights is not None and self.is_world_process_zero():
+            self.row_weights.load_partial(resume)  # the rows its epoch had seen, so the epoch's file is whole
         return super().train(resume, *args, **kwargs)
 
     # ---- guards -----------------------------------------------------------------------------------------------
@@ -175,6 +182,10 @@ class PoFTTrainer(SFTTrainer):
 
     def _save_checkpoint(self, model, trial):
         try:
+            if self.row_weights is not None:  # before trainer_state.json, which marks the checkpoint complete
+                checkpoint = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"  # as transformers names it
+                folder = os.path.join(self._get_output_dir(trial), checkpoint)
+                self.row_weights.save_partial(folder, self.is_world_process_zero())
             return super()._save_checkpoint(model, trial)
         except (OSError, RuntimeError) as e:
             text = str(e)
@@ -200,8 +211,13 @@ class PoFTTrainer(SFTTrainer):
         ):
             tokenizer = getattr(processing_class, "tokenizer", processing_class)
             read = self._read_rows.get(dataset_name)
+            if read is None or read.dataset is not dataset:  # kept: row_weights names the rows by it
+                name = f"{dataset_name} dataset"
+                read = self._read_rows[dataset_name] = read_sft(
+                    dataset, on_bad_row="skip", name=name, report=False
+                )
             dataset = prepare_training_dataset(
-                read if read is not None and read.dataset is dataset else dataset,
+                read,
                 tokenizer,
                 max_length=args.max_length,
                 ref_score_column=args.ref_score_column if args.uses_scores else None,
@@ -273,13 +289,19 @@ class PoFTTrainer(SFTTrainer):
         z = direction if args.objective == "bi_poft" else None
         if z is None:
             losses = poft_loss(policy_scores, ref_scores, beta=args.beta, gamma=args.gamma)
-        else:
+            tau = poft_weight(policy_scores, ref_scores, beta=args.beta, gamma=args.gamma)
+        else:  # signed: negative on undesirable rows that are pushed down
             losses = bi_poft_loss(policy_scores, ref_scores, z, **self._bi_poft_options())
+            tau = bi_poft_weight(policy_scores, ref_scores, z, **self._bi_poft_options())
         if num_items_in_batch is None:  # evaluation: mean over this batch
             loss = losses.mean()
         else:  # training: mean over the examples of the optimizer step; DDP averages gradients over processes
             loss = losses.sum() / num_items_in_batch * self.accelerator.num_processes
-        self._log_poft_metrics(policy_scores, ref_scores, z, sums, counts, outputs)
+        training_rows = rows if model.training else None
+        self._log_poft_metrics(policy_scores, ref_scores, tau, sums, counts, outputs, training_rows)
+        if training_rows is not None and self.row_weights is not None:
+            as_list = [x.tolist() for x in (ref_scores, policy_scores.detach(), tau)]
+            self.row_weights.add(training_rows.tolist(), self.state.global_step + 1, *as_list)
         if return_outputs:
             with torch.no_grad():
                 outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
@@ -298,14 +320,10 @@ class PoFTTrainer(SFTTrainer):
         }
 
     @torch.no_grad()
-    def _log_poft_metrics(self, policy_scores, ref_scores, direction, sums, counts, outputs) -> None:
-        """Sums gathered over processes, then divided: the logged means are over all examples / tokens."""
-        args: PoFTConfig = self.args
+    def _log_poft_metrics(self, policy_scores, ref_scores, tau, sums, counts, outputs, rows=None) -> None:
+        """Sums gathered over processes, then divided: the logged means are over all examples / tokens.
+        `rows` (training only): the batch's training rows, for mean tau per row label."""
         policy, ref = policy_scores.detach(), ref_scores.to(policy_scores.device)
-        if direction is None:
-            tau = poft_weight(policy, ref, beta=args.beta, gamma=args.gamma)
-        else:  # signed: negative on undesirable rows that are pushed down
-            tau = bi_poft_weight(policy, ref, direction, **self._bi_poft_options())
         token_metrics = outputs.is_top1 is not None  # TRL's fused kernel computes them, the chunked path not
         zero = counts.sum() * 0.0
         sums_by_name = {
@@ -319,6 +337,7 @@ class PoFTTrainer(SFTTrainer):
             "examples": torch.tensor(float(len(policy)), device=policy.device),
             "mean_token_accuracy": outputs.is_top1.sum().float() if token_metrics else zero,
             "entropy": outputs.entropy.detach().sum().float() if outputs.entropy is not None else zero,
+            **(self.row_weights.tau_by_label(tau, rows) if rows is not None else {}),
         }
         gathered = self.accelerator.gather(torch.stack(list(sums_by_name.values()))[None]).sum(0)
         total = dict(zip(sums_by_name, gathered.tolist(), strict=True))
@@ -330,3 +349,7 @@ class PoFTTrainer(SFTTrainer):
         if token_metrics:
             metrics["mean_token_accuracy"].append(total["mean_token_accuracy"] / per["tokens"])
             metrics["entropy"].append(total["entropy"] / per["tokens"])
+        for name in ("true", "false"):
+            if total.get(f"rows_label_{name}", 0) > 0:
+                mean = total[f"tau_label_{name}"] / total[f"rows_label_{name}"]
+                metrics[f"{WEIGHT_BY_LABEL}{name}"].append(mean)

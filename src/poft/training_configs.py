@@ -8,7 +8,7 @@ Every TRL / transformers field keeps its meaning. These classes import TRL (seve
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from trl import DPOConfig, SFTConfig
 
@@ -17,12 +17,27 @@ from .console import say_once
 from .device import fit_training_args
 from .templates import TEMPLATE_NAMES, template_path
 
+TRL_LOGGING_STEPS = 10  # SFTConfig's default logging_steps
+
 
 @dataclass
 class PoFTConfig(PoFTArguments, SFTConfig):
     """SFTConfig plus the PoFT objective (`PoFTArguments`)."""
 
+    logging_steps: float | None = field(
+        default=None,
+        metadata={
+            "help": "Log every X optimizer steps (a float in (0, 1): that share of the total steps). Unset: every "
+            "max(1, min(10, total steps // 20)) steps, so a short run logs every step and a long one every 10 "
+            "(TRL's default)."
+        },
+    )
+
     def __post_init__(self):
+        # unset: TRL's 10 until the total is known, then records.auto_logging_steps (RunRecord.on_train_begin)
+        self.logging_steps_auto = self.logging_steps is None
+        if self.logging_steps_auto:
+            self.logging_steps = TRL_LOGGING_STEPS
         self._read_deprecated_loss_type()
         if (
             self.chat_template_path in TEMPLATE_NAMES
