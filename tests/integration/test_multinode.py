@@ -16,17 +16,20 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from datasets import load_from_disk
+from datasets import concatenate_datasets, load_from_disk
 from fixtures.scoring import score  # tests/ is on sys.path
 from safetensors.torch import load_file
 
 from poft.example import make_rows
+from poft.readers import load_sft_dataset
 from poft.shards import shard_files
+from poft.tiny import build_tokenizer
+from poft.training_data import prepare_training_dataset
 
 WORDS = "the quick brown fox jumps over a lazy dog add reverse sort paris answer hello 12 30 42".split()
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_rows(path: Path, n: int) -> None:
@@ -110,6 +113,7 @@ def assert_same_scores(got, want, aliases) -> None:
     assert got["ref_score"] == pytest.approx(want["ref_score"], rel=1e-6, nan_ok=True)
 
 
+@pytest.mark.slow
 def test_two_nodes_score_into_one_folder_like_one_process(setup, tmp_path):
     options = ("--max-length", "40", "--batch-tokens", "256")
     out = tmp_path / "two-nodes"
@@ -127,6 +131,28 @@ def test_two_nodes_score_into_one_folder_like_one_process(setup, tmp_path):
     assert json.loads((out / "manifest.json").read_text())["throughput"]["processes"] == 2
 
 
+def test_without_a_shared_filesystem_parts_scored_apart_and_concatenated_equal_one_run(setup, tmp_path):
+    """What scale-out.md gives for nodes that share no filesystem: each scores its own part of the rows (a
+    one-node run into its own folder), then the folders are concatenated: the rows and scores of one run
+    (a row's scores depend on that row alone), one `score_provenance`, read by the trainer's data path."""
+    options = {"max_length": 40, "dtype": "float32", "progress": False}
+    whole = score(setup["data"], setup["models"], tmp_path / "whole", **options)
+    lines = setup["data"].read_text().splitlines(keepends=True)
+    parts = []
+    for k, chunk in enumerate((lines[:25], lines[25:])):
+        (tmp_path / f"part{k}.jsonl").write_text("".join(chunk))
+        parts.append(score(tmp_path / f"part{k}.jsonl", setup["models"], tmp_path / f"scored{k}", **options))
+    concatenate_datasets(parts).save_to_disk(str(tmp_path / "joined"))
+    joined = load_sft_dataset(str(tmp_path / "joined"))
+    assert_same_scores(joined, whole, ("chatml", "llama3"))
+    target = build_tokenizer("chatml", [" ".join(WORDS)], vocab_size=300)
+    prepared = prepare_training_dataset(
+        joined, target, max_length=64, ref_score_column="ref_score", direction_column=None
+    )
+    assert len(prepared) == 60 - sum(s != s for s in whole["ref_score"])  # NaN: response truncated away
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("killed", [0, 1], ids=["first-node", "second-node"])
 def test_a_node_killed_mid_run_then_both_rerun_resume(tmp_path, tiny_model, killed):
     """One node dies mid-run (launcher and worker SIGKILLed). When it is the first node (rank 0, the
@@ -178,6 +204,7 @@ def logged(out: Path) -> dict:
     )
 
 
+@pytest.mark.slow
 def test_two_nodes_train_like_two_processes_on_one_node(tmp_path, tiny_model):
     """DDP over gloo on two nodes: the SGD update and logged loss of `--standalone --nproc_per_node 2`, bit for
     bit (which test_trainer.py shows equal to one process with the whole batch, within 1e-4)."""
