@@ -100,6 +100,17 @@ def test_bi_poft_tau_is_signed_and_sft_writes_no_file(tiny, tmp_path):
     assert (Path(sft.output_dir) / "log.jsonl").exists()
 
 
+def test_packed_rows_are_each_one_line(tiny, tmp_path):
+    """With BFD packing a training row is several sequences' neighbour: each sequence still names its row."""
+    args = config(tmp_path, num_train_epochs=1, packing=True, max_length=64, per_device_train_batch_size=2)
+    PoFTTrainer(model=tiny["model"], args=args, train_dataset=Dataset.from_list(tiny["rows"])).train()
+    got = lines(Path(args.output_dir) / "row_weights" / "epoch-1.jsonl")
+    assert [line["id"] for line in got] == [r["id"] for r in tiny["rows"] if r["ref_score"] is not None]
+    assert max(line["step"] for line in got) < 5  # packed: fewer steps than 10 rows / 2 per batch
+    for line in got:
+        assert line["tau"] == pytest.approx(expected_tau(line, 1.0, 0.0), rel=1e-5)
+
+
 def test_a_resumed_run_writes_the_whole_epoch(tiny, tmp_path):
     """A checkpoint at step 2 of 3 keeps the rows seen so far; resuming from it writes all 10 rows, the first
     ones as the checkpoint saw them and the rest as the uninterrupted run computed them."""
