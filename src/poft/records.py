@@ -62,7 +62,7 @@ class RunRecord(TrainerCallback):
         self.auto_logging = auto_logging  # logging_steps left unset: chosen here from the total steps
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if self.auto_logging:  # state.logging_steps is what transformers' flow callback reads
+        if self.auto_logging and args.logging_strategy == "steps":  # state.logging_steps: what logs
             state.logging_steps = auto_logging_steps(state.max_steps)
             every = "every step" if state.logging_steps == 1 else f"every {state.logging_steps} steps"
             say(f"logging {every} of {state.max_steps} (--logging_steps unset)")

@@ -12,6 +12,7 @@ import pytest
 from datasets import Dataset
 
 from poft import PoFTConfig, PoFTTrainer
+from poft.cli import main
 from poft.example import make_rows, write_tiny_example
 from poft.inspection import inspect_scores, read_row_weights
 from poft.records import auto_logging_steps, plot_curves, read_log
@@ -134,6 +135,7 @@ def test_a_resumed_run_writes_the_whole_epoch(tiny, tmp_path):
         assert a["tau"] == pytest.approx(b["tau"], rel=1e-4), a["id"]
 
 
+@pytest.mark.slow
 def test_ddp_writes_every_process_rows_once(tiny, tmp_path):
     """2 processes, 7 rows, 2 per device: the last batch is evened out with a repeated row; one line per row."""
     rows = [r for r in tiny["rows"] if r["ref_score"] is not None][:7]
@@ -154,7 +156,8 @@ def test_ddp_writes_every_process_rows_once(tiny, tmp_path):
     assert [r["step"] for r in steps] == [1, 2]  # 7 rows over 2 x 2 per step: 2 steps, each logged once
 
 
-def test_poft_train_on_a_noisy_set_down_weights_the_noisy_rows(tmp_path):
+@pytest.mark.slow
+def test_poft_train_on_a_noisy_set_down_weights_the_noisy_rows(tmp_path, capsys):
     """The acceptance: `poft train` on the tiny example (clean rows r_ref ~ -1.5, corrupted rows ~ -4.0)
     leaves per-row weights and a curve where the noisy rows' tau is well below the clean rows'."""
     made = write_tiny_example(tmp_path / "tiny", n_rows=48, seed=0)
@@ -195,6 +198,16 @@ def test_poft_train_on_a_noisy_set_down_weights_the_noisy_rows(tmp_path):
     lowest = weights.sort_values("tau", kind="stable")["id"].tolist()[:3]
     assert summary["weights"]["lowest_ids"] == lowest
     assert "lowest tau (epoch 2" in summary["extremes_text"]
+    # the CLI, grouping by a column of the scores (joined on id), reading one epoch's file
+    first = out / "row_weights" / "epoch-1.jsonl"
+    cli = ["inspect", str(made["data"]), "--weights", str(first), "--by-label", "label", "-k", "2"]
+    assert main([*cli, "--output", str(tmp_path / "cli")]) == 0
+    printed = capsys.readouterr().out
+    assert "per-row weight tau, epoch 1" in printed and "label=False" in printed and "2 lowest tau" in printed
+    by_column = json.loads((tmp_path / "cli" / "summary.json").read_text())["weights"]
+    epoch_1 = read_row_weights(first)
+    noisy_1 = epoch_1["tau"][~epoch_1["label"].astype(bool)].mean()
+    assert by_column["column"] == "label" and by_column["tau"]["False"]["mean"] == pytest.approx(noisy_1)
 
 
 def test_auto_logging_steps_and_the_label_panel(tmp_path):
