@@ -121,6 +121,14 @@ def test_a_folder_that_is_neither_is_refused_saying_what_it_lacks(lora, tmp_path
     assert "is a model, not a PEFT adapter folder" in error_line(capsys)
 
 
+def test_train_from_an_adapter_says_to_merge_it_first(lora, tmp_path, capsys):
+    (tmp_path / "rows.jsonl").write_text('{"prompt": "a", "completion": "b", "ref_score": -1.0}\n')
+    assert main(["train", "--model_name_or_path", lora["adapter"], "--dataset_name", str(tmp_path / "rows.jsonl"),
+                 "--output_dir", str(tmp_path / "out"), *CPU]) == 1  # fmt: skip
+    line = error_line(capsys)
+    assert "is a PEFT adapter folder" in line and f"poft merge {lora['adapter']} --output DIR" in line, line
+
+
 def logits(model, ids: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model(input_ids=ids).logits
