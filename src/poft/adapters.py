@@ -127,8 +127,12 @@ def base_model(adapter: str, base: str | None = None) -> str:
                 "write the base model's folder or Hub id there"
             )
     problem = _missing(base)
-    if problem is None and Path(base).expanduser().exists() and model_kind(base) != "model":
-        problem = f"is a {model_kind(base)}, not a model folder"
+    if problem is None and Path(base).expanduser().exists():
+        try:
+            kind = model_kind(base)
+        except NotAModelError:
+            kind = "folder without config.json"
+        problem = None if kind == "model" else f"is a {kind}, not a model folder"
     if problem:
         raise AdapterError(
             f"adapter {adapter}: its base model {base} ({where}) {problem}: put the base model there, or write "

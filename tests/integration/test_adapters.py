@@ -106,6 +106,9 @@ def test_a_missing_base_model_is_named_with_its_adapter(lora, tmp_path, capsys):
     offline_hub = moved_adapter(lora, tmp_path / "h", "poft-nobody/no-base")
     with pytest.raises(AdapterError, match="poft-nobody/no-base .* nor a Hub model in the HF cache"):
         base_model(offline_hub)
+    not_a_model = moved_adapter(lora, tmp_path / "n", str(tmp_path))
+    with pytest.raises(AdapterError, match="is a folder without config.json, not a model folder"):
+        base_model(not_a_model)
     empty = moved_adapter(lora, tmp_path / "e", None)
     with pytest.raises(AdapterError, match="names no base model"):
         base_model(empty)
