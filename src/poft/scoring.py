@@ -69,6 +69,7 @@ from .logprobs import (
 )
 from .readers import SFTRows, read_sft
 from .shards import (
+    CONFIG_FILE,
     OutputWriteError,
     check_run_config,
     finalize,
@@ -104,6 +105,7 @@ def score_dataset(config: ScoreConfig, dataset: Dataset | None = None) -> Datase
         work = _encode_share(rows, aligned, config, state)
         identity = _run_identity(work.rows, aligned, config, run, state)
         check_run_config(output, identity, write=state.is_main_process)
+        _check_folder_is_shared(output, state)
         if state.is_main_process:
             remove_stale_temporaries(output)
         stats = {model.alias: _score_model(model, work, output, config, run, state) for model in aligned}
@@ -487,6 +489,20 @@ def _peer_lost_is_said(output: Path, state):
             f"another process of this run ended (killed, or its node lost: see its log); the finished shards "
             f"in {output} are kept: run the same command again on every node to resume"
         ) from e
+
+
+def _check_folder_is_shared(output: Path, state) -> None:
+    """Every process must see what the main process writes in `output` (its shards are merged there): on
+    several machines, a folder on each node's own disk would leave the others' rows unscored at the end."""
+    if state.num_processes == 1:
+        return
+    state.wait_for_everyone()  # the main process has written the run's identity
+    if not (output / CONFIG_FILE).exists():
+        raise ValueError(
+            f"{output}: process {state.process_index} does not see the files the main process wrote there; on "
+            "several machines the output folder must be on a filesystem every node sees, at the same path "
+            "(docs/scale-out.md)"
+        )
 
 
 def _gather_problems(problems: dict[int, str], state) -> dict[int, str]:

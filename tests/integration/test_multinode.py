@@ -48,7 +48,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def two_nodes(args: list[str]) -> list[subprocess.Popen]:
+def two_nodes(args: list[str], second: list[str] | None = None) -> list[subprocess.Popen]:
     """Two torchrun launchers of one process each, joined by a c10d rendezvous on a fresh port: the command
     each node of a 2-node cluster runs. The first node hosts the rendezvous store (`is_host`: on a cluster,
     the node whose address is the endpoint), and is rank 0 (ranks follow the launchers' order here)."""
@@ -57,7 +57,7 @@ def two_nodes(args: list[str]) -> list[subprocess.Popen]:
                 "--rdzv_id", uuid.uuid4().hex[:8]]  # fmt: skip
     return [
         subprocess.Popen(
-            [*launcher, "--rdzv_conf", f"is_host={int(node == 0)}", *args],
+            [*launcher, "--rdzv_conf", f"is_host={int(node == 0)}", *(second if node and second else args)],
             env=ENV,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -129,6 +129,19 @@ def test_two_nodes_score_into_one_folder_like_one_process(setup, tmp_path):
     for alias in ("chatml", "llama3"):  # shards are named by global rank: no two nodes write the same names
         assert {p.name.split("-")[0] for p in shard_files(out, alias)} == {"rank0", "rank1"}
     assert json.loads((out / "manifest.json").read_text())["throughput"]["processes"] == 2
+
+
+@pytest.mark.slow
+def test_an_output_folder_on_each_nodes_own_disk_is_refused_at_the_start(setup, tmp_path):
+    """The same path on two disks (here: two folders, one per node): the process that does not see the main
+    process's files says so before scoring, and the main process then ends with the peer-lost line."""
+    local = [tmp_path / "node0", tmp_path / "node1"]
+    done = finish(two_nodes(*(score_args(setup["data"], setup["models"][:1], out) for out in local)))
+    assert all(rc != 0 for rc, _, _ in done)
+    said = f"poft score: error: {local[1]}: process 1 does not see the files the main process wrote there"
+    assert said in done[1][2] and "a filesystem every node sees" in done[1][2]
+    assert "another process of this run ended" in done[0][2]
+    assert not list((local[1] / "shards").rglob("*.json")) and not (local[0] / "manifest.json").exists()
 
 
 def test_without_a_shared_filesystem_parts_scored_apart_and_concatenated_equal_one_run(setup, tmp_path):
