@@ -23,6 +23,7 @@ import torch
 from .adapters import AdapterError, adapter_sha256, base_model, is_adapter, load_merged, load_tokenizer
 from .chat import ChatFormat
 from .configs import DTYPES
+from .console import say
 from .logprobs import chunked_token_log_probs, softcap
 from .templates import resolve_chat_template
 
@@ -216,9 +217,11 @@ def _base_model(alias: str, path: str) -> str | None:
     if not is_adapter(path):
         return None
     try:
-        return base_model(path)
+        base = base_model(path)
     except AdapterError as e:
         raise AlignedModelError(f"aligned model {alias}: {e}") from e
+    say(f"aligned model {alias}: a LoRA adapter on {base}, scored as base + adapter (merged)")
+    return base
 
 
 def load_weights(model: AlignedModel, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:

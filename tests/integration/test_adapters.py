@@ -161,7 +161,7 @@ def merged(lora) -> str:
     return str(out)
 
 
-def test_score_of_an_adapter_equals_score_of_its_merged_model(lora, merged, tmp_path):
+def test_score_of_an_adapter_equals_score_of_its_merged_model(lora, merged, tmp_path, capsys):
     from datasets import load_from_disk
 
     rows = [{"id": f"r{i}", "messages": [{"role": "user", "content": f"add {i} and {i + 3}"},
@@ -171,6 +171,10 @@ def test_score_of_an_adapter_equals_score_of_its_merged_model(lora, merged, tmp_
     out = tmp_path / "scored"
     assert main(["score", "--dataset", str(tmp_path / "rows.jsonl"), "--model", f"a={lora['adapter']}",
                  "--model", f"m={merged}", "--output", str(out), "--dtype", "float32", "--no-progress"]) == 0  # fmt: skip
+    assert (
+        f"aligned model a: a LoRA adapter on {lora['base']}, scored as base + adapter"
+        in capsys.readouterr().out
+    )
     scored = load_from_disk(str(out))
     assert scored["a_n_tokens"] == scored["m_n_tokens"]
     assert scored["a_logp_sum"] == pytest.approx(scored["m_logp_sum"], abs=1e-5)
