@@ -72,6 +72,7 @@ def policy_from_adapter(adapter: str, config, continue_adapter: bool) -> tuple[o
     base = base_model(adapter)
     if continue_adapter:
         settings = adapter_config(adapter)
+        _check_reference_copy(settings)
         say(
             f"{adapter} is an adapter on {base}: DPO trains it on (r={settings.get('r')}, "
             f"alpha={settings.get('lora_alpha')}; --lora_* options are not used); the reference is a frozen "
@@ -85,6 +86,19 @@ def policy_from_adapter(adapter: str, config, continue_adapter: bool) -> tuple[o
         )
         model = load_merged(adapter, **kwargs)
     return model, load_tokenizer(adapter)
+
+
+def _check_reference_copy(settings: dict) -> None:
+    """TRL copies an adapter as its reference except for a LoRA on `target_parameters` under peft < 0.20, where
+    it would take the bare base as the reference instead: refused here."""
+    import peft
+    from packaging.version import Version
+
+    if settings.get("target_parameters") and Version(peft.__version__) < Version("0.20.0"):
+        raise ValueError(
+            f"this adapter targets parameters (target_parameters), which peft {peft.__version__} cannot copy as "
+            "DPO's reference: upgrade peft to 0.20 or later, or leave out --use_peft to train the merged model"
+        )
 
 
 def drop_reference_copy(model) -> None:
