@@ -93,7 +93,7 @@ class ScoreConfig:
         metadata={
             "help": "Most tokens per packed batch (rows run packed, no padding); does not change fp32 scores. "
             "Unset: chosen for the device and dtype (CPU 8192; GPU 16384, 32768 in bf16/fp16). A small run "
-            "is cut finer, at most 1/20 of its tokens per batch, so that progress moves."
+            "is cut finer, at most 1/20 of its tokens per batch (not under 512), so that progress moves."
         },
     )
     dtype: str = field(

@@ -48,12 +48,12 @@ def test_a_small_run_moves_per_batch_with_rows_tok_s_and_time_left(tiny_model, t
         "packed_logprob_sums",
         lambda net, seqs, **kw: calls.append(len(seqs)) or packed(net, seqs, **kw),
     )
-    score(rows(60), [model], tmp_path / "out", progress=True)  # the default budget: 8192 tokens on CPU
-    assert len(calls) >= MIN_BATCHES and sum(calls) == 60  # 60 rows of ~30 tokens: one batch without the cap
+    score(rows(400), [model], tmp_path / "out", progress=True)  # the default budget: 8192 tokens on CPU
+    assert len(calls) >= MIN_BATCHES and sum(calls) == 400  # ~13k tokens: 2 batches at the full budget
     bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()
     last = [line for line in bar if line.startswith("scoring chatml")][-1]
-    # e.g. "scoring chatml: 100%|██████████| 1.73k/1.73k [00:00<00:00, 9.11ktok/s, 60/60 rows]"
-    assert re.search(r"100%.*\| [\d.]+k?/[\d.]+k? \[[\d:]+<[\d:]+, [\d.]+k?tok/s, 60/60 rows\]", last), last
+    # e.g. "scoring chatml: 100%|██████████| 1.73k/1.73k [00:00<00:00, 9.11ktok/s, 400/400 rows]"
+    assert re.search(r"100%.*\| [\d.]+k?/[\d.]+k? \[[\d:]+<[\d:]+, [\d.]+k?tok/s, 400/400 rows\]", last), last
 
 
 def test_bf16_resume_under_the_lowered_budget_equals_an_uninterrupted_run(tiny_model, tmp_path):
