@@ -478,8 +478,9 @@ _PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken p
 @contextmanager
 def _peer_lost_is_said(output: Path, state):
     """A process whose peer died says what is kept and how to go on (one line, `PeerLostError`), instead of
-    an internal error. Processes meet only to share bad rows, before each model and at the end, so when a
-    node dies the others finish the share of the model they are scoring (their shards are kept) first."""
+    an internal error. Processes meet only to share bad rows, once the run's identity is written, before each
+    model and at the end, so when a node dies the others first finish the share of the model they are
+    scoring (their shards are kept)."""
     try:
         yield
     except RuntimeError as e:
