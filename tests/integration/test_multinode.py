@@ -17,7 +17,7 @@ import psutil
 import pytest
 import torch
 from datasets import concatenate_datasets, load_from_disk
-from fixtures.scoring import score  # tests/ is on sys.path
+from fixtures.scoring import WORDS, score, write_rows  # tests/ is on sys.path
 from safetensors.torch import load_file
 
 from poft.example import make_rows
@@ -26,20 +26,9 @@ from poft.shards import shard_files
 from poft.tiny import build_tokenizer
 from poft.training_data import prepare_training_dataset
 
-WORDS = "the quick brown fox jumps over a lazy dog add reverse sort paris answer hello 12 30 42".split()
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def write_rows(path: Path, n: int) -> None:
-    lines = []
-    for i in range(n):
-        user = " ".join(WORDS[(i + k) % len(WORDS)] for k in range(3 + i % 17))
-        answer = " ".join(WORDS[(2 * i + k) % len(WORDS)] for k in range(1 + (i * 7) % 29))
-        messages = [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
-        lines.append(json.dumps({"id": f"r{i}", "messages": messages}))
-    path.write_text("\n".join(lines) + "\n")
 
 
 def free_port() -> int:
