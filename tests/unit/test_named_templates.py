@@ -11,7 +11,7 @@ from importlib.resources import files
 from pathlib import Path
 
 import pytest
-from fixtures.chat_templates import FAMILIES, _Writer, build, reference  # tests/ is on sys.path
+from fixtures.chat_templates import FAMILIES, _chatml, _Writer, build, reference  # tests/ is on sys.path
 
 from poft.aligned import load_aligned_models
 from poft.chat import ChatFormat, ChatTemplateError
@@ -52,15 +52,9 @@ CONVERSATIONS = {
 
 
 def chatml_reference(messages: list[dict]) -> tuple[str, list[tuple[int, int]], bool]:
-    # <|im_start|>{role}\n{content}<|im_end|>\n for every message, nothing else
+    """Plain ChatML (OpenHermes): Qwen's and SmolLM2's format without a default system turn."""
     w = _Writer()
-    for m in messages:
-        w.add(f"<|im_start|>{m['role']}\n")
-        if m["role"] == "assistant":
-            w.answer(m["content"], "<|im_end|>")
-        else:
-            w.add(m["content"] + "<|im_end|>")
-        w.add("\n")
+    _chatml(messages, w, default_system=None)
     return w.text, w.spans, False
 
 
