@@ -554,7 +554,9 @@ def _conversations(raw: RawRows, fmt: str, stored_fingerprints: bool) -> tuple[l
         digest = fingerprint(messages)
         stored = row[FINGERPRINT_COLUMN] if stored_fingerprints else None
         values = {"messages": messages, "id": row_id(row) or digest[:16], "label": label}
-        values[FINGERPRINT_COLUMN] = stored or digest
+        # a stored fingerprint is kept as it is, a missing one as "" (never replaced by the text's own: the
+        # trainer's stale-score check must see that the row's scores cannot be tied to the text scored)
+        values[FINGERPRINT_COLUMN] = digest if not stored_fingerprints else (stored or "")
         for column, column_values in new.items():
             column_values.append(values[column])
         kept.append(i)
