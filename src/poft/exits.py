@@ -9,6 +9,7 @@ are otherwise filtered (`quiet_libraries`).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -33,20 +34,62 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", "'pin_memory' argument is set as true but no accelerator", UserWarning)
 
 
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # errors only a write can meet
+# how torch's zip writer and safetensors' Rust writer report a failed write (they raise no OSError)
+WRITE_FAILURE_TEXTS = (
+    "No space left",
+    "os error 28",
+    "Disk quota exceeded",
+    "inline_container",
+    "file write failed",
+)
+
+
+def write_failed(error: BaseException) -> bool:
+    """Whether `error` is a write that failed for want of space (or a refused write): an OSError such as
+    ENOSPC, or the same failure as torch.save and safetensors' save_file report it, as text only."""
+    if isinstance(error, OSError) and error.errno in WRITE_ERRNOS:
+        return True
+    text = str(error)
+    if type(error).__name__ == "SafetensorError":
+        return "while serializing" in text or "os error 28" in text  # reading says "deserializing"
+    return "PytorchStreamReader" not in text and any(s in text for s in WRITE_FAILURE_TEXTS)
+
+
+def os_error_line(error: OSError) -> str:
+    """ "[Errno 13] Permission denied: 'out'" -> "out: Permission denied"; poft's OutputWriteError and
+    CheckpointWriteError keep their sentence, without "[Errno 28]". An error without a file name says
+    whether it was a write (the errnos only a write meets), since the path is not known here."""
+    if error.filename:
+        message = f"{error.filename}: {error.strerror}"
+    elif error.errno in WRITE_ERRNOS and "writ" not in error.strerror:
+        message = f"a write failed: {error.strerror} (the library did not name the file; `poft --debug` shows where)"
+    elif error.errno in WRITE_ERRNOS:
+        message = error.strerror
+    else:
+        message = (
+            f"{error.strerror} (a read or write whose file the library did not name; `poft --debug` shows it)"
+        )
+    if isinstance(error, PermissionError) or error.errno == errno.EROFS:
+        message += " (choose a folder you can write to)"
+    elif error.errno == errno.ENOSPC and "run" not in error.strerror:  # unless poft said what to do
+        message += " (free some space, then run the same command again)"
+    return message
+
+
 def error_line(error: Exception, model: str | None = None) -> str:
     """The one line a user sees for an error: the message of poft's own errors and of the errors that name
     what is wrong (ValueError, OSError, ImportError); any other error is marked internal. `model`: the model
-    the command loads, for library errors that do not name it."""
+    the command loads, for library errors that do not name it (a read of its weights; a failed write of
+    weights is the output's, never blamed on the input model)."""
     message = " ".join(str(error).split())  # library messages span lines
     if isinstance(error, OSError) and error.errno is not None and error.strerror:
-        # "[Errno 13] Permission denied: 'out'" -> "out: Permission denied"; poft's OutputWriteError and
-        # CheckpointWriteError keep their sentence, without "[Errno 28]"
-        message = f"{error.filename}: {error.strerror}" if error.filename else error.strerror
-        if isinstance(error, PermissionError) or error.errno == 30:  # EROFS: a read-only file system
-            message += " (choose a folder you can write to)"
-        elif error.errno == 28 and "run" not in error.strerror:  # ENOSPC, unless poft said what to do
-            message += " (free some space, then run the same command again)"
-        return message
+        return os_error_line(error)
+    if type(error).__name__ == "SafetensorError" and write_failed(error):
+        return (
+            f"writing model weights failed ({message}): the output's disk is full or refused the write; "
+            "free some space (or choose another output folder), then run the same command again"
+        )
     if type(error).__name__ == "SafetensorError":  # a weight file cut short or damaged
         return (
             f"the weights of {model or 'the model'} cannot be read ({message}): copy or download them again"
@@ -57,6 +100,8 @@ def error_line(error: Exception, model: str | None = None) -> str:
         )
     if type(error).__module__.startswith("poft.") or isinstance(error, (ValueError, OSError, ImportError)):
         return message
+    if write_failed(error):  # torch.save's "unexpected pos ..." on a full disk
+        return f"a write failed ({message}): is the output's disk full? Free some space, then run the same command again"
     return (
         f"internal error: {type(error).__name__}: {message} (run `poft --debug ...` for the traceback; "
         "please report it)"

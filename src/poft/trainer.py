@@ -34,6 +34,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import SFTTrainer
 
 from .checkpoints import resolve_resume
+from .exits import write_failed
 from .logprobs import response_log_probs
 from .loss import (
     bi_poft_loss,
@@ -73,7 +74,8 @@ class NonFiniteTrainingError(RuntimeError):
 
 
 class CheckpointWriteError(OSError):
-    """A checkpoint could not be written (full disk); the partial folder is skipped on resume."""
+    """A checkpoint or the trained model could not be written (full disk); a partial checkpoint folder is
+    skipped on resume."""
 
 
 @dataclass
@@ -187,11 +189,9 @@ class PoFTTrainer(SFTTrainer):
                 folder = os.path.join(self._get_output_dir(trial), checkpoint)
                 self.row_weights.save_partial(folder, self.is_world_process_zero())
             return super()._save_checkpoint(model, trial)
-        except (OSError, RuntimeError) as e:
+        except Exception as e:  # OSError, torch's RuntimeError, safetensors' SafetensorError
             text = str(e)
-            if getattr(e, "errno", None) != errno.ENOSPC and not any(
-                s in text for s in ("No space left", "inline_container", "file write failed")
-            ):
+            if not write_failed(e):
                 raise
             folder = f"{self.args.output_dir}/checkpoint-{self.state.global_step}"
             raise CheckpointWriteError(
@@ -199,6 +199,22 @@ class PoFTTrainer(SFTTrainer):
                 f"writing {folder} failed: the disk is full (or the write was refused): "
                 f"{' '.join(text.split())[:200]}. That folder is incomplete and is skipped on resume; "
                 "free space, then re-run with --resume_from_checkpoint last",
+            ) from e
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """transformers' save_model; a full disk while writing the final model names the output folder (a
+        checkpoint's own save is named by `_save_checkpoint`)."""
+        try:
+            return super().save_model(output_dir, _internal_call)
+        except Exception as e:
+            if _internal_call or not write_failed(e):
+                raise
+            folder = output_dir or self.args.output_dir
+            raise CheckpointWriteError(
+                errno.ENOSPC,
+                f"writing the trained model to {folder} failed: the disk is full (or the write was refused): "
+                f"{' '.join(str(e).split())[:200]}. Free space, then run the same command with "
+                "--resume_from_checkpoint last",
             ) from e
 
     # ---- data -------------------------------------------------------------------------------------------------
@@ -227,6 +243,7 @@ class PoFTTrainer(SFTTrainer):
                 num_proc=args.dataset_num_proc,
                 model_name=getattr(tokenizer, "name_or_path", None) or "target model",
                 score_normalization=args.score_normalization if args.uses_scores else None,
+                scores_without_fingerprint=args.scores_without_fingerprint,
             )
         elif args.uses_scores:
             if not isinstance(dataset, Dataset) or not set(SCORE_COLUMNS) <= set(dataset.column_names):

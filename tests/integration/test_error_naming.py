@@ -1,0 +1,94 @@
+"""Errors that name the right thing: a full disk while saving names the output (not the input model), a
+checkpoint cut short names its file, a model folder given as a dataset is called one, a GGUF file cut short
+or misnamed says so. In-process through `poft.cli.main` on a tiny model, offline."""
+
+import errno
+from pathlib import Path
+
+import pytest
+from safetensors import SafetensorError
+
+from poft.cli import main
+from poft.exits import error_line
+
+CPU = ["--report_to", "none", "--bf16", "false", "--objective", "sft"]
+FULL_DISK = "Error while serializing: I/O error: No space left on device (os error 28)"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict:
+    """`poft tiny-example`: a tiny model and its training rows."""
+    root = tmp_path_factory.mktemp("error_naming")
+    assert main(["tiny-example", "--output", str(root), "--rows", "16"]) == 0
+    return {"root": root, "model": str(root / "model"), "data": str(root / "train.jsonl")}
+
+
+def one_line_error(capsys, argv: list[str], code: int = 1) -> str:
+    """Run `poft ARGV` in-process: it ends with `code` and one stderr line `poft <command>: error: ...`."""
+    try:
+        returned = main(argv)
+    except SystemExit as e:
+        returned = e.code
+    err = capsys.readouterr().err
+    assert returned == code, err[-3000:]
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"poft {argv[0]}: error: "), err[-3000:]
+    return last
+
+
+def train(tiny, output: Path, *argv: str) -> list[str]:
+    return ["train", "--model_name_or_path", tiny["model"], "--dataset_name", tiny["data"],
+            "--output_dir", str(output), *CPU, *argv]  # fmt: skip
+
+
+# ------------------------------------------------------------------------- a full disk while saving
+
+
+def full_disk_under(monkeypatch, folder: Path) -> None:
+    """safetensors' save_file fails as on a full disk (its real error) for every file under `folder`."""
+    import transformers.modeling_utils as modeling_utils
+
+    save = modeling_utils.safe_save_file
+
+    def failing(tensors, filename, *args, **kwargs):
+        if Path(filename).resolve().is_relative_to(folder.resolve()):
+            raise SafetensorError(FULL_DISK)
+        return save(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(modeling_utils, "safe_save_file", failing)
+
+
+def test_a_full_disk_while_writing_a_checkpoint_names_the_checkpoint_not_the_input_model(
+    tiny, tmp_path, monkeypatch, capsys
+):
+    output = tmp_path / "run"
+    full_disk_under(monkeypatch, output)
+    line = one_line_error(capsys, train(tiny, output, "--max_steps", "2", "--save_steps", "1"))
+    assert f"writing {output}/checkpoint-1 failed: the disk is full" in line
+    assert "cannot be read" not in line and tiny["model"] not in line
+
+
+def test_a_full_disk_while_writing_the_trained_model_names_the_output(tiny, tmp_path, monkeypatch, capsys):
+    output = tmp_path / "run"
+    full_disk_under(monkeypatch, output)
+    line = one_line_error(capsys, train(tiny, output, "--max_steps", "1", "--save_strategy", "no"))
+    assert f"writing the trained model to {output} failed: the disk is full" in line
+    assert "cannot be read" not in line and tiny["model"] not in line
+
+
+def test_error_line_tells_writes_from_reads():
+    line = error_line(SafetensorError(FULL_DISK), model="in/model")
+    assert line.startswith("writing model weights failed") and "in/model" not in line
+    read = error_line(SafetensorError("Error while deserializing header: incomplete metadata"), "in/model")
+    assert read.startswith("the weights of in/model cannot be read")
+    no_name = error_line(OSError(errno.ENOSPC, "No space left on device"))
+    assert no_name.startswith("a write failed: No space left on device") and "free some space" in no_name
+    named = error_line(OSError(errno.ENOSPC, "No space left on device", "out/x.arrow"))
+    assert named.startswith("out/x.arrow: No space left on device")
+    unknown = error_line(OSError(errno.EIO, "Input/output error"))
+    assert "did not name" in unknown
+    torch_write = error_line(
+        RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+    )
+    assert torch_write.startswith("a write failed") and "internal error" not in torch_write
