@@ -33,6 +33,63 @@ def check_choices(config: object, choices: dict[str, tuple]) -> None:
             raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
 
+@dataclass(frozen=True)
+class Interval:
+    """The allowed values of a numeric option: finite, from `low` to `high` (each bound open or closed)."""
+
+    low: float
+    high: float
+    open_low: bool = False
+    open_high: bool = False
+
+    def holds(self, value: float) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        above = value > self.low if self.open_low else value >= self.low
+        return above and (value < self.high if self.open_high else value <= self.high)
+
+    def describe(self) -> str:
+        if self.high == FLOAT32_MAX:
+            floor = "" if self.low == -FLOAT32_MAX else f", {'>' if self.open_low else '>='} {self.low:g}"
+            return f"a finite number within float32 range{floor}"
+        left, right = "(" if self.open_low else "[", ")" if self.open_high else "]"
+        return f"a finite number in {left}{self.low:g}, {self.high:g}{right}"
+
+
+ANY_FLOAT32 = Interval(-FLOAT32_MAX, FLOAT32_MAX)
+POSITIVE = Interval(0.0, FLOAT32_MAX, open_low=True)
+NON_NEGATIVE = Interval(0.0, FLOAT32_MAX)
+# TrainingArguments' numbers that train and dpo share: NaN, inf or a negative value here trains nothing sound
+TRAINING_RANGES = {
+    "learning_rate": NON_NEGATIVE,
+    "num_train_epochs": NON_NEGATIVE,
+    "warmup_steps": NON_NEGATIVE,
+    "weight_decay": NON_NEGATIVE,
+    "adam_beta1": Interval(0.0, 1.0, open_high=True),
+    "adam_beta2": Interval(0.0, 1.0, open_high=True),
+    "adam_epsilon": NON_NEGATIVE,
+    "max_grad_norm": NON_NEGATIVE,
+}
+POFT_RANGES = {
+    "beta": POSITIVE,
+    "gamma": ANY_FLOAT32,
+    "undesirable_target": Interval(0.0, 0.5, open_low=True),
+    "undesirable_margin": NON_NEGATIVE,
+    "undesirable_weight": NON_NEGATIVE,
+}
+DPO_RANGES = {"beta": POSITIVE, "label_smoothing": Interval(0.0, 0.5, open_high=True)}  # TRL's robust DPO
+
+
+def check_ranges(config: object, ranges: dict[str, Interval]) -> None:
+    """Each named number is finite and in its interval (None: unset, allowed): checked when the options are
+    read, before any model or data is loaded, so that `--undesirable_weight inf` stops with one line naming it
+    instead of an infinite loss later."""
+    for name, interval in ranges.items():
+        value = getattr(config, name)
+        if value is not None and not interval.holds(value):
+            raise ValueError(f"{name} must be {interval.describe()}, got {value!r}")
+
+
 class ExtendOnce(argparse.Action):
     """A list option that may be repeated: `--model A --model B=path` and `--model A B=path` both give [A, B].
 
@@ -288,6 +345,14 @@ class PoFTArguments:
             "help": "Column with r_ref, the aligned models' mean normalised score (written by `poft score`)."
         },
     )
+    scores_without_fingerprint: bool = field(
+        default=False,
+        metadata={
+            "help": "Train on rows whose `fingerprint` is null or empty in a dataset that has one: their scores "
+            "come from elsewhere, not from `poft score` of this text. Without it such rows are refused (named): "
+            "their scores cannot be tied to the text they were made from."
+        },
+    )
     score_normalization: str = field(
         default="token",
         metadata={
@@ -359,7 +424,8 @@ class PoFTArguments:
         return self.objective != "sft"
 
     def check_poft_options(self) -> None:
-        """Refuse values that cannot train (a NaN beta would train a NaN model and still exit 0)."""
+        """Refuse values that cannot train (a NaN beta would train a NaN model and still exit 0; an infinite
+        undesirable_weight an infinite loss)."""
         check_choices(
             self,
             {"objective": OBJECTIVES, "score_normalization": NORMALIZATIONS, "on_bad_row": ON_BAD_ROW},
@@ -370,16 +436,7 @@ class PoFTArguments:
                 f"loss_type='dft' is a token loss and objective={self.objective!r} replaces the loss: use "
                 "objective='sft' with loss_type='dft' for TRL's DFT baseline, or loss_type='nll' with PoFT"
             )
-        for name in ("beta", "gamma"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
-                raise ValueError(f"{name} must be a finite number within float32 range, got {value}")
-        if self.beta <= 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}")
-        if not 0.0 < self.undesirable_target <= 0.5:
-            raise ValueError(f"undesirable_target must be in (0, 0.5], got {self.undesirable_target}")
-        if not (self.undesirable_margin >= 0 and self.undesirable_weight >= 0):
-            raise ValueError("undesirable_margin and undesirable_weight must be >= 0")
+        check_ranges(self, POFT_RANGES)
 
 
 @dataclass

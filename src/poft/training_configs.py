@@ -12,7 +12,16 @@ from dataclasses import dataclass, field
 
 from trl import DPOConfig, SFTConfig
 
-from .configs import OBJECTIVES, ON_BAD_ROW, PoFTArguments, PoFTDPOArguments, check_choices
+from .configs import (
+    DPO_RANGES,
+    OBJECTIVES,
+    ON_BAD_ROW,
+    TRAINING_RANGES,
+    PoFTArguments,
+    PoFTDPOArguments,
+    check_choices,
+    check_ranges,
+)
 from .console import say_once
 from .device import fit_training_args
 from .templates import TEMPLATE_NAMES, template_path
@@ -34,18 +43,20 @@ class PoFTConfig(PoFTArguments, SFTConfig):
     )
 
     def __post_init__(self):
+        # numbers and choices first, before anything is said or set up: one line naming the option
+        check_ranges(self, TRAINING_RANGES)
+        self._read_deprecated_loss_type()
+        self.check_poft_options()
         # unset: TRL's 10 until the total is known, then records.auto_logging_steps (RunRecord.on_train_begin)
         self.logging_steps_auto = self.logging_steps is None
         if self.logging_steps_auto:
             self.logging_steps = TRL_LOGGING_STEPS
-        self._read_deprecated_loss_type()
         if (
             self.chat_template_path in TEMPLATE_NAMES
         ):  # else TRL's meaning: a .jinja file, a tokenizer folder / id
             self.chat_template_path = str(template_path(self.chat_template_path))
         say_once(fit_training_args(self))  # no GPU: the CPU, in bf16 where it has the instructions
         SFTConfig.__post_init__(self)
-        self.check_poft_options()
         if self.truncation_mode != "keep_start":
             raise ValueError("PoFT truncates conversations from the end (truncation_mode='keep_start') only")
         if self.assistant_only_loss:
@@ -81,6 +92,7 @@ class PoFTDPOConfig(PoFTDPOArguments, DPOConfig):
     """TRL's DPOConfig with reference log-probs precomputed by default (the reference never changes)."""
 
     def __post_init__(self):
+        check_ranges(self, {**TRAINING_RANGES, **DPO_RANGES})  # before anything is said or set up
+        check_choices(self, {"on_bad_row": ON_BAD_ROW})
         say_once(fit_training_args(self))  # no GPU: the CPU, in bf16 where it has the instructions
         DPOConfig.__post_init__(self)
-        check_choices(self, {"on_bad_row": ON_BAD_ROW})

@@ -47,6 +47,7 @@ def prepare_training_dataset(
     num_proc: int | None = None,
     model_name: str = "target model",
     score_normalization: str | None = None,
+    scores_without_fingerprint: bool = False,
 ) -> Dataset:
     """Tokenise conversations under the target's template, attach scores, drop (or refuse) bad rows.
 
@@ -58,6 +59,8 @@ def prepare_training_dataset(
     ref_score_column=None means scores are not needed (SFT). direction_column=None means all rows +1.
     score_normalization: how training normalises r_theta; scores made by `poft score` with another one are
     refused (`score_provenance`).
+    scores_without_fingerprint: accept scored rows whose stored fingerprint is null or empty (scores from
+    elsewhere); by default they are refused, since nothing ties their scores to their text.
     """
     name = f"{dataset_name} dataset"
     rows = dataset
@@ -67,6 +70,7 @@ def prepare_training_dataset(
     provenance = None
     if ref_score_column is not None:
         provenance = _score_provenance(rows.dataset, rows, name, score_normalization)
+        _check_fingerprints(rows, name, ref_score_column, scores_without_fingerprint)
     encoded = rows.dataset.map(
         _encode_row,
         with_indices=True,
@@ -82,7 +86,9 @@ def prepare_training_dataset(
     )
     _refuse_stale_scores(encoded, rows, name)
     encoded = _leave_out_bad_rows(encoded, rows, name, on_bad_row)
-    _say_truncated(encoded, dataset_name, max_length, provenance)
+    _say_truncated(encoded, dataset_name, max_length)
+    if provenance:
+        _warn_max_length_mismatch(encoded, dataset_name, max_length, provenance)
     return encoded.remove_columns(["poft_problem", "poft_truncated", "poft_stale"])
 
 
@@ -125,7 +131,8 @@ def _encode_row(
         encoded = chat.encode(row["messages"], max_length)
     except ChatTemplateError as e:  # this row only: the template dropped, moved or rewrote a message
         return {**out, "poft_problem": f"the chat template refused it ({e})"}
-    out["poft_stale"] = check_fingerprint and row[FINGERPRINT_COLUMN] != fingerprint(row["messages"])
+    stored = row[FINGERPRINT_COLUMN]  # "" when missing: refused or accepted before (`_check_fingerprints`)
+    out["poft_stale"] = check_fingerprint and bool(stored) and stored != fingerprint(row["messages"])
     out["input_ids"] = encoded.input_ids
     out["labels"] = [t if m else -100 for t, m in zip(encoded.input_ids, encoded.response_mask, strict=True)]
     out["poft_truncated"] = encoded.truncated
@@ -170,22 +177,50 @@ def _leave_out_bad_rows(encoded: Dataset, rows: SFTRows, name: str, on_bad_row: 
     return encoded.filter(lambda problem: not problem, input_columns="poft_problem")
 
 
-def _say_truncated(
-    encoded: Dataset, dataset_name: str, max_length: int | None, provenance: dict | None
-) -> None:
-    """Say how many rows training truncates, and warn when the scorer saw them whole (or less cut)."""
+def _say_truncated(encoded: Dataset, dataset_name: str, max_length: int | None) -> None:
+    """Say how many rows training truncates."""
     n_truncated = sum(encoded["poft_truncated"])
-    if not n_truncated:
+    if n_truncated:
+        say(f"{n_truncated} {dataset_name} rows were truncated to max_length={max_length}")
+
+
+def _warn_max_length_mismatch(
+    encoded: Dataset, dataset_name: str, max_length: int | None, provenance: dict
+) -> None:
+    """Warn, with a count, when training and scoring cut rows at different lengths, in either direction:
+    such a row's r_theta and r_ref are then sums over different response tokens."""
+    scorer_max = provenance.get("max_length")
+    if scorer_max == max_length:
         return
-    say(f"{n_truncated} {dataset_name} rows were truncated to max_length={max_length}")
-    scorer_max = provenance.get("max_length", 0) if provenance else 0
-    if provenance and (scorer_max is None or scorer_max > max_length):
+    if scorer_max is None or (max_length is not None and scorer_max > max_length):
+        n_rows = sum(encoded["poft_truncated"])  # cut by training, seen whole (or less cut) by the scorer
+        scored = "whole" if scorer_max is None else f"up to {scorer_max} tokens"
+        if n_rows:
+            say(
+                f"warning: {n_rows} {dataset_name} rows are cut at max_length={max_length} in training but "
+                f"were scored {scored}: their r_theta covers fewer response tokens than their r_ref (score "
+                "with the same --max-length to compare like with like)"
+            )
+        return
+    n_rows = _scored_truncated(encoded, provenance, scorer_max)  # cut by the scorer, longer in training
+    if n_rows:
+        trained = "whole" if max_length is None else f"up to max_length={max_length} tokens"
         say(
-            f"warning: {n_truncated} {dataset_name} rows are cut at max_length={max_length} in training but "
-            f"were scored {'whole' if scorer_max is None else f'up to {scorer_max} tokens'}: their r_theta "
-            "covers fewer response tokens than their r_ref (score with the same --max-length to compare like "
-            "with like)"
+            f"warning: {n_rows} {dataset_name} rows were cut at {scorer_max} tokens when scored (`poft score "
+            f"--max-length {scorer_max}`) but are trained {trained}: their r_ref covers fewer response tokens "
+            f"than their r_theta (train with --max_length {scorer_max}, or re-score with the same --max-length)"
         )
+
+
+def _scored_truncated(encoded: Dataset, provenance: dict, scorer_max: int) -> int:
+    """How many rows the scorer truncated: those with a true `<alias>_truncated` for any aligned model, or,
+    where those columns were dropped, those longer than `scorer_max` under the target's tokenizer."""
+    columns = [f"{alias}_truncated" for alias in provenance.get("models", {})]
+    columns = [c for c in columns if c in encoded.column_names]
+    if not columns:
+        return sum(len(ids) > scorer_max for ids in encoded["input_ids"])
+    flags = [encoded[c] for c in columns]
+    return sum(any(bool(flag) for flag in row) for row in zip(*flags, strict=True))
 
 
 def _score_provenance(data: Dataset, rows: SFTRows, name: str, normalization: str | None) -> dict | None:
@@ -220,6 +255,39 @@ def _score_provenance(data: Dataset, rows: SFTRows, name: str, normalization: st
             f"re-score with --normalization {normalization})"
         )
     return record
+
+
+def _check_fingerprints(rows: SFTRows, name: str, score_column: str, accepted: bool) -> None:
+    """Refuse scored rows whose stored `fingerprint` is null or empty, naming them: nothing ties their scores to
+    their text, so the stale-score check cannot see an edited row or another row's scores. With `accepted`
+    (the user says the scores come from elsewhere) say once how many rows train so."""
+    missing = [
+        i
+        for i, (stored, score) in enumerate(
+            zip(rows.dataset[FINGERPRINT_COLUMN], rows.dataset[score_column], strict=True)
+        )
+        if not stored and score is not None
+    ]
+    if not missing:
+        return
+    label = name if rows.source == name else f"{name} ({rows.source})"
+    what = f"{len(missing)} of {len(rows.dataset)} rows with a {score_column} have no `{FINGERPRINT_COLUMN}`"
+    if accepted:
+        say(
+            f"{label}: {what} (null or empty); accepted as scores from elsewhere (scores_without_fingerprint)"
+        )
+        return
+    ids = rows.dataset.select(missing)["id"]
+    bad = [
+        BadRow(row=rows.where[i], id=row_id, problem=f"no {FINGERPRINT_COLUMN}")
+        for i, row_id in zip(missing, ids, strict=True)
+    ]
+    raise ValueError(
+        f"{label}: {what} (null or empty): {name_bad_rows(bad)}. Their scores cannot be tied to the text "
+        "they were made from (an edited row, or a row given another row's scores, would train silently): "
+        "re-score them with `poft score`, or pass --scores_without_fingerprint if these scores come from "
+        "elsewhere"
+    )
 
 
 def _refuse_stale_scores(encoded: Dataset, rows: SFTRows, name: str) -> None:
