@@ -14,7 +14,7 @@ follows the real tokens, not padding.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -145,7 +145,8 @@ def batch_budget(lengths: Sequence[int], batch_tokens: int) -> int:
 
 def packed_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
     """Group positions into packed batches, longest first, of at most `batch_tokens` real tokens each
-    (nothing is padded); a sequence longer than the budget gets a batch of its own. Deterministic."""
+    (nothing is padded); a sequence longer than the budget gets a batch of its own. Deterministic. This is
+    the plain reference of `iter_packed_batches`, which forms the same batches lazily."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     batches: list[list[int]] = []
     total = 0
@@ -157,6 +158,21 @@ def packed_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]
             batches.append([i])
             total = lengths[i]
     return batches
+
+
+def iter_packed_batches(lengths: np.ndarray, batch_tokens: int) -> Iterator[np.ndarray]:
+    """`packed_batches`, one batch at a time as an int64 array of positions: memory is the length order
+    (8 bytes a row), not a Python list of every batch."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.lexsort((np.arange(len(lengths)), -lengths))  # longest first, ties by position
+    start, total = 0, 0
+    for k, n in enumerate(lengths[order].tolist()):
+        if k > start and total + n > batch_tokens:
+            yield order[start:k]
+            start, total = k, 0
+        total += n
+    if start < len(order):
+        yield order[start:]
 
 
 def scoring_chunk_size(vocab: int) -> int:

@@ -35,12 +35,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset, load_from_disk
 
+from .arrow_rows import ChunkedRows, RowPlaces
 from .configs import FORMATS, ON_BAD_ROW  # choices are typed once, where --help reads them
 from .console import BadRow, input_order, refuse_or_skip, say
 
@@ -260,7 +263,9 @@ def detect_format(columns: list[str]) -> str:
 
 @dataclass
 class RawRows:
-    """Rows as stored: parsed JSON values (`rows`) or an Arrow-backed dataset (`table`), never both.
+    """Rows as stored, read a pass at a time: a JSON array's parsed objects (`rows`), a JSON-lines file parsed
+    again on each pass (`path`; only its line numbers are kept between passes), or an Arrow-backed dataset
+    (`table`, memory-mapped where it comes from files).
 
     `lines[i]` is the file line of row i for JSON-lines files; `bad` lists lines that are not rows at all
     (malformed JSON, a JSON value that is not an object), as `console.BadRow`s.
@@ -270,36 +275,47 @@ class RawRows:
     columns: list[str]
     rows: list[dict] | None = None
     table: Dataset | None = None
-    lines: list[int] | None = None
+    path: Path | None = None
+    lines: np.ndarray | None = None
     bad: list[BadRow] = field(default_factory=list)
+    stamp: tuple[int, int] | None = None  # size and mtime of a JSON-lines file when its lines were counted
 
     def __len__(self) -> int:
-        return len(self.rows) if self.rows is not None else len(self.table)
+        if self.rows is not None:
+            return len(self.rows)
+        return len(self.lines) if self.lines is not None else len(self.table)
 
     def where(self, i: int) -> str:
         return f"line {self.lines[i]}" if self.lines is not None else f"row {i}"
 
-    def iter_rows(self, columns: list[str]) -> Iterator[dict]:
-        """Each row as a dict of `columns` (a missing key is None), in order."""
-        if self.rows is not None:
-            for row in self.rows:
-                yield {c: row.get(c) for c in columns}
+    def places(self, indices: np.ndarray) -> RowPlaces:
+        """Where the rows at `indices` are in the input."""
+        if self.lines is not None:
+            return RowPlaces(self.lines[indices], "line")
+        return RowPlaces(indices, "row")
+
+    def iter_rows(self, columns: list[str] | None) -> Iterator[dict]:
+        """Each row in order: a dict of `columns` (a missing key is None), or, with columns=None, every key
+        the row has (JSON rows: the parsed object itself; Arrow rows: every column)."""
+        if self.rows is not None or self.path is not None:
+            values = (
+                self.rows if self.rows is not None else _json_line_rows(self.path, self.source, self.stamp)
+            )
+            for row in values:
+                yield row if columns is None else {c: row.get(c) for c in columns}
             return
+        columns = self.table.column_names if columns is None else columns
         present = [c for c in columns if c in self.table.column_names]
-        n = len(self.table)
         if not present:
-            yield from ({c: None for c in columns} for _ in range(n))
+            yield from ({c: None for c in columns} for _ in range(len(self.table)))
             return
         for batch in self.table.select_columns(present).iter(batch_size=1024):
             for k in range(len(batch[present[0]])):
                 yield {c: batch[c][k] if c in batch else None for c in columns}
 
-    def assemble(self, kept: list[int], replaced: list[str], new: dict[str, list]) -> Dataset:
-        """The kept rows with the `new` columns (one value per kept row) in place of the `replaced` ones.
-
-        Column order is kept: the first replaced column's place takes the first new column, a new column
-        with the name of an existing one takes its place, the other new columns come last.
-        """
+    def column_order(self, replaced: list[str], new: list[str]) -> list[str]:
+        """The columns of the rows read: the first replaced column's place takes the first new column, a new
+        column with the name of an existing one takes its place, the other new columns come last."""
         order: list[str] = []
         for column in self.columns:
             if column in new:
@@ -309,19 +325,19 @@ class RawRows:
             else:
                 order.append(column)
         order.extend(c for c in new if c not in order)
-        if self.rows is not None:
-            columns = {c: new[c] if c in new else [self.rows[i].get(c) for i in kept] for c in order}
-            return _dataset_from_columns(columns, self.source, [self.where(i) for i in kept])
-        others = [c for c in self.table.column_names if c not in replaced and c not in new]
-        added = Dataset.from_dict(new)
+        return order
+
+    def assemble(self, kept: np.ndarray, order: list[str], new: Dataset) -> Dataset:
+        """The kept rows of an Arrow source with the `new` columns (one row per kept row) in `order`."""
+        others = [c for c in order if c not in new.column_names]
         if not others:
-            return added.select_columns(order)
+            return new.select_columns(order)
         table = self.table.select_columns(others)
         table = table if len(kept) == len(table) else table.select(kept)
-        return concatenate_datasets([table, added], axis=1).select_columns(order)
+        return concatenate_datasets([table, new], axis=1).select_columns(order)
 
 
-def _dataset_from_columns(columns: dict[str, list], source: str, where: list[str]) -> Dataset:
+def _dataset_from_columns(columns: dict[str, list], source: str, where: Sequence[str]) -> Dataset:
     """Arrow columns from Python values; a column whose rows hold different types is named, not guessed."""
     try:
         return Dataset.from_dict(columns)
@@ -348,11 +364,24 @@ def _dataset_from_columns(columns: dict[str, list], source: str, where: list[str
 
 
 def _read_json_file(path: Path) -> RawRows:
-    """Parse a JSON array file or a JSON-lines file, each line exactly once."""
-    text = _utf8_text(path)
-    if text.lstrip().startswith("["):
-        return _read_json_array(path, text)
-    return _read_json_lines(path, text)
+    """A JSON array file (parsed whole) or a JSON-lines file (one pass now for its columns, row lines and bad
+    lines; the rows themselves are parsed again, a chunk at a time, when they are read)."""
+    with path.open("rb") as f:
+        start = f.read(4096).decode("utf-8", errors="ignore").removeprefix("\ufeff")
+    if start.lstrip().startswith("["):
+        return _read_json_array(path, _utf8_text(path))
+    stamp = _stamp(path)
+    columns: dict[str, None] = {}
+    lines = array("q")
+    bad = []
+    for line_no, value in _json_lines(path):
+        if isinstance(value, _BadLine):
+            bad.append(value.bad)
+            continue
+        columns.update(dict.fromkeys(value))
+        lines.append(line_no)
+    numbers = np.frombuffer(lines, dtype=np.int64)
+    return RawRows(str(path), list(columns), path=path, lines=numbers, bad=bad, stamp=stamp)
 
 
 def _utf8_text(path: Path) -> str:
@@ -381,31 +410,59 @@ def _read_json_array(path: Path, text: str) -> RawRows:
     return RawRows(str(path), _union_columns(values), rows=values)
 
 
-def _read_json_lines(path: Path, text: str) -> RawRows:
-    """One JSON object per line; a line that is not one is recorded in `bad`, by line number."""
-    rows, lines, bad = [], [], []
-    pieces = text.split("\n")  # not splitlines(): U+2028, U+0085, \x1c... inside a string are text
-    for line_no, line in enumerate(pieces, start=1):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as e:
-            cut = line_no == len(pieces) and not text.endswith("\n")
-            problem = (
-                "the file ends in the middle of this line (cut download?)"
-                if cut
-                else f"malformed JSON ({e.msg})"
-            )
-            bad.append(BadRow(row=f"line {line_no}", id=None, problem=problem))
-            continue
-        if not isinstance(value, dict):
-            problem = f"a JSON {type(value).__name__}, not an object"
-            bad.append(BadRow(row=f"line {line_no}", id=None, problem=problem))
-            continue
-        rows.append(value)
-        lines.append(line_no)
-    return RawRows(str(path), _union_columns(rows), rows=rows, lines=lines, bad=bad)
+@dataclass(frozen=True)
+class _BadLine:
+    bad: BadRow
+
+
+def _json_lines(path: Path) -> Iterator[tuple[int, dict | _BadLine]]:
+    """Each non-blank line of a JSON-lines file: (line number, its object, or a BadRow saying why it is not
+    one, as a `_BadLine`). Lines end at "\n" only (a raw U+2028 or U+0085 inside a string is text); a byte that is not UTF-8
+    stops the read naming its line."""
+    with path.open("rb") as f:
+        line_no = 0
+        for line_no, raw in enumerate(f, start=1):  # noqa: B007 - line_no is read after the loop
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}: line {line_no}: not valid UTF-8 text ({e.reason})") from e
+            if line_no == 1:
+                line = line.removeprefix("\ufeff")
+            if not line.strip():
+                continue
+            yield line_no, _json_line(line, line_no, cut=not raw.endswith(b"\n"))
+
+
+def _json_line(line: str, line_no: int, *, cut: bool) -> dict | _BadLine:
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError as e:
+        problem = (
+            "the file ends in the middle of this line (cut download?)" if cut else f"malformed JSON ({e.msg})"
+        )
+        return _BadLine(BadRow(row=f"line {line_no}", id=None, problem=problem))
+    if not isinstance(value, dict):
+        problem = f"a JSON {type(value).__name__}, not an object"
+        return _BadLine(BadRow(row=f"line {line_no}", id=None, problem=problem))
+    return value
+
+
+def _json_line_rows(path: Path, source: str, stamp: tuple[int, int]) -> Iterator[dict]:
+    """The rows of a JSON-lines file, parsed again (the first pass kept only their line numbers); a file
+    changed since that pass is refused (its rows would not match the lines counted)."""
+    changed = ValueError(f"{source}: the file changed while it was read; read it again once it is complete")
+    if _stamp(path) != stamp:
+        raise changed
+    for _, value in _json_lines(path):
+        if not isinstance(value, _BadLine):
+            yield value
+    if _stamp(path) != stamp:
+        raise changed
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
 
 
 def _union_columns(rows: list[dict]) -> list[str]:
@@ -474,7 +531,7 @@ class SFTRows:
     format: str
     bad: list[BadRow]  # the rows left out, in input order
     n_rows_in: int  # rows (and non-empty lines) in the input, bad ones included
-    where: list[str]  # where each row of `dataset` is in the input ("line 12" / "row 3"), for messages
+    where: RowPlaces  # where each row of `dataset` is in the input ("line 12" / "row 3"), for messages
 
 
 def read_sft(
@@ -503,15 +560,15 @@ def read_sft(
     fmt = _sft_format(raw, source_name, format)
     if not isinstance(source, Dataset) or fmt != "messages":
         say(f"{source_name}: {_DESCRIPTIONS[fmt]} ({'forced' if format else 'detected'}), {len(raw)} rows")
-    kept, new, bad = _conversations(raw, fmt, keep_fingerprints and FINGERPRINT_COLUMN in raw.columns)
+    stored = keep_fingerprints and FINGERPRINT_COLUMN in raw.columns
+    kept, dataset, bad = _conversations(raw, fmt, stored, source_name, on_bad_row)
     n_rows_in = len(raw) + len(raw.bad)
     if report or on_bad_row == "error":
         what = f"{source_name}: {len(bad)} of {n_rows_in} rows cannot be read as {fmt}"
         refuse_or_skip(bad, what, on_bad_row, RowError)
-    if not kept:
+    if not len(kept):
         raise ValueError(f"{source_name}: none of its {n_rows_in} rows can be read as {fmt}")
-    dataset = raw.assemble(kept, list(SOURCE_COLUMNS[fmt]), new)
-    return SFTRows(dataset, source_name, fmt, bad, n_rows_in, [raw.where(i) for i in kept])
+    return SFTRows(dataset, source_name, fmt, bad, n_rows_in, raw.places(kept))
 
 
 def _check_choices(format: str | None, on_bad_row: str) -> None:
@@ -535,32 +592,69 @@ def _sft_format(raw: RawRows, source_name: str, format: str | None) -> str:
     return fmt
 
 
-def _conversations(raw: RawRows, fmt: str, stored_fingerprints: bool) -> tuple[list[int], dict, list[BadRow]]:
-    """Every row read as `fmt`: the indices of the rows kept, their new columns (messages, id, fingerprint,
-    label when there is a `label` column), and the bad rows (unparsable lines included), in input order."""
-    new: dict[str, list] = {"messages": [], "id": [], FINGERPRINT_COLUMN: []}
-    if "label" in raw.columns:
-        new["label"] = []
-    kept: list[int] = []
-    bad = list(raw.bad)
-    wanted = [*SOURCE_COLUMNS[fmt], "id", "prompt_id", "label", FINGERPRINT_COLUMN]
+CHUNK_ROWS = 8192  # rows converted at a time: what a reader holds in Python (`arrow_rows.ChunkedRows`)
+
+
+def _conversations(
+    raw: RawRows, fmt: str, stored_fingerprints: bool, source: str, on_bad_row: str
+) -> tuple[np.ndarray, Dataset | None, list[BadRow]]:
+    """Every row read as `fmt`, a chunk at a time: the indices of the rows kept, the kept rows (messages, id,
+    fingerprint, label when there is a `label` column, in place of the source's conversation columns; the
+    other columns as they are) and the bad rows (unparsable lines included), in input order. With
+    on_bad_row="error", once a row is bad the others are only checked (the read will be refused)."""
+    new_columns = ["messages", "id", FINGERPRINT_COLUMN, *(["label"] if "label" in raw.columns else [])]
+    order = raw.column_order(list(SOURCE_COLUMNS[fmt]), new_columns)
+    from_json = (
+        raw.table is None
+    )  # the other columns come from the parsed rows (an Arrow source keeps its own)
+    wanted = None if from_json else [*SOURCE_COLUMNS[fmt], "id", "prompt_id", "label", FINGERPRINT_COLUMN]
+    kept, bad, parts = array("q"), list(raw.bad), ChunkedRows(source)
+    chunk: list[tuple[int, dict, dict]] = []
     for i, row in enumerate(raw.iter_rows(wanted)):
-        try:
-            messages = sft_messages(row, fmt)
-            label = parse_label(row["label"]) if "label" in new else None
-        except RowError as e:
-            bad.append(BadRow(row=raw.where(i), id=row_id(row), problem=str(e)))
-            continue
-        digest = fingerprint(messages)
-        stored = row[FINGERPRINT_COLUMN] if stored_fingerprints else None
-        values = {"messages": messages, "id": row_id(row) or digest[:16], "label": label}
-        # a stored fingerprint is kept as it is, a missing one as "" (never replaced by the text's own: the
-        # trainer's stale-score check must see that the row's scores cannot be tied to the text scored)
-        values[FINGERPRINT_COLUMN] = digest if not stored_fingerprints else (stored or "")
-        for column, column_values in new.items():
-            column_values.append(values[column])
-        kept.append(i)
-    return kept, new, input_order(bad)
+        values = _conversation(row, fmt, stored_fingerprints, "label" in new_columns)
+        if isinstance(values, RowError):
+            bad.append(BadRow(row=raw.where(i), id=row_id(row), problem=str(values)))
+        elif not (bad and on_bad_row == "error"):  # once the read will be refused, rows are only checked
+            chunk.append((i, row, values))
+        if len(chunk) == CHUNK_ROWS:
+            _add_chunk(parts, chunk, kept, raw, order if from_json else new_columns)
+            chunk = []
+    _add_chunk(parts, chunk, kept, raw, order if from_json else new_columns)
+    kept_rows = np.frombuffer(kept, dtype=np.int64)
+    dataset = parts.finish()
+    if dataset is not None and not from_json:
+        dataset = raw.assemble(kept_rows, order, dataset)
+    return kept_rows, dataset, input_order(bad)
+
+
+def _conversation(row: dict, fmt: str, stored_fingerprints: bool, labelled: bool) -> dict | RowError:
+    """One row's new columns (messages, id, fingerprint, label), or the RowError that says why it has none."""
+    try:
+        messages = sft_messages(row, fmt)
+        label = parse_label(row.get("label")) if labelled else None
+    except RowError as e:
+        return e
+    digest = fingerprint(messages)
+    values = {"messages": messages, "id": row_id(row) or digest[:16], "label": label}
+    # a stored fingerprint is kept as it is, a missing one as "" (never replaced by the text's own: the
+    # trainer's stale-score check must see that the row's scores cannot be tied to the text scored)
+    values[FINGERPRINT_COLUMN] = digest if not stored_fingerprints else (row.get(FINGERPRINT_COLUMN) or "")
+    return values
+
+
+def _add_chunk(
+    parts: ChunkedRows, chunk: list[tuple[int, dict, dict]], kept: array, raw: RawRows, columns: list[str]
+) -> None:
+    """The chunk's rows as columns (new values first, then the row's own) into `parts`; their indices to
+    `kept`."""
+    if not chunk:
+        return
+    data = {c: [values[c] if c in values else row.get(c) for _, row, values in chunk] for c in columns}
+    indices = [i for i, _, _ in chunk]
+    parts.add(
+        _dataset_from_columns(data, parts.source, raw.places(np.asarray(indices))), raw.where(indices[0])
+    )
+    kept.extend(indices)
 
 
 def load_sft_dataset(

@@ -39,7 +39,9 @@ One index space: after encoding, a row is named by its position among the rows e
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
+from array import array
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,16 +56,16 @@ from .aligned import (
     load_aligned_models,
     load_weights,
     resolve_dtype,
-    short_hash,
 )
 from .chat import ChatFormat, ChatTemplateError, response_bytes
 from .configs import ScoreConfig
 from .console import BadRow, input_order, refuse_or_skip, say
+from .encoded_rows import EncodedRows
 from .logprobs import (
     PACKING,
     batch_budget,
     default_batch_tokens,
-    packed_batches,
+    iter_packed_batches,
     packed_logprob_sums,
     scoring_chunk_size,
 )
@@ -73,12 +75,10 @@ from .shards import (
     OutputWriteError,
     check_run_config,
     finalize,
-    finished_rows,
+    finished_mask,
     remove_stale_temporaries,
     write_shard,
 )
-
-Encoding = tuple[np.ndarray, np.ndarray, bool]  # input ids, response mask, truncated
 
 
 def score_dataset(config: ScoreConfig, dataset: Dataset | None = None) -> Dataset:
@@ -165,30 +165,32 @@ class EncodedShare:
     """The rows every model scores, and this process's share of them encoded per tokenizer + template."""
 
     rows: SFTRows  # bad rows left out; a row's position here is its index in shards and output
-    share: list[int]  # the positions in `rows` this process scores (row i: process i mod N)
-    encodings: dict[tuple, list[Encoding]]  # per encoding key: one per row of `share`, in that order
+    share: np.ndarray  # the positions in `rows` this process scores (row i: process i mod N)
+    encodings: dict[tuple, EncodedRows]  # per encoding key: one row per position of `share`, in that order
     seconds: dict[tuple, float]  # encoding time per key (counted once, with the key's first model)
-    users: dict[tuple, int]  # models still to score per key (its encodings are freed after the last)
+    users: dict[tuple, int]  # models still to score per key (its encodings are removed after the last)
 
 
 def _encode_share(rows: SFTRows, aligned: list[AlignedModel], config: ScoreConfig, state) -> EncodedShare:
-    """Encode this process's rows once per encoding key; refuse, or leave out for every model, the rows some
-    template cannot encode (every process learns every bad row, so all keep the same rows)."""
-    mine = list(range(state.process_index, len(rows.dataset), state.num_processes))
-    conversations = rows.dataset.select(mine)["messages"]
+    """Encode this process's rows once per encoding key, into files (`EncodedRows`); refuse, or leave out
+    for every model, the rows some template cannot encode (every process learns every bad row, so all keep
+    the same rows)."""
+    mine = np.arange(state.process_index, len(rows.dataset), state.num_processes, dtype=np.int64)
     keys = [_encoding_key(model, config.max_length) for model in aligned]
     first_model = dict(reversed(list(zip(keys, aligned, strict=True))))  # key -> its first model, in order
     encodings, problems, seconds = {}, {}, {}
     for key in dict.fromkeys(keys):
         started = time.perf_counter()
-        encodings[key], bad = _encode_rows(first_model[key].chat, conversations, mine, config.max_length)
+        encodings[key], bad = _encode_rows(first_model[key].chat, rows.dataset, mine, config.max_length)
         seconds[key] = time.perf_counter() - started
         for row, problem in bad.items():
             problems.setdefault(row, problem)  # the first model's problem, in the order of --model
     kept_rows, kept = _leave_out(rows, _gather_problems(problems, state), config.on_bad_row)
-    position = {r: j for j, r in enumerate(kept)}
-    share = [position[r] for r in mine if r in position]
-    encodings = {key: [enc[r] for r in mine if r in position] for key, enc in encodings.items()}
+    if len(kept) < len(rows.dataset):
+        keep = np.isin(mine, kept)
+        encodings = {key: enc.select(np.flatnonzero(keep)) for key, enc in encodings.items()}
+        mine = mine[keep]
+    share = np.searchsorted(kept, mine)  # the positions of this process's rows among the rows kept
     users = {key: keys.count(key) for key in encodings}
     return EncodedShare(kept_rows, share, encodings, seconds, users)
 
@@ -197,9 +199,8 @@ def _run_identity(
     rows: SFTRows, aligned: list[AlignedModel], config: ScoreConfig, run: _Settings, state
 ) -> dict:
     """What a resumed run must share with the run that wrote the folder (`shards.check_run_config`)."""
-    fingerprints = rows.dataset["fingerprint"]  # of the text scored now (a stored one is not kept)
     identity = {
-        "dataset_fingerprint": short_hash("\n".join(fingerprints) + f"\n{rows.n_rows_in}"),
+        "dataset_fingerprint": _dataset_fingerprint(rows),
         "n_rows": len(rows.dataset),
         "models": [m.identity() for m in aligned],
         "max_length": config.max_length,
@@ -214,20 +215,29 @@ def _run_identity(
     return identity
 
 
+def _dataset_fingerprint(rows: SFTRows) -> str:
+    """`short_hash` of the rows' fingerprints joined by newlines and the input's row count, streamed (the
+    fingerprints are of the text scored now: a stored one is not kept)."""
+    digest = hashlib.sha256()
+    for i, batch in enumerate(rows.dataset.select_columns(["fingerprint"]).iter(batch_size=10_000)):
+        digest.update(("\n" if i else "").encode() + "\n".join(batch["fingerprint"]).encode("utf-8"))
+    digest.update(f"\n{rows.n_rows_in}".encode())
+    return digest.hexdigest()[:16]
+
+
 def _score_model(
     model: AlignedModel, work: EncodedShare, output: Path, config: ScoreConfig, run: _Settings, state
 ) -> dict:
     """Score this process's share with one model, skipping rows its shards already hold; this run's
     {"rows", "tokens", "seconds"} (the seconds include encoding)."""
     key = _encoding_key(model, config.max_length)
-    done = finished_rows(output, model.alias)
+    done = finished_mask(output, model.alias, len(work.rows.dataset))
     state.wait_for_everyone()  # every process has read the finished set before anyone writes new shards
-    if done:
-        say(
-            f"{model.alias}: resuming, {len(done)} rows already scored, {len(work.rows.dataset) - len(done)} to go"
-        )
+    if done.any():
+        n_done = int(done.sum())
+        say(f"{model.alias}: resuming, {n_done} rows already scored, {len(done) - n_done} to go")
     stats = {"rows": 0, "tokens": 0, "seconds": work.seconds.pop(key, 0.0)}
-    if any(j not in done for j in work.share):
+    if not done[work.share].all():
         network = load_weights(model, run.dtype, run.device)
         scored = _score_share(
             model,
@@ -245,7 +255,7 @@ def _score_model(
         del network
     work.users[key] -= 1
     if not work.users[key]:
-        del work.encodings[key]  # its last model is scored
+        work.encodings.pop(key).remove()  # its last model is scored
     return stats
 
 
@@ -270,12 +280,20 @@ def _write_scored_dataset(
     finalize(
         output,
         rows.dataset,
-        response_bytes=[response_bytes(m) for m in rows.dataset["messages"]],
+        response_bytes=_response_bytes(rows.dataset),
         models=[m.manifest_entry() for m in aligned],
         run=run,
         stats=stats,
         normalization=normalization,
     )
+
+
+def _response_bytes(dataset: Dataset) -> np.ndarray:
+    """`chat.response_bytes` of every row, a batch of conversations at a time."""
+    sizes = array("q")
+    for batch in dataset.select_columns(["messages"]).iter(batch_size=1024):
+        sizes.extend(response_bytes(messages) for messages in batch["messages"])
+    return np.frombuffer(sizes, dtype=np.int64)
 
 
 # ---- encoding ----------------------------------------------------------------------------------------------
@@ -288,31 +306,34 @@ def _encoding_key(model: AlignedModel, max_length: int | None) -> tuple:
 
 
 def _encode_rows(
-    chat: ChatFormat, messages: list[list[dict]], rows: list[int], max_length: int | None, chunk: int = 1024
-) -> tuple[dict[int, Encoding], dict[int, str]]:
-    """Encode `messages` (the conversations of `rows`) under one chat format, `chunk` rows per tokenizer call:
-    (input_ids, response_mask, truncated) per row as compact numpy arrays, and the problem of each row that
-    cannot be encoded (`ChatFormat.encode_many`), both by row."""
-    encoded: dict[int, Encoding] = {}
+    chat: ChatFormat, dataset: Dataset, rows: np.ndarray, max_length: int | None, chunk: int = 1024
+) -> tuple[EncodedRows, dict[int, str]]:
+    """Encode the conversations of `rows` (positions in `dataset`) under one chat format, `chunk` rows per
+    tokenizer call, into an `EncodedRows` (one entry per row of `rows`, in order; an empty one for a row that
+    cannot be encoded) and the problem of each such row (`ChatFormat.encode_many`), by position."""
+    encoded = EncodedRows()
     problems: dict[int, str] = {}
-    for start in range(0, len(rows), chunk):
-        part = chat.encode_many(messages[start : start + chunk], max_length)
-        for row, enc in zip(rows[start : start + chunk], part, strict=True):
+    conversations = dataset.select_columns(["messages"])
+    if len(rows) < len(dataset):
+        conversations = conversations.select(rows)
+    for start, batch in zip(range(0, len(rows), chunk), conversations.iter(batch_size=chunk), strict=True):
+        part = chat.encode_many(batch["messages"], max_length)
+        for row, enc in zip(rows[start : start + chunk].tolist(), part, strict=True):
             if isinstance(enc, ChatTemplateError):
                 problems[row] = str(enc)
+                encoded.append([], [], False)
                 continue
-            ids = np.asarray(enc.input_ids, dtype=np.int32)
-            encoded[row] = (ids, np.asarray(enc.response_mask, dtype=np.uint8), enc.truncated)
-    return encoded, problems
+            encoded.append(enc.input_ids, enc.response_mask, enc.truncated)
+    return encoded.close(), problems
 
 
-def _leave_out(rows: SFTRows, problems: dict[int, str], on_bad_row: str) -> tuple[SFTRows, list[int]]:
+def _leave_out(rows: SFTRows, problems: dict[int, str], on_bad_row: str) -> tuple[SFTRows, np.ndarray]:
     """Refuse, or leave out for every model, the rows some model's chat template cannot encode (a message
     dropped, moved or rewritten, a template error, two BOS tokens), before anything is scored, so that every
     model scores the same rows. Skipped rows join the reader's bad rows (manifest `bad_rows`). Returns the
     rows kept and their indices in `rows`."""
     if not problems:
-        return rows, list(range(len(rows.dataset)))
+        return rows, np.arange(len(rows.dataset), dtype=np.int64)
     bad_at = sorted(problems)
     ids = rows.dataset.select(bad_at)["id"]
     bad = [
@@ -323,12 +344,12 @@ def _leave_out(rows: SFTRows, problems: dict[int, str], on_bad_row: str) -> tupl
     if len(bad) == len(rows.dataset) and on_bad_row == "skip":
         refuse_or_skip(bad, f"{what} (none can)", "error", ValueError, hint="check the templates")
     refuse_or_skip(bad, what, on_bad_row, ChatTemplateError)
-    kept = sorted(set(range(len(rows.dataset))) - set(bad_at))
+    kept = np.setdiff1d(np.arange(len(rows.dataset), dtype=np.int64), np.asarray(bad_at, dtype=np.int64))
     kept_rows = dataclasses.replace(
         rows,
         dataset=rows.dataset.select(kept),
         bad=input_order([*rows.bad, *bad]),
-        where=[rows.where[i] for i in kept],
+        where=rows.where.select(kept),
     )
     return kept_rows, kept
 
@@ -380,30 +401,29 @@ class _ShardBuffer:
 def _score_share(
     model: AlignedModel,
     network: torch.nn.Module,
-    encoded: list[Encoding],
-    rows: list[int],
+    encoded: EncodedRows,
+    rows: np.ndarray,
     output: Path,
-    done: set[int],
+    done: np.ndarray,
     config: ScoreConfig,
     run: _Settings,
     *,
     rank: int,
     progress: bool,
 ) -> dict:
-    """Score `rows` (whose encodings are `encoded`) with one model, except the rows in `done`. Batches are
-    formed over all of `rows`, so a resume re-forms the same batches and skips the finished ones. The bar
-    counts tokens (the work; the longest rows come first, so rows would misjudge the time left): it moves
-    per batch, with tok/s, the rows done and the time left from the first batch on."""
+    """Score `rows` (whose encodings are `encoded`, in that order) with one model, except the rows `done`
+    marks. Batches are formed over all of `rows`, so a resume re-forms the same batches and skips the
+    finished ones. The bar counts tokens (the work; the longest rows come first, so rows would misjudge the
+    time left): it moves per batch, with tok/s, the rows done and the time left from the first batch on."""
     from tqdm.auto import tqdm
 
-    _warn_beyond_context(model, network, encoded)
+    _warn_beyond_context(model, network, encoded.lengths)
     chunk_size = scoring_chunk_size(network.get_output_embeddings().weight.shape[0])
     shards = _ShardBuffer(output, model.alias, rank, config.rows_per_shard, config.flush_seconds)
-    lengths = [len(e[0]) for e in encoded]
-    todo = [i for i, r in enumerate(rows) if r not in done]
+    lengths, todo = encoded.lengths, ~done[rows]
     tokens, scored, started = 0, 0, time.perf_counter()
     bar = tqdm(
-        total=sum(lengths[i] for i in todo),
+        total=int(lengths[todo].sum()),
         unit="tok",
         unit_scale=True,
         desc=f"scoring {model.alias}",
@@ -411,31 +431,31 @@ def _score_share(
         dynamic_ncols=True,
     )
     with bar, torch.inference_mode():
-        for batch in packed_batches(lengths, batch_budget(lengths, run.batch_tokens)):
-            batch = [i for i in batch if rows[i] not in done]
-            if not batch:
+        for batch in iter_packed_batches(lengths, batch_budget(lengths, run.batch_tokens)):
+            batch = batch[todo[batch]]
+            if not len(batch):
                 continue
             sums, counts = packed_logprob_sums(
-                network, [encoded[i][:2] for i in batch], chunk_size=chunk_size
+                network, [encoded.get(i) for i in batch.tolist()], chunk_size=chunk_size
             )
-            n_tokens = sum(lengths[i] for i in batch)
+            n_tokens = int(lengths[batch].sum())
             shards.add(
-                [rows[i] for i in batch],
+                rows[batch].tolist(),
                 sums.tolist(),
                 counts.tolist(),
-                [encoded[i][2] for i in batch],
+                encoded.truncated[batch].tolist(),
                 n_tokens,
             )
             tokens, scored = tokens + n_tokens, scored + len(batch)
-            bar.set_postfix_str(f"{scored}/{len(todo)} rows", refresh=False)
+            bar.set_postfix_str(f"{scored}/{int(todo.sum())} rows", refresh=False)
             bar.update(n_tokens)
     shards.flush()
-    return {"rows": len(todo), "tokens": tokens, "seconds": time.perf_counter() - started}
+    return {"rows": int(todo.sum()), "tokens": tokens, "seconds": time.perf_counter() - started}
 
 
-def _warn_beyond_context(model: AlignedModel, network: torch.nn.Module, encoded: list[Encoding]) -> None:
+def _warn_beyond_context(model: AlignedModel, network: torch.nn.Module, lengths: np.ndarray) -> None:
     context = getattr(network.config, "max_position_embeddings", None)
-    longest = max(len(e[0]) for e in encoded)
+    longest = int(lengths.max()) if len(lengths) else 0
     if context is not None and longest > context:
         say(
             f"warning: {model.alias}: rows of up to {longest} tokens exceed the model's context of {context}; "

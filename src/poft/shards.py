@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import Dataset, concatenate_datasets
+from datasets import Dataset, Value
 
 from .console import say
 from .loss import normalize_scores
@@ -105,11 +105,12 @@ def shard_files(output: Path, alias: str) -> list[Path]:
     return sorted(p for p in folder.glob("*.json") if not p.name.startswith(".tmp-"))
 
 
-def finished_rows(output: Path, alias: str) -> set[int]:
-    """Row indices some shard of this model already covers."""
-    done: set[int] = set()
+def finished_mask(output: Path, alias: str, n_rows: int) -> np.ndarray:
+    """done[r] is True where some shard of this model already covers row r (one byte a row)."""
+    done = np.zeros(n_rows, dtype=bool)
     for path in shard_files(output, alias):
-        done.update(json.loads(path.read_text())["rows"])
+        rows = np.asarray(json.loads(path.read_text())["rows"], dtype=np.int64)
+        done[rows[rows < n_rows]] = True
     return done
 
 
@@ -193,14 +194,10 @@ def finalize(
     manifest records of the run besides the models (source, row counts, bad rows, settings, processes);
     `stats`: per process, per alias {"rows", "tokens", "seconds"} of this run.
     """
-    columns: dict[str, object] = {"response_bytes": np.asarray(response_bytes, dtype=np.int64)}
+    columns: dict[str, np.ndarray] = {"response_bytes": np.asarray(response_bytes, dtype=np.int64)}
     per_model = [_merge_model(output, entry, len(dataset), columns, normalization) for entry in models]
     columns["ref_score"] = np.mean([m.pop("scores") for m in per_model], axis=0)
-    columns[PROVENANCE_COLUMN] = [provenance_record(models, normalization, run["settings"])] * len(dataset)
-    replaced = [c for c in columns if c in dataset.column_names]
-    if replaced:
-        say(f"replacing existing columns {replaced} with new scores")
-    scored = concatenate_datasets([dataset.remove_columns(replaced), Dataset.from_dict(columns)], axis=1)
+    scored = _with_score_columns(dataset, columns, provenance_record(models, normalization, run["settings"]))
     previous = _read_manifest(output)
     # From here until the manifest is written again, readers refuse the folder as unfinished
     (output / MANIFEST_FILE).unlink(missing_ok=True)
@@ -217,6 +214,39 @@ def finalize(
         f"({len(run['bad_rows'])} bad rows skipped, {tokens} tokens this run{rate})"
     )
     return scored
+
+
+def _with_score_columns(dataset: Dataset, columns: dict[str, np.ndarray], provenance: str) -> Dataset:
+    """The rows with the score columns (and the provenance string) added last, in place of columns of those
+    names; written a batch at a time to a private working file (memory: the score arrays and one batch)."""
+    from .arrow_rows import private_workdir
+
+    replaced = [c for c in [*columns, PROVENANCE_COLUMN] if c in dataset.column_names]
+    if replaced:
+        say(f"replacing existing columns {replaced} with new scores")
+
+    def add(batch: dict, indices: list[int]) -> dict:
+        rows = np.asarray(indices, dtype=np.int64)
+        added = {name: values[rows] for name, values in columns.items()}
+        return {**added, PROVENANCE_COLUMN: [provenance] * len(rows)}
+
+    features = dataset.features.copy()
+    for name in replaced:
+        del features[name]
+    for name, values in columns.items():
+        features[name] = Value(values.dtype.name)
+    features[PROVENANCE_COLUMN] = Value("string")
+    return dataset.map(
+        add,
+        batched=True,
+        batch_size=10_000,
+        with_indices=True,
+        remove_columns=replaced,
+        features=features,
+        cache_file_name=str(private_workdir("poft-scored-") / "scored.arrow"),
+        new_fingerprint=uuid.uuid4().hex,
+        desc=None,
+    )
 
 
 def _manifest(
