@@ -92,3 +92,20 @@ def test_error_line_tells_writes_from_reads():
         RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
     )
     assert torch_write.startswith("a write failed") and "internal error" not in torch_write
+
+
+# ------------------------------------------------------------------------ a checkpoint file cut short
+
+
+def test_resuming_from_a_checkpoint_whose_optimizer_is_cut_names_the_file_and_how_to_go_on(
+    tiny, tmp_path, capsys
+):
+    """Was "internal error: PytorchStreamReader failed reading zip archive", naming no file."""
+    output = tmp_path / "run"
+    assert main(train(tiny, output, "--max_steps", "2", "--save_steps", "1")) == 0
+    optimizer = output / "checkpoint-2" / "optimizer.pt"
+    optimizer.write_bytes(optimizer.read_bytes()[: optimizer.stat().st_size // 2])
+    capsys.readouterr()
+    line = one_line_error(capsys, train(tiny, output, "--max_steps", "3", "--resume_from_checkpoint", "last"))
+    assert f"{optimizer} cannot be read: it looks cut short or damaged" in line
+    assert f"--resume_from_checkpoint {output / 'checkpoint-1'}, or delete {output / 'checkpoint-2'}" in line

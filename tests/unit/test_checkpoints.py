@@ -3,15 +3,23 @@
 import json
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
-from poft.checkpoints import CheckpointError, checkpoint_problem, latest_complete_checkpoint, resolve_resume
+from poft.checkpoints import (
+    CheckpointError,
+    checkpoint_problem,
+    damaged_file,
+    latest_complete_checkpoint,
+    resolve_resume,
+)
 
 
 def checkpoint(root, step: int, *, state: str | None = "ok", weights: bool = True):
     folder = root / f"checkpoint-{step}"
     folder.mkdir(parents=True)
     if weights:
-        (folder / "model.safetensors").write_bytes(b"x")
+        save_file({"w": torch.zeros(2)}, str(folder / "model.safetensors"))
     if state == "ok":
         (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
     elif state == "cut":
@@ -50,4 +58,30 @@ def test_nothing_to_resume_and_an_incomplete_path_are_clear_errors(tmp_path):
     ):
         resolve_resume(str(partial), tmp_path)
     with pytest.raises(CheckpointError, match=r"no complete checkpoint in .* \(1 incomplete\)"):
+        resolve_resume("last", tmp_path)
+
+
+def test_a_checkpoint_with_a_file_cut_short_is_refused_naming_the_file_and_the_previous_one(tmp_path):
+    """Was torch's "PytorchStreamReader failed reading zip archive", naming no file."""
+    older = checkpoint(tmp_path, 2)
+    newest = checkpoint(tmp_path, 4)
+    torch.save({"state": torch.zeros(64)}, newest / "optimizer.pt")
+    assert damaged_file(newest) is None
+    whole = (newest / "optimizer.pt").read_bytes()
+    (newest / "optimizer.pt").write_bytes(whole[: len(whole) // 2])
+    for value in ("last", str(newest)):
+        with pytest.raises(CheckpointError) as refused:
+            resolve_resume(value, tmp_path)
+        message = str(refused.value)
+        assert f"{newest / 'optimizer.pt'} cannot be read: it looks cut short or damaged" in message
+        assert f"--resume_from_checkpoint {older}, or delete {newest}" in message
+    assert resolve_resume(str(older), tmp_path) == str(older)
+
+
+def test_a_safetensors_file_shorter_than_its_header_says_is_named(tmp_path):
+    only = checkpoint(tmp_path, 2)
+    weights = only / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-3])
+    assert damaged_file(only)[0] == weights and "its header needs" in damaged_file(only)[1]
+    with pytest.raises(CheckpointError, match=r"model\.safetensors cannot be read.*delete .*checkpoint-2"):
         resolve_resume("last", tmp_path)
