@@ -163,6 +163,7 @@ def load_adapter_model(adapter: str, *, trainable: bool = False, base: str | Non
 
     if isinstance(kwargs.get("dtype"), str) and kwargs["dtype"] != "auto":  # "float32" -> torch.float32
         kwargs["dtype"] = getattr(torch, kwargs["dtype"])
+    kwargs.setdefault("trust_remote_code", False)  # code shipped with a model runs only when asked for
     network = AutoModelForCausalLM.from_pretrained(base_model(adapter, base), **kwargs)
     return PeftModel.from_pretrained(network, adapter, is_trainable=trainable)
 
@@ -180,7 +181,9 @@ def load_tokenizer(adapter: str, base: str | None = None):
     from transformers import AutoTokenizer
 
     own = any(_adapter_file(adapter, name) is not None for name in TOKENIZER_FILES)
-    return AutoTokenizer.from_pretrained(adapter if own else base_model(adapter, base))
+    return AutoTokenizer.from_pretrained(
+        adapter if own else base_model(adapter, base), trust_remote_code=False
+    )
 
 
 def merge_adapter(adapter: str, output: str | Path, dtype: str = "auto", base: str | None = None) -> Path:

@@ -178,13 +178,15 @@ def load_aligned_models(
         except AlignedModelError as e:
             raise AlignedModelError(f"aligned model {alias}: {e}") from e
         base = _base_model(alias, path) if not gguf else None
-        try:
+        if not gguf:
+            _refuse_remote_code(alias, path)
+        try:  # trust_remote_code=False: never run code shipped with a model (nor ask whether to)
             if gguf:
-                tokenizer = AutoTokenizer.from_pretrained(gguf[0], **gguf[1])
+                tokenizer = AutoTokenizer.from_pretrained(gguf[0], trust_remote_code=False, **gguf[1])
             elif base:
                 tokenizer = load_tokenizer(path, base)
             else:
-                tokenizer = AutoTokenizer.from_pretrained(path)
+                tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         except Exception as e:  # transformers raises OSError, ValueError, ...: keep the cause, name the model
             cause = " ".join(str(e).split())  # transformers' messages span lines; the CLI prints one
             raise AlignedModelError(
@@ -212,6 +214,32 @@ def load_aligned_models(
     return models
 
 
+def _refuse_remote_code(alias: str, path: str) -> None:
+    """`poft score` runs no Python code shipped with a model: a local folder whose config.json maps a class to
+    its own code (`auto_map`) for a model_type transformers does not know is refused here, in words that fit
+    `poft score` (which has no --trust_remote_code); transformers refuses a Hub id the same way."""
+    import json
+
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    config = Path(path) / "config.json"
+    try:
+        settings = json.loads(config.read_text(encoding="utf-8")) if config.is_file() else {}
+    except (OSError, ValueError):  # transformers names a config.json it cannot read
+        return
+    if (
+        isinstance(settings, dict)
+        and settings.get("auto_map")
+        and settings.get("model_type") not in CONFIG_MAPPING
+    ):
+        raise AlignedModelError(
+            f"aligned model {alias} ({path}): its config.json needs Python code shipped with the model "
+            f"(auto_map {sorted(settings['auto_map'])} for model_type {settings.get('model_type')!r}, which "
+            "transformers does not have); poft score never runs code that comes with a model: convert it to a "
+            "transformers architecture"
+        )
+
+
 def _base_model(alias: str, path: str) -> str | None:
     """A LoRA adapter's base model (checked to be there), None for a model."""
     if not is_adapter(path):
@@ -234,7 +262,10 @@ def load_weights(model: AlignedModel, dtype: torch.dtype, device: torch.device) 
         if model.base_model:  # a LoRA adapter: base + adapter, merged
             network = load_merged(path, base=model.base_model, dtype=dtype).to(device).eval()
         else:
-            network = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs).to(device).eval()
+            network = AutoModelForCausalLM.from_pretrained(
+                path, dtype=dtype, trust_remote_code=False, **kwargs
+            )
+            network = network.to(device).eval()
     except Exception as e:  # a weight file cut short or damaged (safetensors' own error type), ...
         cause = " ".join(str(e).split())
         raise AlignedModelError(

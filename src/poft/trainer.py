@@ -59,12 +59,13 @@ from .training_data import (
 )
 
 
-def _load_tokenizer(model_name_or_path: str):
-    """The target's tokenizer, with an error that names the model folder when it cannot be loaded."""
+def _load_tokenizer(model_name_or_path: str, trust_remote_code: bool = False):
+    """The target's tokenizer, with an error that names the model folder when it cannot be loaded. Code shipped
+    with the model runs only with trust_remote_code (never asked for: transformers would prompt)."""
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(model_name_or_path)
+        return AutoTokenizer.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
     except Exception as e:  # transformers raises several types here; keep the cause, name the folder
         raise ValueError(f"{model_name_or_path}: could not load the target's tokenizer: {e}") from e
 
@@ -115,7 +116,7 @@ class PoFTTrainer(SFTTrainer):
                 "packing_strategy='wrapped' cuts sequences apart; PoFT needs whole sequences ('bfd')"
             )
         if isinstance(model, str) and kwargs.get("processing_class") is None:
-            kwargs["processing_class"] = _load_tokenizer(model)
+            kwargs["processing_class"] = _load_tokenizer(model, args.trust_remote_code)
         # rows `readers.read_sft` already read (`poft train` reads its file once) are not read again
         self._read_rows = {}
         for key, name in (("train_dataset", "train"), ("eval_dataset", "eval")):
