@@ -133,7 +133,12 @@ def read_config(path: str) -> dict:
     import yaml
 
     with open(path) as file:
-        config = yaml.safe_load(file)
+        try:  # safe_load: plain data only, a `!!python/...` tag is refused, never constructed
+            config = yaml.safe_load(file)
+        except yaml.YAMLError as e:
+            raise ValueError(
+                f"config file {path} cannot be read as plain YAML: {' '.join(str(e).split())}"
+            ) from e
     if not isinstance(config, dict):
         raise ValueError(f"Config file {path} must contain a YAML mapping.")
     env = config.pop("env", {})
