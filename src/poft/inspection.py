@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from datasets import Dataset
 
+from .model_files import check_not_model_folder
 from .readers import read_sft
 
 QUANTILES = (0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0)
@@ -35,8 +36,10 @@ ROW_WEIGHTS_DIR = "row_weights"  # records.ROW_WEIGHTS_DIR (records imports tran
 def read_scored(folder: str | Path) -> tuple[Dataset, dict]:
     """The scored dataset (through `readers.read_sft`, which refuses an unfinished `poft score` folder) and
     its `poft score` manifest (for a `poft filter` folder, the one it was cut from; {} when there is none:
-    aliases then come from the columns and scores are taken as token-normalised)."""
+    aliases then come from the columns and scores are taken as token-normalised). A model folder given by
+    mistake is named as one (datasets would fail on its config.json with "DatasetGenerationError")."""
     folder = Path(folder)
+    check_not_model_folder(folder)
     dataset = read_sft(str(folder), on_bad_row="skip").dataset
     manifest = {}
     if (folder / "manifest.json").exists():

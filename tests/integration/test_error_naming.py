@@ -3,6 +3,7 @@ checkpoint cut short names its file, a model folder given as a dataset is called
 or misnamed says so. In-process through `poft.cli.main` on a tiny model, offline."""
 
 import errno
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from safetensors import SafetensorError
 
 from poft.cli import main
 from poft.exits import error_line
+from poft.model_files import check_not_model_folder, model_folder_files
 
 CPU = ["--report_to", "none", "--bf16", "false", "--objective", "sft"]
 FULL_DISK = "Error while serializing: I/O error: No space left on device (os error 28)"
@@ -109,3 +111,23 @@ def test_resuming_from_a_checkpoint_whose_optimizer_is_cut_names_the_file_and_ho
     line = one_line_error(capsys, train(tiny, output, "--max_steps", "3", "--resume_from_checkpoint", "last"))
     assert f"{optimizer} cannot be read: it looks cut short or damaged" in line
     assert f"--resume_from_checkpoint {output / 'checkpoint-1'}, or delete {output / 'checkpoint-2'}" in line
+
+
+# ------------------------------------------------------------------------------- a model folder as data
+
+
+def test_inspect_on_a_model_folder_says_it_is_a_model_folder(tiny, capsys):
+    """Was "internal error: DatasetGenerationError"."""
+    line = one_line_error(capsys, ["inspect", tiny["model"]])
+    assert f"{tiny['model']} is a model folder (config.json, model.safetensors" in line
+    assert "not a dataset" in line and "poft score" in line and "internal error" not in line
+
+
+def test_a_dataset_folder_is_never_taken_for_a_model_folder(tiny, tmp_path):
+    from datasets import Dataset
+
+    folder = tmp_path / "rows"
+    Dataset.from_list([{"a": 1}]).save_to_disk(str(folder))
+    shutil.copy(Path(tiny["model"]) / "config.json", folder / "config.json")  # a column config, say
+    assert model_folder_files(folder) == [] and model_folder_files(tiny["data"]) == []
+    check_not_model_folder(folder)
