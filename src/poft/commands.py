@@ -70,11 +70,7 @@ def model_init_kwargs(config, model_args) -> dict:
 
 def run_train(script_args, config, model_args, format_args: DatasetFormatArguments) -> int:
     """`poft train --config recipe.yaml [--key value ...]`: PoFTTrainer on the rows of `--dataset_name`."""
-    from trl import get_peft_config
-
-    from .device import fit_cpu_threads
-    from .readers import read_sft
-    from .trainer import PoFTTrainer
+    from .locks import output_lock
 
     if not model_args.model_name_or_path:
         raise UsageError("--model_name_or_path is required (a local folder or a Hub id)")
@@ -87,6 +83,18 @@ def run_train(script_args, config, model_args, format_args: DatasetFormatArgumen
             f"--model_name_or_path {model_args.model_name_or_path} is a PEFT adapter folder: poft train starts "
             f"from a full model; write one with `poft merge {model_args.model_name_or_path} --output DIR`"
         )
+    with output_lock(config.output_dir, command="poft train"):  # one run per folder, until the model is saved
+        return train_locked(script_args, config, model_args, format_args)
+
+
+def train_locked(script_args, config, model_args, format_args: DatasetFormatArguments) -> int:
+    """`poft train` once its options are checked and its output folder locked: read, train, save."""
+    from trl import get_peft_config
+
+    from .device import fit_cpu_threads
+    from .readers import read_sft
+    from .trainer import PoFTTrainer
+
     config.model_init_kwargs = model_init_kwargs(config, model_args)
     if config.use_cpu:  # set by PoFTConfig where there is no GPU
         fit_cpu_threads()
@@ -128,16 +136,24 @@ def run_train(script_args, config, model_args, format_args: DatasetFormatArgumen
 
 def run_dpo(script_args, config, model_args) -> int:
     """`poft dpo --config recipe.yaml [--key value ...]`: TRL's DPOTrainer from a PoFT checkpoint."""
-    from trl import get_peft_config
-
-    from .device import fit_cpu_threads
-    from .dpo import PoFTDPOTrainer, drop_reference_copy, load_preferences, policy_from_adapter
+    from .locks import output_lock
 
     if not model_args.model_name_or_path or not script_args.dataset_name:
         raise UsageError(
             "--model_name_or_path (the PoFT checkpoint) and --dataset_name (preference pairs) are required"
         )
     kind = check_model_path("--model_name_or_path", model_args.model_name_or_path)
+    with output_lock(config.output_dir, command="poft dpo"):  # one run per folder, until the model is saved
+        return dpo_locked(script_args, config, model_args, kind)
+
+
+def dpo_locked(script_args, config, model_args, kind: str) -> int:
+    """`poft dpo` once its options are checked and its output folder locked: read, train, save."""
+    from trl import get_peft_config
+
+    from .device import fit_cpu_threads
+    from .dpo import PoFTDPOTrainer, drop_reference_copy, load_preferences, policy_from_adapter
+
     config.model_init_kwargs = model_init_kwargs(config, model_args)
     if config.use_cpu:  # set by PoFTDPOConfig where there is no GPU
         fit_cpu_threads()
@@ -207,20 +223,21 @@ def run_inspect(config: InspectConfig) -> int:
 
 def run_filter(config: FilterConfig) -> int:
     """`poft filter DIR (--keep-top F | --min-score X) [--by COLUMN] --output OUT`."""
-    from .filtering import filter_dataset
+    from .filtering import filter_dataset, filter_output
     from .readers import load_sft_dataset
 
-    if Path(config.output).resolve() == Path(config.dir).resolve():
-        raise ValueError("--output must differ from the input")
-    dataset = load_sft_dataset(config.dir, config.split, format=config.format, on_bad_row=config.on_bad_row)
-    filter_dataset(
-        dataset,
-        config.output,
-        by=config.by,
-        keep_top=config.keep_top,
-        min_score=config.min_score,
-        source=config.dir,
-    )
+    # refuses a non-empty --output (without --overwrite) and locks it, before the input is read
+    with filter_output(config.output, config.dir, overwrite=config.overwrite):
+        rows = load_sft_dataset(config.dir, config.split, format=config.format, on_bad_row=config.on_bad_row)
+        filter_dataset(
+            rows,
+            config.output,
+            by=config.by,
+            keep_top=config.keep_top,
+            min_score=config.min_score,
+            source=config.dir,
+            overwrite=config.overwrite,
+        )
     return 0
 
 

@@ -273,6 +273,10 @@ class FilterConfig:
             "choices": ON_BAD_ROW,
         },
     )
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "Replace a non-empty --output, once the filtered rows are written in full."},
+    )
 
     def __post_init__(self):
         if not self.dir:
