@@ -7,9 +7,11 @@ finishing step of `poft score` take on the folder they write.
 The lock is `fcntl.flock` on a file in the folder (`.poft.lock`), taken without waiting: when another
 process holds it, `OutputLockedError` names that process (pid, host, command, start time, which the holder
 wrote into the file) and says to wait for it or to choose another folder. The kernel releases a flock when
-the process that holds it ends, however it ends (SIGKILL, out of memory, a lost node), so a killed run
-never leaves a lock that blocks the next one: the file stays, and its content is only informative (the last
-holder). Processes forked by the holder (data-loader workers) share its lock until they end too.
+the process that holds it ends, however it ends (SIGKILL, out of memory), so a killed run never leaves a
+lock that blocks the next one (on NFS, the lock of a machine that was lost is released when the server's
+lease for it expires: about 90 s with NFSv4): the file stays, and its content is only informative (the last
+holder; it records only the pid, host name, command and start time). Processes forked by the holder
+(data-loader workers) share its lock until they end too.
 
 In a multi-process run (torchrun, accelerate launch) only the main process takes the lock (`RANK` 0): the
 other processes write into the same folder by design, and must not be refused by their own run.
@@ -67,7 +69,7 @@ def holder_record(command: str) -> str:
     """What the holder writes into the lock file: enough for the refused run to name it."""
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     record = {"pid": os.getpid(), "host": socket.gethostname(), "command": command, "started": started}
-    return json.dumps({**record, "argv": sys.argv}) + "\n"
+    return json.dumps(record) + "\n"
 
 
 def acquire(path: Path, what: Path) -> int | None:
