@@ -184,3 +184,35 @@ def test_numeric_column_of_a_million_rows_allocates_no_python_object_per_row():
     tracemalloc.stop()
     assert np.isnan(column[::10]).all() and column[1] == 1.0 and column[-1] == n - 1
     assert peak < 16 * 2**20, f"{peak / 2**20:.1f} MiB"
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A real 64 KiB tmpfs; skipped where mounting is not allowed (no root / no CAP_SYS_ADMIN)."""
+    mount_point = tmp_path / "tmpfs"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_a_real_full_disk_leaves_nothing_at_output_then_more_space_works(tmp_path, small_tmpfs, capsys):
+    """Rows that do not fit in 64 KiB: the real ENOSPC (from Arrow's writer) is named with --output."""
+    answer = "the quick brown fox jumps over the lazy dog " * 4
+    rows = [{"id": f"r{i}", "messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant",
+             "content": answer}], "ref_score": float(i)} for i in range(2000)]  # fmt: skip
+    Dataset.from_list(rows).save_to_disk(str(tmp_path / "in"))
+    out = small_tmpfs / "top"
+    argv = ["filter", str(tmp_path / "in"), "--keep-top", "1.0", "--output", str(out)]
+    assert main(argv) == 1
+    line = last_error(capsys)
+    assert line.startswith(f"poft filter: error: cannot write the filtered rows to {out}: "), line
+    assert "No space left on device" in line and "nothing was left there" in line
+    assert list(small_tmpfs.iterdir()) == []  # no cut .arrow file, no temporary, no lock file
+    subprocess.run(["mount", "-o", "remount,size=16m", str(small_tmpfs)], check=True)  # space freed
+    assert main(argv) == 0
+    assert load_from_disk(str(out))["id"] == [r["id"] for r in rows]
