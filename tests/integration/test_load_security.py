@@ -1,6 +1,6 @@
 """What poft loads runs no code of the files' own: a model folder that ships Python code (config.json `auto_map`)
 is refused unless `--trust_remote_code` is given; checkpoints and weights are read without unpickling objects
-(weights_only / safetensors). Every payload here is live (run unsafely it writes a marker file, checked), and
+(weights_only / safetensors); a chat template inside a GGUF file renders in transformers' sandbox. Every payload here is live (run unsafely it writes a marker file, checked), and
 a user answering "y" to transformers' "run the custom code?" prompt is simulated, as a `yes |` pipe would.
 
 Seen on the earlier main: poft score (which has no --trust_remote_code) loaded such a folder's tokenizer and
@@ -15,9 +15,11 @@ import shutil
 import pytest
 import torch
 from datasets import Dataset
+from jinja2.sandbox import SecurityError
 
 from poft import PoFTConfig, PoFTTrainer
 from poft.aligned import AlignedModelError, load_aligned_models, load_weights
+from poft.chat import ChatTemplateError
 from poft.cli import parse_command
 from poft.commands import model_init_kwargs
 from poft.example import make_rows
@@ -124,6 +126,53 @@ def test_train_refuses_a_model_that_ships_its_own_code_without_the_flag(tiny, tm
     with pytest.raises(ValueError, match="(?s)contains custom code.*trust_remote_code=True"):
         PoFTTrainer(model=str(folder), args=args, train_dataset=rows)
     assert not asked and not marker.exists()
+
+
+# ---- a chat template inside a GGUF file ----------------------------------------------------------------------
+
+
+def gguf_with_template(path, chat_template: str) -> None:
+    """A GGUF file holding a byte-level tokenizer (256 bytes, one merge, ChatML's two markers) and `chat_template`:
+    enough for transformers to build its tokenizer (no model is loaded)."""
+    import gguf
+    import numpy as np
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    tokens = [*bytes_to_unicode().values(), "ab", "<|im_start|>", "<|im_end|>"]
+    writer = gguf.GGUFWriter(str(path), "llama")
+    for add, value in [("context_length", 64), ("embedding_length", 8), ("block_count", 1)]:
+        getattr(writer, f"add_{add}")(value)
+    writer.add_feed_forward_length(16)
+    writer.add_head_count(2)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([gguf.TokenType.NORMAL] * 257 + [gguf.TokenType.CONTROL] * 2)
+    writer.add_token_merges(["a b"])
+    writer.add_bos_token_id(257)
+    writer.add_eos_token_id(258)
+    writer.add_chat_template(chat_template)
+    writer.add_tensor("token_embd.weight", np.zeros((len(tokens), 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_a_chat_template_inside_a_gguf_file_is_rendered_in_the_sandbox(tmp_path):
+    marker = tmp_path / "ran"
+    escape = "{{ cycler.__init__.__globals__.__builtins__.open('" + str(marker) + "', 'w').close() }}"
+    chatml = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    gguf_with_template(tmp_path / "tiny.gguf", escape + chatml)
+    with pytest.raises(
+        ChatTemplateError, match="a: the chat template failed to render: access to attribute"
+    ) as e:
+        load_aligned_models([f"a={tmp_path / 'tiny.gguf'}"])
+    assert isinstance(e.value.__cause__, SecurityError)
+    assert not marker.exists()
+    gguf_with_template(tmp_path / "plain.gguf", chatml)  # the same file without the escape loads
+    [model] = load_aligned_models([f"a={tmp_path / 'plain.gguf'}"])
+    assert model.chat.end_of_turn == "<|im_end|>"
 
 
 # ---- pickles -------------------------------------------------------------------------------------------------
