@@ -73,6 +73,7 @@ def test_a_second_train_into_a_busy_folder_refuses_at_once_naming_the_first(tiny
     try:
         holder = wait_for_holder(out, first.pid, first, log)
         assert holder["command"] == "poft train" and holder["host"] == socket.gethostname()
+        start = time.monotonic()
         second = subprocess.run(
             [sys.executable, "-m", "poft", *train_argv(tiny, out, 1)],
             capture_output=True,
@@ -80,6 +81,7 @@ def test_a_second_train_into_a_busy_folder_refuses_at_once_naming_the_first(tiny
             timeout=120,
             env=ENV,
         )
+        refused_after = time.monotonic() - start  # its start-up (imports), then the refusal
         assert first.poll() is None  # the first run is still training
     finally:
         first.send_signal(signal.SIGKILL)
@@ -90,6 +92,7 @@ def test_a_second_train_into_a_busy_folder_refuses_at_once_naming_the_first(tiny
         f"started {holder['started']}): wait for that run to end, or choose another output folder"
     )
     assert "objective=" not in second.stdout  # refused before its data was read or its model loaded
+    assert refused_after < 90, refused_after  # at once: no waiting for the first run
     assert not (out / "model.safetensors").exists()
     with output_lock(out, command="test") as held:  # SIGKILL released the first run's lock
         assert held
