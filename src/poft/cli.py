@@ -248,6 +248,10 @@ def parse_command(argv: list[str]) -> Parsed:
         parser.print_help()
         sys.exit(0)
     try:
+        if name in TRL_COMMANDS:  # TRL's parser reads --config itself: its value types are checked here
+            from .options import check_config_file
+
+            check_config_file(argv[1:], parser.dataclass_types)
         options = parser.parse_args_and_config(args=argv[1:])
     except (ValueError, OSError) as e:  # an unreadable --config, unknown keys in it, a refused combination
         parser.error(" ".join(str(e).split()))

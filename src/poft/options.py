@@ -11,7 +11,10 @@ both kinds of command read the same way:
 - `bool`: `--flag`, `--flag true|false|yes|no|1|0`, and `--no-flag` / `--no_flag` when it defaults to True;
 - `T | None` (T not str): "none" / "null" give None; `list[T]`: one or more values;
 - `--config FILE.yaml`: its keys replace the defaults (the command line overrides them), its `env` mapping
-  is set in the environment, an unknown key is an error.
+  is set in the environment, an unknown key is an error. Each value is checked against its field's type and
+  choices (`config_value`): one error naming the key, the file and the type expected; a number for a string
+  field is its text, and a single value for a list field (`model: path`) is a one-item list, as `--model
+  path` is on the command line.
 """
 
 from __future__ import annotations
@@ -90,10 +93,12 @@ class OptionParser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
         super().__init__(**kwargs)
         self.dataclass_types = list(dataclass_types)
+        self.field_types: dict[str, Any] = {}  # a config file's values are checked against these
         for dtype in self.dataclass_types:
             hints = get_type_hints(dtype)
             for field in dataclasses.fields(dtype):
                 if field.init:
+                    self.field_types[field.name] = hints[field.name]
                     for names, options in field_arguments(field, hints[field.name]):
                         self.add_argument(*names, **options)
 
@@ -103,7 +108,8 @@ class OptionParser(argparse.ArgumentParser):
         if "--config" in args:
             at = args.index("--config")
             args.pop(at)
-            self.set_defaults_from(read_config(args.pop(at)))
+            path = args.pop(at)
+            self.set_defaults_from(read_config(path), path)
         namespace, unknown = self.parse_known_args(args)
         if unknown:
             raise ValueError(f"unrecognized arguments: {' '.join(unknown)}")
@@ -115,21 +121,113 @@ class OptionParser(argparse.ArgumentParser):
             for dtype in self.dataclass_types
         )
 
-    def set_defaults_from(self, config: dict) -> None:
+    def set_defaults_from(self, config: dict, source: str = "the config file") -> None:
         """A config file's values become the defaults (and required options are then given); unknown keys are
-        an error, named."""
+        an error, named. Each value is checked against its field's type (and choices) first: argparse
+        converts only string defaults and checks no default's choices, so `model: path` for a list would be
+        iterated letter by letter, and `max_length: 1.5` or `dtype: float64` would pass unchecked."""
         used = set()
+        checked = {
+            key: config_value(key, value, self.field_types[key], source)
+            for key, value in config.items()
+            if key in self.field_types
+        }
         for action in self._actions:
             if action.dest in config:
-                action.default, action.required = config[action.dest], False
+                value = checked.get(action.dest, config[action.dest])
+                check_choice(action, value, source)
+                action.default, action.required = value, False
                 used.add(action.dest)
         unknown = [key for key in config if key not in used]
         if unknown:
             raise ValueError(f"unknown keys in the config file: {', '.join(unknown)}")
 
 
-def read_config(path: str) -> dict:
-    """A YAML mapping of option values; its `env` mapping is set in the environment."""
+KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+ITEM_NAMES = {bool: "boolean", int: "integer", float: "number", str: "string"}
+YAML_NAMES = {**ITEM_NAMES, list: "list", dict: "mapping", type(None): "null"}
+
+
+def config_error(key: str, value: Any, expected: str, source: str) -> ValueError:
+    shown = "null" if value is None else str(value).lower() if isinstance(value, bool) else repr(value)
+    kind = YAML_NAMES.get(type(value), type(value).__name__)
+    return ValueError(f"{source}: key {key!r} must be {expected}, got {shown} (a YAML {kind})")
+
+
+def config_value(key: str, value: Any, kind: Any, source: str) -> Any:
+    """A config file's `key: value` as the field of type `kind` takes it, or a ValueError naming the key, the
+    file and the type expected. A single value where a list is expected (`model: path`) is a one-item list,
+    as `--model path` is on the command line."""
+    optional = isinstance(kind, types.UnionType) or getattr(kind, "__origin__", None) is Union
+    if optional:
+        inner = [a for a in kind.__args__ if a is not type(None)]
+        if len(inner) != 1:  # `str | list[str] | None` (TRL's report_to): left to the library
+            return value
+        kind = inner[0]
+    if value is None:
+        if optional:
+            return None
+        expected = "a list" if getattr(kind, "__origin__", None) is list else KIND_NAMES.get(kind, "a value")
+        raise config_error(key, value, expected, source)
+    if getattr(kind, "__origin__", None) is list:
+        item = kind.__args__[0]
+        values = value if isinstance(value, list) else [value]
+        expected = f"a list of {ITEM_NAMES.get(item, 'value')}s (or one {ITEM_NAMES.get(item, 'value')})"
+        if any(isinstance(v, (list, dict)) for v in values):
+            raise config_error(key, value, expected, source)
+        return [scalar_value(key, v, item, source) for v in values]
+    return scalar_value(key, value, kind, source)
+
+
+def scalar_value(key: str, value: Any, kind: Any, source: str) -> Any:
+    """One value of type `kind` (bool, int, float, str; others are left to the dataclass): a string is
+    converted as the command line would, a number for a string field is taken as its text."""
+    if kind not in KIND_NAMES:
+        return value
+    error = config_error(key, value, KIND_NAMES[kind], source)
+    if isinstance(value, (list, dict)) or (isinstance(value, bool) and kind is not bool):
+        raise error
+    if kind is bool and not isinstance(value, (bool, str)):
+        raise error
+    if kind is int and isinstance(value, float) and not value.is_integer():
+        raise error
+    try:
+        converted = string_to_bool(value) if kind is bool else kind(value)
+    except (TypeError, ValueError, argparse.ArgumentTypeError):
+        raise error from None
+    return converted
+
+
+def check_choice(action: argparse.Action, value: Any, source: str) -> None:
+    """A config value outside the option's choices, named with them (argparse checks only command-line ones)."""
+    if not action.choices or value is None:
+        return
+    for item in value if isinstance(value, list) else [value]:
+        if item not in action.choices:
+            raise ValueError(
+                f"{source}: key {action.dest!r} must be one of {', '.join(map(str, action.choices))}, "
+                f"got {item!r}"
+            )
+
+
+def check_config_file(args: Iterable[str], dataclass_types: Iterable[type]) -> None:
+    """The value types of `--config FILE.yaml` in `args`, for a parser that reads the file itself (TRL's, for
+    `poft train` and `poft dpo`): the same check and errors as `OptionParser`, nothing changed."""
+    args = list(args)
+    if "--config" not in args or args.index("--config") + 1 >= len(args):
+        return
+    path = args[args.index("--config") + 1]
+    config = read_config(path, set_env=False)
+    for dtype in dataclass_types:
+        hints = get_type_hints(dtype)
+        for field in dataclasses.fields(dtype):
+            if field.init and field.name in config:
+                config_value(field.name, config[field.name], hints[field.name], path)
+
+
+def read_config(path: str, set_env: bool = True) -> dict:
+    """A YAML mapping of option values; its `env` mapping is set in the environment (unless `set_env` is
+    false) and left out."""
     import yaml
 
     with open(path) as file:
@@ -144,6 +242,6 @@ def read_config(path: str) -> dict:
     env = config.pop("env", {})
     if not isinstance(env, dict):
         raise ValueError("`env` field should be a dict in the YAML file.")
-    for key, value in env.items():
+    for key, value in env.items() if set_env else ():
         os.environ[key] = str(value)
     return config
