@@ -72,21 +72,31 @@ def holder_record(command: str) -> str:
     return json.dumps(record) + "\n"
 
 
-def acquire(path: Path, what: Path) -> int | None:
-    """Open and lock `path` without waiting; the open file's descriptor, or None where there are no locks.
+def flock(fd: int, path: Path, what: Path, wait: bool) -> None:
+    """Lock the open file `fd` at once, or raise OutputLockedError naming its holder; with `wait`, say who
+    holds it and wait for it instead."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        if not wait:
+            raise OutputLockedError(
+                f"{what} is in use by {holder_text(path)}: wait for that run to end, or choose another output "
+                "folder"
+            ) from None
+        print(f"poft: waiting for {holder_text(path)} to finish writing {what}", file=sys.stderr, flush=True)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+
+def acquire(path: Path, what: Path, wait: bool = False) -> int | None:
+    """Open and lock `path` (refused at once unless `wait`); the open file's descriptor, or None where the
+    filesystem has no locks.
 
     Retries when the file it locked was removed or replaced meanwhile (a `replacement_lock` released by
     another run), so two runs never hold locks on two different files of one name."""
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise OutputLockedError(
-                f"{what} is in use by {holder_text(path)}: wait for that run to end, or choose another output "
-                "folder"
-            ) from None
+            flock(fd, path, what, wait)
         except OSError as e:
             os.close(fd)
             if e.errno not in NO_LOCKS:
@@ -97,6 +107,9 @@ def acquire(path: Path, what: Path) -> int | None:
                 file=sys.stderr,
             )
             return None
+        except BaseException:  # refused (OutputLockedError), or Ctrl-C while waiting
+            os.close(fd)
+            raise
         with contextlib.suppress(FileNotFoundError):
             if os.fstat(fd).st_ino == os.stat(path).st_ino:
                 return fd
@@ -104,13 +117,13 @@ def acquire(path: Path, what: Path) -> int | None:
 
 
 @contextlib.contextmanager
-def locked_file(path: Path, what: Path, command: str, *, remove: bool) -> Iterator[bool]:
+def locked_file(path: Path, what: Path, command: str, *, remove: bool, wait: bool = False) -> Iterator[bool]:
     """Hold the flock of `path` (naming `what` when refused) for the block; `remove` it at the end.
     Yields whether this process holds a lock (False: not the main process, or no locks here)."""
     if fcntl is None or not is_main_process():
         yield False
         return
-    fd = acquire(path, what)
+    fd = acquire(path, what, wait)
     if fd is None:
         yield False
         return
@@ -126,14 +139,15 @@ def locked_file(path: Path, what: Path, command: str, *, remove: bool) -> Iterat
 
 
 @contextlib.contextmanager
-def output_lock(folder: str | Path, *, command: str) -> Iterator[bool]:
+def output_lock(folder: str | Path, *, command: str, wait: bool = False) -> Iterator[bool]:
     """Hold the lock of an output folder (created if missing) for the block; refuse at once with
-    `OutputLockedError` when another run holds it. A no-op on processes other than the main one.
+    `OutputLockedError` when another run holds it, or with `wait` wait for it (for a short step that
+    several runs may do in turn). A no-op on processes other than the main one.
     Yields whether the lock is held (False: not the main process, or a filesystem without locks)."""
     folder = Path(folder)
     if is_main_process():
         folder.mkdir(parents=True, exist_ok=True)
-    with locked_file(folder / LOCK_FILE, folder, command, remove=False) as held:
+    with locked_file(folder / LOCK_FILE, folder, command, remove=False, wait=wait) as held:
         yield held
 
 

@@ -152,3 +152,26 @@ def test_a_filesystem_without_locks_warns_and_goes_on(tmp_path, monkeypatch, cap
     err = capsys.readouterr().err
     assert f"cannot lock {tmp_path / 'nfs'} (No locks available; a network filesystem without locks?)" in err
     assert "nothing stops another run from writing there at the same time" in err
+
+
+def test_wait_waits_for_the_holder_instead_of_refusing(tmp_path, capsys):
+    """`output_lock(..., wait=True)`: for a short step several runs do in turn (`poft score`'s finishing)."""
+    import threading
+
+    taken, order = threading.Event(), []
+
+    def holder():
+        with output_lock(tmp_path, command="poft score"):
+            taken.set()
+            time.sleep(0.5)
+            order.append("released")
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    taken.wait()
+    with output_lock(tmp_path, command="poft score", wait=True) as held:
+        order.append("taken")
+        assert held
+    thread.join()
+    assert order == ["released", "taken"]
+    assert f"poft: waiting for `poft score` (pid {os.getpid()} on " in capsys.readouterr().err
