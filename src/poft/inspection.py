@@ -63,21 +63,25 @@ def model_scores(dataset: Dataset, manifest: dict) -> dict[str, np.ndarray]:
     normalization = manifest.get("normalization", "token")
     scores = {}
     for alias in aligned_aliases(dataset, manifest):
-        sums = np.asarray(dataset[f"{alias}_logp_sum"], dtype=np.float64)
-        counts = np.asarray(dataset[f"{alias}_n_tokens"], dtype=np.float64)
+        sums = float_column(dataset, f"{alias}_logp_sum")
+        counts = float_column(dataset, f"{alias}_n_tokens")
         if normalization == "token":
             denominator = np.maximum(counts, 1.0)
         elif normalization == "byte":
-            denominator = np.maximum(np.asarray(dataset["response_bytes"], dtype=np.float64), 1.0)
+            denominator = np.maximum(float_column(dataset, "response_bytes"), 1.0)
         else:
             denominator = np.ones_like(sums)
         scores[alias] = np.where(counts > 0, sums / denominator, np.nan)
     if "ref_score" not in dataset.column_names:
         raise ValueError(f"no `ref_score` column (columns: {dataset.column_names}); run `poft score` first")
-    scores["ref_score"] = np.array(
-        [np.nan if v is None else v for v in dataset["ref_score"]], dtype=np.float64
-    )
+    scores["ref_score"] = float_column(dataset, "ref_score")
     return scores
+
+
+def float_column(dataset: Dataset, name: str) -> np.ndarray:
+    """A numeric column as float64, nulls as NaN, read through Arrow (no Python object per row)."""
+    values = dataset.with_format("arrow", columns=[name])[name]
+    return values.to_numpy(zero_copy_only=False).astype(np.float64)
 
 
 def summarise(scores: dict[str, np.ndarray], dataset: Dataset, manifest: dict) -> dict:
