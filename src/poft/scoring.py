@@ -10,15 +10,22 @@ end-of-turn token of every assistant turn; the first token of a sequence is neve
 it). A row whose response was cut away entirely by `max_length` gets a NaN `ref_score` (the trainer drops it).
 
 Route of a dataset, each module entered once, top to bottom (`score_dataset` reads as these steps):
-    readers.read_sft     rows -> validated conversations (bad rows refused or skipped, recorded)
+    readers.read_sft     rows -> validated conversations (bad rows refused or skipped, recorded), a chunk
+                         at a time into memory-mapped Arrow (`arrow_rows`)
     aligned              each model's tokenizer, chat format and identity (the run identity)
     chat.ChatFormat      each conversation -> input ids + response mask, under that model's template:
                          once per tokenizer + template (models sharing them share the encodings), by
-                         the process that scores the row, one tokenizer call per 1024 rows; a row
-                         that cannot be encoded is refused, or left out for every model, before any
-                         scoring
+                         the process that scores the row, one tokenizer call per 1024 rows, into
+                         files read back per batch (`encoded_rows`); a row that cannot be encoded is
+                         refused, or left out for every model, before any scoring
     logprobs             packed batches (no padding), decoder once, LM head on response positions only
     shards               finished rows written as shards; then merged in row order, saved, manifest last
+
+Memory is flat in the rows: no step holds every row in Python. What grows with the rows is a few numpy
+numbers a row (lengths, offsets, the finished mask, the score columns while merging: about 60 bytes a row
+with one model) and files in TMPDIR (the rows in Arrow, the encodings: about the size of the input), which
+are removed when the process exits. A JSON array file (`[...]`) is the exception: it is parsed whole; use
+JSON lines, Parquet or a `save_to_disk` folder for large data.
 
 Why it is fast (the official code pads everything to 4096 tokens, keeps full-vocabulary logits and loops
 per example, PAPER.md mistake 4): rows are sorted by length and packed by a token budget, longest first,
