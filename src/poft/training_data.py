@@ -11,8 +11,11 @@ stops naming the rows). Columns produced for the trainer:
     poft_row                   the row's position in the rows read (names the rows of a failing step)
 
 Scores written by `poft score` carry how they were made (`score_provenance`: models, normalisation, max
-length): training refuses another normalisation than its own and a mix of scoring runs, and says how many
-rows it truncates that the scorer saw whole. Scores from elsewhere train, with one line saying so.
+length): training refuses another normalisation than its own and a mix of scoring runs, and warns with a count
+when it cuts rows at another length than the scorer did (either way). Each scored row's stored `fingerprint`
+ties its scores to its text: a row whose text changed is refused, and so is a row whose fingerprint is null or
+empty unless the user says its scores come from elsewhere (`scores_without_fingerprint`). Scores from elsewhere
+(no fingerprint column) train, with one line saying so.
 """
 
 from __future__ import annotations
