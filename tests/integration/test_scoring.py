@@ -366,3 +366,25 @@ def test_other_architectures_gemma2_softcap_and_sliding_window(tmp_path):
         rows_dataset(rows), list(paths.values()), tmp_path / "out", batch_tokens=256, progress=False
     )
     assert_matches_reference(scored, paths, rows, None)
+
+
+def test_rows_read_and_encoded_in_small_chunks_score_like_the_reference(aligned, tmp_path, monkeypatch):
+    """Memory flat in the rows: the reader builds rows 5 at a time into memory-mapped Arrow, the encodings go
+    to files read per batch (4 rows per tokenizer call); scores, order, ids and bad rows stay as they are."""
+    from poft import readers, scoring
+
+    monkeypatch.setattr(readers, "CHUNK_ROWS", 5)
+    encode_rows = scoring._encode_rows
+    monkeypatch.setattr(scoring, "_encode_rows", lambda *a, **k: encode_rows(*a, **k, chunk=4))
+    rows = make_rows(23, seed=4)
+    lines = [json.dumps(row) for row in rows]
+    lines.insert(9, '{"messages": [{"role": "user", "content": "no answer"}]}')  # line 10: left out
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    scored = score(
+        path, [aligned["chatml"]], tmp_path / "out", on_bad_row="skip", batch_tokens=300, progress=False
+    )
+    assert scored["extra"] == [row["extra"] for row in rows]
+    assert_matches_reference(scored, {"chatml": aligned["chatml"]}, rows, None)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert [b["row"] for b in manifest["bad_rows"]] == ["line 10"]

@@ -56,6 +56,7 @@ def test_chunks_read_like_one_chunk(tmp_path, monkeypatch, suffix):
     assert list(chunked.where) == list(whole.where)
     assert chunked.bad == whole.bad and chunked.n_rows_in == whole.n_rows_in
     assert len(chunked.dataset) == 50
+    assert chunked.dataset.cache_files  # memory-mapped from files, not held in memory
     if suffix == ".jsonl":
         assert [b["row"] for b in chunked.bad] == ["line 8", "line 35"]
         assert chunked.where[7] == "line 9"  # the row after the first bad line
