@@ -47,6 +47,13 @@ def model_kind(path: str) -> str:
     if local.is_file():
         if local.suffix.lower() == ".gguf":
             return "gguf"
+        from .model_files import is_gguf
+
+        if is_gguf(local):  # transformers would read it as a JSON config ("not a valid JSON file")
+            raise NotAModelError(
+                f"{path} is a GGUF file, but only files named *.gguf are read as GGUF: rename it to end in "
+                f".gguf (e.g. {local.stem}.gguf)"
+            )
         raise NotAModelError(
             f"{path} is a file, neither a model nor an adapter: give a model folder (config.json and weights), "
             f"an adapter folder ({ADAPTER_CONFIG}) or a .gguf file"

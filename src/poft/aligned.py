@@ -25,6 +25,7 @@ from .chat import ChatFormat
 from .configs import DTYPES
 from .console import say
 from .logprobs import chunked_token_log_probs, softcap
+from .model_files import gguf_problem
 from .templates import resolve_chat_template
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -188,7 +189,7 @@ def load_aligned_models(
             else:
                 tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         except Exception as e:  # transformers raises OSError, ValueError, ...: keep the cause, name the model
-            cause = " ".join(str(e).split())  # transformers' messages span lines; the CLI prints one
+            cause = load_failure(path, bool(gguf), e)
             raise AlignedModelError(
                 f"aligned model {alias} ({path}): could not load its tokenizer: {cause}"
             ) from e
@@ -240,6 +241,14 @@ def _refuse_remote_code(alias: str, path: str) -> None:
         )
 
 
+def load_failure(path: str, gguf: bool, error: Exception) -> str:
+    """Why a model could not be loaded, on one line: a GGUF file cut short is said to be, with its size
+    (transformers' own error is numpy's "cannot reshape array of size ..."); otherwise the library's message."""
+    if gguf and (problem := gguf_problem(path)):
+        return f"{path} {problem}: download it again"
+    return " ".join(str(error).split())  # transformers' messages span lines; the CLI prints one
+
+
 def _base_model(alias: str, path: str) -> str | None:
     """A LoRA adapter's base model (checked to be there), None for a model."""
     if not is_adapter(path):
@@ -267,7 +276,7 @@ def load_weights(model: AlignedModel, dtype: torch.dtype, device: torch.device) 
             )
             network = network.to(device).eval()
     except Exception as e:  # a weight file cut short or damaged (safetensors' own error type), ...
-        cause = " ".join(str(e).split())
+        cause = load_failure(model.path, "gguf_file" in kwargs, e)
         raise AlignedModelError(
             f"aligned model {model.alias} ({model.path}): could not load its weights: {cause}"
         ) from e

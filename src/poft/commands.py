@@ -26,14 +26,14 @@ class UsageError(Exception):
     """Options that parse but cannot be run together: the command exits 2 with argparse's message."""
 
 
-def check_model_path(option: str, path: str, check_base: bool = True) -> str:
+def check_model_path(option: str, path: str, check_base: bool = True, gguf: bool = False) -> str:
     """What a model path is (`adapters.model_kind`: "model", "adapter" or "gguf"), checked before anything loads.
 
     A model that is neither a local file or folder nor a Hub id is named as missing: transformers would say
     "Repo id must use alphanumeric chars" (`./missing`) or that it could not reach the Hub. A Hub id is left
     to transformers, unless the Hub is offline and the HF cache has no copy of it. A folder that is neither a
     model nor an adapter is refused saying what it lacks, and an adapter's base model must be there too
-    (`check_base`)."""
+    (`check_base`). A GGUF file is refused unless the command reads one (`gguf`: `poft score` only)."""
     from .adapters import ADAPTER_CONFIG, HUB_ID, NotAModelError, base_model, model_kind
 
     local = Path(path).expanduser().exists()
@@ -54,6 +54,12 @@ def check_model_path(option: str, path: str, check_base: bool = True) -> str:
         raise NotAModelError(f"{option} {e}") from e
     if kind == "adapter" and check_base:
         base_model(path)  # its error names the adapter and the base
+    if kind == "gguf" and not gguf:  # transformers would say "the config file ... is not a valid JSON file"
+        raise NotAModelError(
+            f"{option} {path} is a GGUF file: only `poft score` reads GGUF files; give a model folder "
+            "(config.json and weights), e.g. one saved from it by transformers' from_pretrained(FOLDER, "
+            "gguf_file=FILE).save_pretrained(OUT)"
+        )
     return kind
 
 
@@ -198,7 +204,7 @@ def run_score(config: ScoreConfig) -> int:
     from .scoring import score_dataset
 
     for spec in config.model:
-        check_model_path("--model", parse_model_spec(spec)[1])
+        check_model_path("--model", parse_model_spec(spec)[1], gguf=True)
     if not torch.cuda.is_available():  # scoring computes on the CPU (score_dataset's device)
         fit_cpu_threads()
     score_dataset(config)

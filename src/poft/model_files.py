@@ -49,3 +49,89 @@ def check_not_model_folder(path: str | Path) -> None:
             f"of rows (JSON/JSONL/Parquet/CSV); to score rows with this model, run `poft score --dataset ROWS "
             f"--model {path} --output DIR` first"
         )
+
+
+class _CutShort(Exception):
+    """The file ended inside its GGUF header."""
+
+
+_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUF value types
+_STRING, _ARRAY = 8, 9
+
+
+def _read(file, size: int) -> bytes:
+    data = file.read(size)
+    if len(data) < size:
+        raise _CutShort
+    return data
+
+
+def _number(file, size: int = 8) -> int:
+    return int.from_bytes(_read(file, size), "little")
+
+
+def _skip_value(file, kind: int) -> None:
+    """Past one GGUF metadata value of type `kind` (a string, an array, or a fixed-size scalar)."""
+    if kind == _STRING:
+        _read(file, _number(file))
+    elif kind == _ARRAY:
+        item, count = _number(file, 4), _number(file)
+        if item in _SCALAR_SIZES:  # a seek past the end is caught by the next read
+            file.seek(_SCALAR_SIZES[item] * count, 1)
+        else:
+            for _ in range(count):
+                _skip_value(file, item)
+    elif kind in _SCALAR_SIZES:
+        _read(file, _SCALAR_SIZES[kind])
+    else:
+        raise ValueError(f"unknown metadata type {kind}")
+
+
+def _tensor_bytes(dims: list[int], kind: int) -> int:
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    block, size = GGML_QUANT_SIZES[GGMLQuantizationType(kind)]
+    elements = 1
+    for d in dims:
+        elements *= d
+    return elements // block * size
+
+
+def gguf_bytes_needed(path: str | Path) -> int:
+    """How many bytes a GGUF file's header and tensor table say it holds (raises _CutShort when the file ends
+    inside the header itself). Little-endian GGUF v2/v3, as llama.cpp writes."""
+    with open(path, "rb") as file:
+        if _read(file, 4) != GGUF_MAGIC:
+            raise ValueError("not a GGUF file (its first bytes are not 'GGUF')")
+        _number(file, 4)  # version
+        n_tensors, n_values = _number(file), _number(file)
+        alignment = 32
+        for _ in range(n_values):
+            key = _read(file, _number(file))
+            kind = _number(file, 4)
+            if key == b"general.alignment" and kind == 4:
+                alignment = _number(file, 4)
+            else:
+                _skip_value(file, kind)
+        end = 0
+        for _ in range(n_tensors):
+            _read(file, _number(file))  # name
+            dims = [_number(file) for _ in range(_number(file, 4))]
+            kind, offset = _number(file, 4), _number(file)
+            end = max(end, offset + _tensor_bytes(dims, kind))
+        start = file.tell()
+    return -(-start // alignment) * alignment + end
+
+
+def gguf_problem(path: str | Path) -> str | None:
+    """None when a GGUF file is as long as its header says; otherwise what is wrong, for an error message."""
+    size = Path(path).stat().st_size
+    try:
+        needed = gguf_bytes_needed(path)
+    except _CutShort:
+        return f"looks cut short ({size} bytes: it ends inside its own header)"
+    except (ValueError, KeyError, ImportError, OverflowError) as e:
+        return f"is not a readable GGUF file ({e})"
+    if needed > size:
+        return f"looks cut short ({size} bytes; its header and tensor table need {needed})"
+    return None

@@ -11,7 +11,7 @@ from safetensors import SafetensorError
 
 from poft.cli import main
 from poft.exits import error_line
-from poft.model_files import check_not_model_folder, model_folder_files
+from poft.model_files import check_not_model_folder, gguf_problem, model_folder_files
 
 CPU = ["--report_to", "none", "--bf16", "false", "--objective", "sft"]
 FULL_DISK = "Error while serializing: I/O error: No space left on device (os error 28)"
@@ -131,3 +131,73 @@ def test_a_dataset_folder_is_never_taken_for_a_model_folder(tiny, tmp_path):
     shutil.copy(Path(tiny["model"]) / "config.json", folder / "config.json")  # a column config, say
     assert model_folder_files(folder) == [] and model_folder_files(tiny["data"]) == []
     check_not_model_folder(folder)
+
+
+# ------------------------------------------------------------------------------------------ GGUF files
+
+
+def write_tiny_gguf(path: Path) -> Path:
+    """A small GGUF file (llama architecture, a 128-token vocabulary, two float32 tensors), as llama.cpp's
+    `gguf` package writes one."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(1)
+    writer.add_embedding_length(64)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list([f"t{i}" for i in range(128)])
+    writer.add_token_types([1] * 128)
+    writer.add_token_merges([])
+    writer.add_tensor(
+        "token_embd.weight", np.random.default_rng(0).standard_normal((128, 64)).astype(np.float32)
+    )
+    writer.add_tensor("output_norm.weight", np.ones(64, np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def score(tiny, model: Path, output: Path) -> list[str]:
+    return [
+        "score",
+        "--dataset",
+        tiny["data"],
+        "--model",
+        str(model),
+        "--output",
+        str(output),
+        "--no-progress",
+    ]
+
+
+def test_a_gguf_file_cut_short_is_said_to_be(tiny, tmp_path, capsys):
+    """Was "could not load its tokenizer: cannot reshape array of size 3216 into shape (128,64)"."""
+    whole = write_tiny_gguf(tmp_path / "tiny.gguf")
+    assert gguf_problem(whole) is None
+    for keep, said in ((20_000, "its header and tensor table need"), (600, "it ends inside its own header")):
+        cut = tmp_path / f"cut-{keep}.gguf"
+        cut.write_bytes(whole.read_bytes()[:keep])
+        line = one_line_error(capsys, score(tiny, cut, tmp_path / f"out-{keep}"))
+        assert f"{cut} looks cut short ({keep} bytes" in line and said in line and "download it again" in line
+        assert "reshape" not in line
+
+
+def test_a_gguf_file_not_named_gguf_is_named_as_one(tiny, tmp_path, capsys):
+    """Was "the config file ... is not a valid JSON file" (or "a file, neither a model nor an adapter")."""
+    misnamed = write_tiny_gguf(tmp_path / "model.q8.bin")
+    line = one_line_error(capsys, score(tiny, misnamed, tmp_path / "out"))
+    assert f"{misnamed} is a GGUF file, but only files named *.gguf are read as GGUF" in line
+    assert "model.q8.gguf" in line
+
+
+def test_train_from_a_gguf_file_says_only_score_reads_gguf(tiny, tmp_path, capsys):
+    """Was "could not load the target's tokenizer: It looks like the config file at '...' is not a valid JSON
+    file"."""
+    model = write_tiny_gguf(tmp_path / "tiny.gguf")
+    argv = ["train", "--model_name_or_path", str(model), "--dataset_name", tiny["data"],
+            "--output_dir", str(tmp_path / "run"), *CPU, "--max_steps", "1"]  # fmt: skip
+    line = one_line_error(capsys, argv)
+    assert f"{model} is a GGUF file: only `poft score` reads GGUF files" in line and "JSON" not in line
