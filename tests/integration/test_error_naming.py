@@ -123,6 +123,30 @@ def test_inspect_on_a_model_folder_says_it_is_a_model_folder(tiny, capsys):
     assert "not a dataset" in line and "poft score" in line and "internal error" not in line
 
 
+@pytest.mark.xfail(
+    strict=True, reason="readers.read_rows does not call model_files.check_not_model_folder(path) yet"
+)
+def test_filter_and_train_on_a_model_folder_say_it_is_a_model_folder(tiny, tmp_path, capsys):
+    """Was "internal error: DatasetGenerationError" for both."""
+    for argv in (
+        ["filter", tiny["model"], "--keep-top", "0.5", "--output", str(tmp_path / "kept")],
+        [
+            "train",
+            "--model_name_or_path",
+            tiny["model"],
+            "--dataset_name",
+            tiny["model"],
+            "--output_dir",
+            str(tmp_path / "run"),
+            *CPU,
+            "--max_steps",
+            "1",
+        ],  # fmt: skip
+    ):
+        line = one_line_error(capsys, argv)
+        assert f"{tiny['model']} is a model folder" in line and "internal error" not in line
+
+
 def test_a_dataset_folder_is_never_taken_for_a_model_folder(tiny, tmp_path):
     from datasets import Dataset
 
