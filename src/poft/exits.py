@@ -56,21 +56,36 @@ def write_failed(error: BaseException) -> bool:
     return "PytorchStreamReader" not in text and any(s in text for s in WRITE_FAILURE_TEXTS)
 
 
+def unreadable(path: str) -> bool:
+    """Whether a permission error on `path` was a read: the file is there and this process cannot read it."""
+    return os.path.exists(path) and not os.access(path, os.R_OK)
+
+
 def os_error_line(error: OSError) -> str:
-    """ "[Errno 13] Permission denied: 'out'" -> "out: Permission denied"; poft's OutputWriteError and
-    CheckpointWriteError keep their sentence, without "[Errno 28]". An error without a file name says
-    whether it was a write (the errnos only a write meets), since the path is not known here."""
+    """ "[Errno 13] Permission denied: 'out'" -> "cannot write out: Permission denied (...)", saying the
+    operation where the error tells it (the errnos only a write meets; a permission error on a file that is
+    there and unreadable is a read). poft's own OSErrors (OutputWriteError, CheckpointWriteError) keep their
+    sentence, without "[Errno 28]"; a library's error without a file name says so."""
+    denied = isinstance(error, PermissionError) or error.errno == errno.EROFS
+    read = denied and bool(error.filename) and unreadable(str(error.filename))
     if error.filename:
-        message = f"{error.filename}: {error.strerror}"
-    elif error.errno in WRITE_ERRNOS and "writ" not in error.strerror:
-        message = f"a write failed: {error.strerror} (the library did not name the file; `poft --debug` shows where)"
-    elif error.errno in WRITE_ERRNOS:
+        operation = (
+            "cannot read " if read else "cannot write " if denied or error.errno in WRITE_ERRNOS else ""
+        )
+        message = f"{operation}{error.filename}: {error.strerror}"
+    elif type(error).__module__.startswith("poft."):
         message = error.strerror
+    elif error.errno in WRITE_ERRNOS:
+        message = (
+            f"a write failed: {error.strerror} (the library did not name the file; `poft --debug` shows it)"
+        )
     else:
         message = (
             f"{error.strerror} (a read or write whose file the library did not name; `poft --debug` shows it)"
         )
-    if isinstance(error, PermissionError) or error.errno == errno.EROFS:
+    if read:
+        message += " (give a file you can read)"
+    elif denied:
         message += " (choose a folder you can write to)"
     elif error.errno == errno.ENOSPC and "run" not in error.strerror:  # unless poft said what to do
         message += " (free some space, then run the same command again)"

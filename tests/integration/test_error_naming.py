@@ -79,6 +79,18 @@ def test_a_full_disk_while_writing_the_trained_model_names_the_output(tiny, tmp_
     assert "cannot be read" not in line and tiny["model"] not in line
 
 
+def test_a_permission_error_says_read_or_write(tmp_path, monkeypatch):
+    """Was "<file>: Permission denied (choose a folder you can write to)" for an input file it cannot read."""
+    data = tmp_path / "rows.jsonl"
+    data.write_text("{}\n")
+    denied = PermissionError(errno.EACCES, "Permission denied", str(data))
+    assert error_line(denied).startswith(f"cannot write {data}: Permission denied (choose a folder")
+    monkeypatch.setattr("poft.exits.os.access", lambda path, mode: False)  # as for a user without read access
+    assert error_line(denied) == f"cannot read {data}: Permission denied (give a file you can read)"
+    gone = PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "new" / "out"))
+    assert error_line(gone).startswith("cannot write ")  # a file not there yet: it was being created
+
+
 def test_error_line_tells_writes_from_reads():
     line = error_line(SafetensorError(FULL_DISK), model="in/model")
     assert line.startswith("writing model weights failed") and "in/model" not in line
@@ -87,7 +99,7 @@ def test_error_line_tells_writes_from_reads():
     no_name = error_line(OSError(errno.ENOSPC, "No space left on device"))
     assert no_name.startswith("a write failed: No space left on device") and "free some space" in no_name
     named = error_line(OSError(errno.ENOSPC, "No space left on device", "out/x.arrow"))
-    assert named.startswith("out/x.arrow: No space left on device")
+    assert named.startswith("cannot write out/x.arrow: No space left on device")
     unknown = error_line(OSError(errno.EIO, "Input/output error"))
     assert "did not name" in unknown
     torch_write = error_line(
