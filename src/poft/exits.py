@@ -14,6 +14,9 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 
 def not_deepspeed_cpu_fallback(record: logging.LogRecord) -> bool:
@@ -54,6 +57,18 @@ def write_failed(error: BaseException) -> bool:
     if type(error).__name__ == "SafetensorError":
         return "while serializing" in text or "os error 28" in text  # reading says "deserializing"
     return "PytorchStreamReader" not in text and any(s in text for s in WRITE_FAILURE_TEXTS)
+
+
+@contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Name `path` in an OSError raised while writing it: a full disk fails `write()`, whose error names no
+    file ("[Errno 28] No space left on device"), so the error line can say "cannot write PATH"."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename or e.errno is None or type(e).__module__.startswith("poft."):
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from e  # OSError picks the subclass of the errno
 
 
 def unreadable(path: str) -> bool:

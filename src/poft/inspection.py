@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from datasets import Dataset
 
+from .exits import writing
 from .model_files import check_not_model_folder
 from .readers import read_sft
 
@@ -181,7 +182,8 @@ def plot_by_label(
         ax.legend(fontsize=8)
     fig.tight_layout()
     path = output / f"scores_by_{column}.png"
-    fig.savefig(path, dpi=100)
+    with writing(path):
+        fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
@@ -213,7 +215,8 @@ def plot_scores(scores: dict[str, np.ndarray], output: Path, normalization: str 
         ax.set(title=f"{name} (n={len(values)})", xlabel=AXIS_LABELS[normalization], ylabel="density")
         fig.tight_layout()
         paths.append(output / f"scores_{name}.png")
-        fig.savefig(paths[-1], dpi=100)
+        with writing(paths[-1]):
+            fig.savefig(paths[-1], dpi=100)
         plt.close(fig)
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, values in finite.items():
@@ -223,7 +226,8 @@ def plot_scores(scores: dict[str, np.ndarray], output: Path, normalization: str 
     ax.legend()
     fig.tight_layout()
     paths.append(output / "scores_all.png")
-    fig.savefig(paths[-1], dpi=100)
+    with writing(paths[-1]):
+        fig.savefig(paths[-1], dpi=100)
     plt.close(fig)
     return paths
 
@@ -293,8 +297,10 @@ def inspect_scores(
         summary["weights"], section = inspect_weights(weights, dataset, k, by_label, output)
         summary["figures"].append(summary["weights"]["figure"])
         sections.append(section)
-    (output / "extremes.txt").write_text("\n\n".join(sections) + "\n")
-    (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    with writing(output / "extremes.txt"):
+        (output / "extremes.txt").write_text("\n\n".join(sections) + "\n")
+    with writing(output / "summary.json"):
+        (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     summary["extremes_text"] = "\n\n".join(sections)
     return summary
 
@@ -405,7 +411,8 @@ def plot_weights(
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = output / "weights.png"
-    fig.savefig(path, dpi=100)
+    with writing(path):
+        fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 

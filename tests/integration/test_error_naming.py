@@ -4,13 +4,14 @@ or misnamed says so. In-process through `poft.cli.main` on a tiny model, offline
 
 import errno
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 from safetensors import SafetensorError
 
 from poft.cli import main
-from poft.exits import error_line
+from poft.exits import error_line, writing
 from poft.model_files import check_not_model_folder, gguf_problem, model_folder_files
 
 CPU = ["--report_to", "none", "--bf16", "false", "--objective", "sft"]
@@ -79,6 +80,25 @@ def test_a_full_disk_while_writing_the_trained_model_names_the_output(tiny, tmp_
     assert "cannot be read" not in line and tiny["model"] not in line
 
 
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 40 KiB tmpfs (full after inspect's two figures); skipped where mounting is not allowed."""
+    mount_point = tmp_path / "tmpfs"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40k", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_inspect_onto_a_full_disk_names_the_file_it_could_not_write(tiny, tiny_disk, capsys):
+    """Was "No space left on device" naming no file (a full disk's write() error carries none)."""
+    line = one_line_error(capsys, ["inspect", tiny["data"], "--output", str(tiny_disk / "audit")])
+    assert f"cannot write {tiny_disk / 'audit'}/" in line and "No space left on device" in line
+
+
 def test_a_permission_error_says_read_or_write(tmp_path, monkeypatch):
     """Was "<file>: Permission denied (choose a folder you can write to)" for an input file it cannot read."""
     data = tmp_path / "rows.jsonl"
@@ -102,6 +122,10 @@ def test_error_line_tells_writes_from_reads():
     assert named.startswith("cannot write out/x.arrow: No space left on device")
     unknown = error_line(OSError(errno.EIO, "Input/output error"))
     assert "did not name" in unknown
+    with pytest.raises(OSError) as named_later:
+        with writing("out/summary.json"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert error_line(named_later.value).startswith("cannot write out/summary.json: No space left on device")
     torch_write = error_line(
         RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
     )
