@@ -14,9 +14,8 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
+
+from .io_errors import WRITE_ERRNOS, write_failed
 
 
 def not_deepspeed_cpu_fallback(record: logging.LogRecord) -> bool:
@@ -35,40 +34,6 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
     # transformers asks the DataLoader to pin memory; torch warns when there is no GPU to pin it for
     warnings.filterwarnings("ignore", "'pin_memory' argument is set as true but no accelerator", UserWarning)
-
-
-WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # errors only a write can meet
-# how torch's zip writer and safetensors' Rust writer report a failed write (they raise no OSError)
-WRITE_FAILURE_TEXTS = (
-    "No space left",
-    "os error 28",
-    "Disk quota exceeded",
-    "inline_container",
-    "file write failed",
-)
-
-
-def write_failed(error: BaseException) -> bool:
-    """Whether `error` is a write that failed for want of space (or a refused write): an OSError such as
-    ENOSPC, or the same failure as torch.save and safetensors' save_file report it, as text only."""
-    if isinstance(error, OSError) and error.errno in WRITE_ERRNOS:
-        return True
-    text = str(error)
-    if type(error).__name__ == "SafetensorError":
-        return "while serializing" in text or "os error 28" in text  # reading says "deserializing"
-    return "PytorchStreamReader" not in text and any(s in text for s in WRITE_FAILURE_TEXTS)
-
-
-@contextmanager
-def writing(path: str | Path) -> Iterator[None]:
-    """Name `path` in an OSError raised while writing it: a full disk fails `write()`, whose error names no
-    file ("[Errno 28] No space left on device"), so the error line can say "cannot write PATH"."""
-    try:
-        yield
-    except OSError as e:
-        if e.filename or e.errno is None or type(e).__module__.startswith("poft."):
-            raise
-        raise OSError(e.errno, e.strerror, str(path)) from e  # OSError picks the subclass of the errno
 
 
 def unreadable(path: str) -> bool:

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from datasets import Dataset
 
-from .exits import writing
+from .io_errors import writing
 from .model_files import check_not_model_folder
 from .readers import read_sft
 

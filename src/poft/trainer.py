@@ -34,16 +34,19 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import SFTTrainer
 
 from .checkpoints import resolve_resume
-from .exits import write_failed
+from .fixed_tau import initial_tau, tau_of_rows
+from .io_errors import write_failed
 from .logprobs import response_log_probs
 from .loss import (
     bi_poft_loss,
     bi_poft_weight,
+    fixed_tau_loss,
     normalize_scores,
     packed_sequence_logprob_sums,
     poft_loss,
     poft_weight,
     sequence_logprob_sums,
+    token_loss,
 )
 from .readers import SFTRows, read_sft
 from .records import WEIGHT_BY_LABEL, RowWeights, RunRecord
@@ -127,6 +130,7 @@ class PoFTTrainer(SFTTrainer):
         self.add_callback(RunRecord(args.output_dir, auto_logging=args.logging_steps_auto))
         self._batch_rows: list[int] = []  # rows of the optimizer step so far (named if it goes non-finite)
         self.row_weights: RowWeights | None = None  # PoFT / bi-PoFT: row_weights/epoch-N.jsonl
+        self._fixed_tau: dict[int, float] | None = None  # poft_fixed_tau: row -> tau, set by train()
         if args.uses_scores:
             self.row_weights = RowWeights.for_rows(args.output_dir, self._read_rows.get("train"))
             self.add_callback(self.row_weights)
@@ -140,6 +144,8 @@ class PoFTTrainer(SFTTrainer):
         resume = resolve_resume(resume_from_checkpoint, self.args.output_dir)
         if resume is not None and self.row_weights is not None and self.is_world_process_zero():
             self.row_weights.load_partial(resume)  # the rows its epoch had seen, so the epoch's file is whole
+        if self.args.objective == "poft_fixed_tau":  # tau of the model as training starts (fixed_tau.py)
+            self._fixed_tau = initial_tau(self, resuming=resume is not None)
         return super().train(resume, *args, **kwargs)
 
     # ---- guards -----------------------------------------------------------------------------------------------
@@ -283,48 +289,91 @@ class PoFTTrainer(SFTTrainer):
     # ---- loss -------------------------------------------------------------------------------------------------
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if not self.args.uses_scores:  # TRL's token loss ('nll' or 'dft') on the response labels
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        args: PoFTConfig = self.args
+        if not self.args.uses_scores:  # the token loss ('nll' or 'dft') on the response labels
+            if self.args.sft_path == "chunked":
+                return self._token_loss(model, inputs, return_outputs, num_items_in_batch)
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)  # TRL's own
         ref_scores = inputs.pop("poft_ref_score")
         direction = inputs.pop("poft_direction")
-        response_bytes = inputs.pop("poft_response_bytes")
         rows = inputs.pop(ROW_COLUMN, None)
         if rows is not None and model.training:
             self._batch_rows.extend(rows.tolist())
+        training_rows = rows if model.training else None
+        policy_scores, sums, counts, outputs = self._scores(model, inputs)
+        losses, tau = self._losses(policy_scores, ref_scores, direction, training_rows)
+        if num_items_in_batch is None:  # evaluation: mean over this batch
+            loss = losses.mean()
+        else:  # training: mean over the examples of the optimizer step; DDP averages gradients over processes
+            loss = losses.sum() / num_items_in_batch * self.accelerator.num_processes
+        self._log_poft_metrics(policy_scores, ref_scores, tau, sums, counts, outputs, training_rows)
+        if training_rows is not None and self.row_weights is not None:
+            as_list = [x.tolist() for x in (ref_scores, policy_scores.detach(), tau)]
+            self.row_weights.add(training_rows.tolist(), self.state.global_step + 1, *as_list)
+        return (loss, self._plain_outputs(model, inputs)) if return_outputs else loss
+
+    def policy_scores(self, model, inputs: dict) -> torch.Tensor:
+        """r_theta of each sequence of a collated batch (its `poft_ref_score` and `poft_row` taken out)."""
+        return self._scores(model, inputs)[0]
+
+    def _scores(self, model, inputs: dict):
+        """(r_theta [sequences], log-prob sums, token counts, `ResponseLogProbs`) of a batch, with gradients
+        where enabled; the remaining score columns are popped before the model sees the batch."""
+        inputs.pop("poft_direction", None)
+        response_bytes = inputs.pop("poft_response_bytes")
         inputs["use_cache"] = False
         outputs = response_log_probs(model, inputs)  # log-probs [B, T-1] of the labels, no full logits kept
         padding_free = "attention_mask" not in inputs and "position_ids" in inputs  # one row, many sequences
         if padding_free:
             sums, counts = packed_sequence_logprob_sums(
-                outputs.log_probs[0], outputs.label_mask[0], inputs["position_ids"][0], len(ref_scores)
+                outputs.log_probs[0], outputs.label_mask[0], inputs["position_ids"][0], len(response_bytes)
             )
         else:
             sums, counts = sequence_logprob_sums(outputs.log_probs, outputs.label_mask)
-        policy_scores = normalize_scores(
-            sums, counts, normalization=args.score_normalization, response_bytes=response_bytes
+        scores = normalize_scores(
+            sums, counts, normalization=self.args.score_normalization, response_bytes=response_bytes
         )
-        z = direction if args.objective == "bi_poft" else None
-        if z is None:
-            losses = poft_loss(policy_scores, ref_scores, beta=args.beta, gamma=args.gamma)
-            tau = poft_weight(policy_scores, ref_scores, beta=args.beta, gamma=args.gamma)
-        else:  # signed: negative on undesirable rows that are pushed down
-            losses = bi_poft_loss(policy_scores, ref_scores, z, **self._bi_poft_options())
-            tau = bi_poft_weight(policy_scores, ref_scores, z, **self._bi_poft_options())
-        if num_items_in_batch is None:  # evaluation: mean over this batch
-            loss = losses.mean()
-        else:  # training: mean over the examples of the optimizer step; DDP averages gradients over processes
-            loss = losses.sum() / num_items_in_batch * self.accelerator.num_processes
-        training_rows = rows if model.training else None
-        self._log_poft_metrics(policy_scores, ref_scores, tau, sums, counts, outputs, training_rows)
-        if training_rows is not None and self.row_weights is not None:
-            as_list = [x.tolist() for x in (ref_scores, policy_scores.detach(), tau)]
-            self.row_weights.add(training_rows.tolist(), self.state.global_step + 1, *as_list)
-        if return_outputs:
-            with torch.no_grad():
-                outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
-            return loss, outputs
-        return loss
+        return scores, sums, counts, outputs
+
+    def _losses(self, policy_scores, ref_scores, direction, training_rows):
+        """(per-example loss, tau) of the objective. poft_fixed_tau trains with each row's tau fixed when
+        training began and reports PoFT's own loss and tau in evaluation (its rows have no fixed tau)."""
+        args: PoFTConfig = self.args
+        if args.objective == "bi_poft":  # signed tau: negative on undesirable rows that are pushed down
+            options = self._bi_poft_options()
+            return bi_poft_loss(policy_scores, ref_scores, direction, **options), bi_poft_weight(
+                policy_scores, ref_scores, direction, **options
+            )
+        if args.objective == "poft_fixed_tau" and training_rows is not None:
+            if self._fixed_tau is None:
+                raise RuntimeError("objective 'poft_fixed_tau': the fixed weights are computed by train()")
+            tau = tau_of_rows(self._fixed_tau, training_rows, policy_scores)
+            return fixed_tau_loss(policy_scores, tau), tau
+        losses = poft_loss(policy_scores, ref_scores, beta=args.beta, gamma=args.gamma)
+        return losses, poft_weight(policy_scores, ref_scores, beta=args.beta, gamma=args.gamma)
+
+    def _token_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """objective 'sft' on PoFT's path (sft_path 'chunked'): TRL's token loss and normalisation
+        (`loss.token_loss`) on `response_log_probs`, the log-probs PoFT's scores are made of."""
+        inputs["use_cache"] = False
+        outputs = response_log_probs(model, inputs)
+        loss = token_loss(
+            outputs.log_probs,
+            outputs.label_mask,
+            loss_type=self.args.loss_type,
+            num_items_in_batch=num_items_in_batch,
+        )
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:  # as TRL: DDP averages
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+        with torch.no_grad():
+            sums = torch.stack([-outputs.log_probs.detach().float().sum(), outputs.label_mask.sum().float()])
+            nll, tokens = self.accelerator.gather(sums[None]).sum(0).tolist()
+        self._metrics["train" if self.model.training else "eval"]["poft/nll"].append(nll / max(tokens, 1.0))
+        return (loss, self._plain_outputs(model, inputs)) if return_outputs else loss
+
+    def _plain_outputs(self, model, inputs: dict):
+        """The model's own outputs (with logits) for `return_outputs`: one more forward, without gradients."""
+        with torch.no_grad():
+            return model(**{k: v for k, v in inputs.items() if k != "labels"})
 
     def _bi_poft_options(self) -> dict:
         args: PoFTConfig = self.args

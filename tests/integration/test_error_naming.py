@@ -11,7 +11,8 @@ import pytest
 from safetensors import SafetensorError
 
 from poft.cli import main
-from poft.exits import error_line, writing
+from poft.exits import error_line
+from poft.io_errors import writing
 from poft.model_files import check_not_model_folder, gguf_problem, model_folder_files
 
 CPU = ["--report_to", "none", "--bf16", "false", "--objective", "sft"]
