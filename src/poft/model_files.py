@@ -4,6 +4,8 @@
 "DatasetGenerationError" (on its config.json), and transformers reads a GGUF file whose name does not end in
 `.gguf` as a JSON config ("not a valid JSON file"). Both are decided here from the files themselves, with
 nothing heavy imported, so any command (`poft inspect`, `filter`, `train`, `score`) can say what the path is.
+A GGUF file cut short (a download stopped early) fails in transformers as numpy's "cannot reshape array";
+`gguf_problem` reads the file's header and tensor table and says how many bytes they need.
 """
 
 from __future__ import annotations
