@@ -68,6 +68,7 @@ from .chat import ChatFormat, ChatTemplateError, response_bytes
 from .configs import ScoreConfig
 from .console import BadRow, input_order, refuse_or_skip, say
 from .encoded_rows import EncodedRows
+from .locks import output_lock
 from .logprobs import (
     PACKING,
     batch_budget,
@@ -117,8 +118,9 @@ def score_dataset(config: ScoreConfig, dataset: Dataset | None = None) -> Datase
             remove_stale_temporaries(output)
         stats = {model.alias: _score_model(model, work, output, config, run, state) for model in aligned}
         all_stats = _gather(stats, state)
-        if state.is_main_process:
-            _write_scored_dataset(output, work.rows, aligned, identity, all_stats, config.normalization)
+        if state.is_main_process:  # one finisher at a time (a second run into the folder waits, then finishes)
+            with output_lock(output, command="poft score", wait=True):
+                _write_scored_dataset(output, work.rows, aligned, identity, all_stats, config.normalization)
         state.wait_for_everyone()
     scored = load_from_disk(str(output))
     if started_group:
