@@ -19,7 +19,8 @@ FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion")  # input forma
 NORMALIZATIONS = ("token", "byte", "none")  # how a response's log-prob sum becomes a score
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # "auto": bf16 on GPU and bf16-capable CPUs, else fp32
 ON_BAD_ROW = ("error", "skip")
-OBJECTIVES = ("poft", "bi_poft", "sft")  # the training objective (PoFTArguments.objective)
+OBJECTIVES = ("poft", "bi_poft", "sft", "poft_fixed_tau")  # the training objective (PoFTArguments.objective)
+SFT_PATHS = ("trl", "chunked")  # where objective 'sft' computes its token loss (PoFTArguments.sft_path)
 TRL_LOSS_TYPES = ("nll", "dft", "chunked_nll")  # SFTConfig.loss_type ('chunked_nll': TRL's deprecated 'nll')
 FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max: the bound for scores, beta and gamma
 BI_POFT_VARIANTS = ("signed", "soft", "margin")  # bi-PoFT's loss on undesirable rows (loss.bi_poft_loss)
@@ -337,8 +338,20 @@ class PoFTArguments:
         metadata={
             "help": "'poft': -logsigmoid(beta*(r_theta - r_ref) + gamma); 'bi_poft': the margin is multiplied "
             "by each row's direction (+1 desirable, -1 undesirable, from `direction_column`); 'sft': TRL's own "
-            "token loss (`loss_type`: 'nll' cross-entropy, or 'dft') on the same response tokens: the baseline.",
+            "token loss (`loss_type`: 'nll' cross-entropy, or 'dft') on the same response tokens: the baseline; "
+            "'poft_fixed_tau': PoFT's gradient with each row's weight tau computed once, by the model as "
+            "training starts, and held constant (a tau-weighted SFT; the ablation of PoFT's moving weight).",
             "choices": list(OBJECTIVES),
+        },
+    )
+    sft_path: str = field(
+        default="trl",
+        metadata={
+            "help": "objective='sft' only: 'trl' runs TRL's own loss (on CPU its fallback projects every "
+            "position through the vocabulary); 'chunked' computes the same loss (`loss_type` 'nll' or 'dft', "
+            "TRL's normalisation) on PoFT's path: the decoder once, the LM head on response positions only, "
+            "in chunks, so SFT costs what PoFT costs. Same values and gradients; no entropy / token accuracy.",
+            "choices": list(SFT_PATHS),
         },
     )
     beta: float = field(default=1.0, metadata={"help": "Scale of the score margin (paper: 1.0)."})
@@ -379,7 +392,7 @@ class PoFTArguments:
             "Fine-Tuning: each token's NLL times its detached probability). PoFT replaces the loss, so "
             "objective='poft'/'bi_poft' need 'nll'. Deprecated: 'poft', 'bi_poft', 'sft' here mean "
             "`objective`.",
-            "choices": [*TRL_LOSS_TYPES, *OBJECTIVES],
+            "choices": [*TRL_LOSS_TYPES, "poft", "bi_poft", "sft"],  # the last three: deprecated spellings
         },
     )
     on_bad_row: str = field(
@@ -434,6 +447,7 @@ class PoFTArguments:
             self,
             {"objective": OBJECTIVES, "score_normalization": NORMALIZATIONS, "on_bad_row": ON_BAD_ROW},
         )
+        check_choices(self, {"sft_path": SFT_PATHS})
         check_choices(self, {"bi_poft_variant": BI_POFT_VARIANTS})
         if self.uses_scores and self.loss_type == "dft":
             raise ValueError(

@@ -272,3 +272,56 @@ def normalize_scores(
     if normalization == "none":
         return sums
     raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+
+
+def token_loss(
+    log_probs: torch.Tensor,
+    label_mask: torch.Tensor,
+    *,
+    loss_type: str = "nll",
+    num_items_in_batch: torch.Tensor | int | None = None,
+) -> torch.Tensor:
+    """SFT's token loss as TRL's SFTTrainer computes it, from per-token log-probs of the labels: a scalar.
+
+    Each response token's loss is -log p (`loss_type` 'nll') or -log p * p with p detached ('dft', Dynamic
+    Fine-Tuning, arXiv 2508.05629); their sum is divided by `num_items_in_batch`, the response tokens of the
+    whole optimizer step (every micro-batch of the accumulation, every process when TRL's
+    `average_tokens_across_devices`), or, when it is None (evaluation), by this batch's response tokens;
+    clamped at 1, so a batch without response tokens gives 0. Token-weighted: a long answer counts more
+    than a short one (unlike PoFT's per-example mean). The caller multiplies by the number of processes
+    where TRL does (DDP averages the gradients).
+
+    Args:
+        log_probs: [B, T] log-prob of each label, 0 where the label is ignored (what TRL's fused head and
+            `logprobs.response_log_probs` return).
+        label_mask: [B, T] bool, True on response labels.
+    """
+    mask = label_mask.bool()
+    log_probs = torch.where(mask, log_probs, torch.zeros((), dtype=log_probs.dtype, device=log_probs.device))
+    per_token = -log_probs
+    if loss_type == "dft":
+        per_token = per_token * log_probs.exp().detach()
+    count = mask.sum() if num_items_in_batch is None else num_items_in_batch
+    return per_token.sum() / torch.as_tensor(count, device=per_token.device).clamp(min=1)
+
+
+def token_loss_reference(
+    token_log_probs: list[list[float]], *, loss_type: str = "nll", n_tokens: int | None = None
+) -> float:
+    """Plain-Python reference of `token_loss`: the response tokens' log-probs of each sequence (lists), the
+    loss summed over every token and divided by `n_tokens` (default: their number)."""
+    total, count = 0.0, 0
+    for sequence in token_log_probs:
+        for lp in sequence:
+            total += -lp * (math.exp(lp) if loss_type == "dft" else 1.0)
+            count += 1
+    return total / max(n_tokens if n_tokens is not None else count, 1)
+
+
+def fixed_tau_loss(policy_scores: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    """Per-example loss of PoFT with tau fixed: `-tau * r_theta`, no reduction, float32 [B].
+
+    `tau` is a constant per row (computed once, `poft_weight` of the model as training starts), so the
+    gradient is PoFT's, tau times the length-normalised cross-entropy's, with a weight that no longer moves
+    as the model learns the row: what is left of PoFT when its dynamic weighting is taken away."""
+    return -tau.detach().to(policy_scores.device, torch.float32) * policy_scores.float()

@@ -3,8 +3,9 @@ math is in loss.py.
 
 What changes relative to SFTTrainer, and nothing else (LoRA, DeepSpeed/FSDP, gradient checkpointing and
 every other TRL option work as in SFT):
-- `objective` chooses PoFT, bi-PoFT or plain SFT; TRL's own `loss_type` keeps TRL's meaning ('nll' | 'dft'),
-  so `objective='sft', loss_type='dft'` is TRL's DFT, a baseline on the same tokens;
+- `objective` chooses PoFT, bi-PoFT, PoFT with tau fixed (fixed_tau.py) or plain SFT; TRL's own `loss_type`
+  keeps TRL's meaning ('nll' | 'dft'), so `objective='sft', loss_type='dft'` is TRL's DFT, a baseline on the
+  same tokens; `sft_path='chunked'` computes SFT's loss on PoFT's path (`response_log_probs`), at PoFT's cost;
 - conversations are encoded by poft.chat under the target's own template: labels cover the response
   tokens only (assistant contents + end-of-turn), for every objective, so SFT and PoFT see the same tokens;
 - the reference score (and bi-PoFT direction) columns survive TRL's preparation and collation;
