@@ -193,6 +193,16 @@ class ScoreConfig:
     )
     progress: bool = field(default=True, metadata={"help": "Show a progress bar (--no-progress: none)."})
 
+    uncond: bool = field(
+        default=False,
+        metadata={
+            "help": "Also score each response without its prompt (system messages removed, user turns "
+            "emptied; docs/scoring.md), under each model's own template: adds <alias>_uncond_logp_sum, "
+            "<alias>_uncond_n_tokens, ref_pmi, ref_ifd and ref_combined, the detector of answers to the "
+            "wrong prompt. Doubles the scoring cost."
+        },
+    )
+
     def __post_init__(self):
         check_choices(self, {"dtype": DTYPES, "normalization": NORMALIZATIONS, "on_bad_row": ON_BAD_ROW})
         if self.format is not None:

@@ -50,6 +50,9 @@ def read_scored(folder: str | Path) -> tuple[Dataset, dict]:
     return dataset, manifest
 
 
+PROMPT_SCORES = ("ref_pmi", "ref_ifd", "ref_combined")  # per-row scores of `poft score --uncond`
+
+
 def aligned_aliases(dataset: Dataset, manifest: dict) -> list[str]:
     """Aliases from the manifest, else from columns with both `<alias>_logp_sum` and `<alias>_n_tokens`."""
     if manifest.get("models"):
@@ -76,6 +79,9 @@ def model_scores(dataset: Dataset, manifest: dict) -> dict[str, np.ndarray]:
     if "ref_score" not in dataset.column_names:
         raise ValueError(f"no `ref_score` column (columns: {dataset.column_names}); run `poft score` first")
     scores["ref_score"] = float_column(dataset, "ref_score")
+    for name in PROMPT_SCORES:  # written by `poft score --uncond` (pointwise.py): PMI, IFD, combination
+        if name in dataset.column_names:
+            scores[name] = float_column(dataset, name)
     return scores
 
 

@@ -87,6 +87,7 @@ from .shards import (
     remove_stale_temporaries,
     write_shard,
 )
+from .unconditional import encode_prompt_free, uncond_alias
 
 
 def score_dataset(config: ScoreConfig, dataset: Dataset | None = None) -> Dataset:
@@ -116,11 +117,15 @@ def score_dataset(config: ScoreConfig, dataset: Dataset | None = None) -> Datase
         _check_folder_is_shared(output, state)
         if state.is_main_process:
             remove_stale_temporaries(output)
-        stats = {model.alias: _score_model(model, work, output, config, run, state) for model in aligned}
+        stats = {
+            name: passed
+            for model in aligned
+            for name, passed in _score_model(model, work, output, config, run, state).items()
+        }
         all_stats = _gather(stats, state)
         if state.is_main_process:  # one finisher at a time (a second run into the folder waits, then finishes)
             with output_lock(output, command="poft score", wait=True):
-                _write_scored_dataset(output, work.rows, aligned, identity, all_stats, config.normalization)
+                _write_scored_dataset(output, work.rows, aligned, identity, all_stats, config)
         state.wait_for_everyone()
     scored = load_from_disk(str(output))
     if started_group:
@@ -178,6 +183,7 @@ class EncodedShare:
     encodings: dict[tuple, EncodedRows]  # per encoding key: one row per position of `share`, in that order
     seconds: dict[tuple, float]  # encoding time per key (counted once, with the key's first model)
     users: dict[tuple, int]  # models still to score per key (its encodings are removed after the last)
+    differs: dict[tuple, np.ndarray]  # per prompt-free key: rows whose response tokens differ (--uncond)
 
 
 def _encode_share(rows: SFTRows, aligned: list[AlignedModel], config: ScoreConfig, state) -> EncodedShare:
@@ -187,10 +193,16 @@ def _encode_share(rows: SFTRows, aligned: list[AlignedModel], config: ScoreConfi
     mine = np.arange(state.process_index, len(rows.dataset), state.num_processes, dtype=np.int64)
     keys = [_encoding_key(model, config.max_length) for model in aligned]
     first_model = dict(reversed(list(zip(keys, aligned, strict=True))))  # key -> its first model, in order
-    encodings, problems, seconds = {}, {}, {}
+    encodings, problems, seconds, differs = {}, {}, {}, {}
     for key in dict.fromkeys(keys):
         started = time.perf_counter()
         encodings[key], bad = _encode_rows(first_model[key].chat, rows.dataset, mine, config.max_length)
+        if config.uncond:  # ---- --uncond: the prompt-free encodings, matched to these (unconditional.py)
+            encodings[_uncond_key(key)], bad_uncond, differs[_uncond_key(key)] = _encode_uncond_rows(
+                first_model[key].chat, rows.dataset, mine, encodings[key]
+            )
+            bad = {**bad_uncond, **bad}  # the conditional render's problem first
+            keys += [_uncond_key(key)] * keys.count(key)
         seconds[key] = time.perf_counter() - started
         for row, problem in bad.items():
             problems.setdefault(row, problem)  # the first model's problem, in the order of --model
@@ -198,10 +210,11 @@ def _encode_share(rows: SFTRows, aligned: list[AlignedModel], config: ScoreConfi
     if len(kept) < len(rows.dataset):
         keep = np.isin(mine, kept)
         encodings = {key: enc.select(np.flatnonzero(keep)) for key, enc in encodings.items()}
+        differs = {key: flags[keep] for key, flags in differs.items()}
         mine = mine[keep]
     share = np.searchsorted(kept, mine)  # the positions of this process's rows among the rows kept
     users = {key: keys.count(key) for key in encodings}
-    return EncodedShare(kept_rows, share, encodings, seconds, users)
+    return EncodedShare(kept_rows, share, encodings, seconds, users, differs)
 
 
 def _run_identity(
@@ -236,35 +249,41 @@ def _dataset_fingerprint(rows: SFTRows) -> str:
 
 def _score_model(
     model: AlignedModel, work: EncodedShare, output: Path, config: ScoreConfig, run: _Settings, state
-) -> dict:
-    """Score this process's share with one model, skipping rows its shards already hold; this run's
+) -> dict[str, dict]:
+    """Score this process's share with one model, and with --uncond its prompt-free renders too (shards
+    `<alias>@uncond`, the weights loaded once), skipping rows the shards already hold; per pass this run's
     {"rows", "tokens", "seconds"} (the seconds include encoding)."""
     key = _encoding_key(model, config.max_length)
-    done = finished_mask(output, model.alias, len(work.rows.dataset))
+    passes = {model.alias: key, **({uncond_alias(model.alias): _uncond_key(key)} if config.uncond else {})}
+    done = {alias: finished_mask(output, alias, len(work.rows.dataset)) for alias in passes}
     state.wait_for_everyone()  # every process has read the finished set before anyone writes new shards
-    if done.any():
-        n_done = int(done.sum())
-        say(f"{model.alias}: resuming, {n_done} rows already scored, {len(done) - n_done} to go")
-    stats = {"rows": 0, "tokens": 0, "seconds": work.seconds.pop(key, 0.0)}
-    if not done[work.share].all():
-        network = load_weights(model, run.dtype, run.device)
-        scored = _score_share(
-            model,
-            network,
-            work.encodings[key],
-            work.share,
-            output,
-            done,
-            config,
-            run,
-            rank=state.process_index,
-            progress=config.progress and state.is_main_process,
-        )
-        stats = {**scored, "seconds": scored["seconds"] + stats["seconds"]}
-        del network
-    work.users[key] -= 1
-    if not work.users[key]:
-        work.encodings.pop(key).remove()  # its last model is scored
+    stats, network = {}, None
+    for alias, pass_key in passes.items():
+        if done[alias].any():
+            n_done = int(done[alias].sum())
+            say(f"{alias}: resuming, {n_done} rows already scored, {len(done[alias]) - n_done} to go")
+        stats[alias] = {"rows": 0, "tokens": 0, "seconds": work.seconds.pop(pass_key, 0.0)}
+        if not done[alias][work.share].all():
+            network = network if network is not None else load_weights(model, run.dtype, run.device)
+            scored = _score_share(
+                dataclasses.replace(model, alias=alias),
+                network,
+                work.encodings[pass_key],
+                work.share,
+                output,
+                done[alias],
+                config,
+                run,
+                rank=state.process_index,
+                progress=config.progress and state.is_main_process,
+            )
+            stats[alias] = {**scored, "seconds": scored["seconds"] + stats[alias]["seconds"]}
+        work.users[pass_key] -= 1
+        if not work.users[pass_key]:
+            work.encodings.pop(pass_key).remove()  # its last model is scored
+    if config.uncond:
+        stats[uncond_alias(model.alias)]["response_differs"] = int(work.differs[_uncond_key(key)].sum())
+    del network
     return stats
 
 
@@ -274,9 +293,10 @@ def _write_scored_dataset(
     aligned: list[AlignedModel],
     identity: dict,
     stats: list[dict],
-    normalization: str,
+    config: ScoreConfig,
 ) -> None:
-    """The main process merges every model's shards into the scored dataset and writes the manifest."""
+    """The main process merges every model's shards into the scored dataset and writes the manifest (with
+    `uncond`, the prompt-free scores too: `shards.finalize`)."""
     run = {
         "dataset": {
             "source": rows.source,
@@ -293,7 +313,8 @@ def _write_scored_dataset(
         models=[m.manifest_entry() for m in aligned],
         run=run,
         stats=stats,
-        normalization=normalization,
+        normalization=config.normalization,
+        uncond=config.uncond,
     )
 
 
@@ -334,6 +355,39 @@ def _encode_rows(
                 continue
             encoded.append(enc.input_ids, enc.response_mask, enc.truncated)
     return encoded.close(), problems
+
+
+# ---- --uncond: the prompt-free render's encodings (unconditional.py) ----------------------------------------
+
+
+def _uncond_key(key: tuple) -> tuple:
+    """The encoding key of the prompt-free renders matched to the encodings of `key`."""
+    return (*key, "uncond")
+
+
+def _encode_uncond_rows(
+    chat: ChatFormat, dataset: Dataset, rows: np.ndarray, conditional: EncodedRows, chunk: int = 1024
+) -> tuple[EncodedRows, dict[int, str], np.ndarray]:
+    """The prompt-free encodings of `rows` (as `_encode_rows`), each cut to the response tokens its
+    conditional encoding in `conditional` kept (`unconditional.matched`); the problem of each row whose
+    prompt-free render the template refuses; and, per row, whether its response tokens differ from the
+    conditional render's."""
+    encoded, problems, differs = EncodedRows(name="uncond"), {}, np.zeros(len(rows), dtype=bool)
+    conversations = dataset.select_columns(["messages"])
+    if len(rows) < len(dataset):
+        conversations = conversations.select(rows)
+    for start, batch in zip(range(0, len(rows), chunk), conversations.iter(batch_size=chunk), strict=True):
+        positions = range(start, min(start + chunk, len(rows)))
+        cond = [conditional.get(i) if conditional.lengths[i] else None for i in positions]
+        for i, enc in zip(positions, encode_prompt_free(chat, batch["messages"], cond), strict=True):
+            if isinstance(enc, ChatTemplateError):
+                problems[int(rows[i])] = str(enc)
+                encoded.append([], [], False)
+                continue
+            ids, mask, cut, same = enc
+            encoded.append(ids, mask, cut)
+            differs[i] = not same
+    return encoded.close(), problems, differs
 
 
 def _leave_out(rows: SFTRows, problems: dict[int, str], on_bad_row: str) -> tuple[SFTRows, np.ndarray]:

@@ -31,6 +31,8 @@ from datasets import Dataset, Value
 
 from .console import say
 from .loss import normalize_scores
+from .pointwise import COMBINED_WEIGHT, row_scores
+from .unconditional import RENDER, uncond_alias
 
 SHARDS_DIR = "shards"
 CONFIG_FILE = "scoring_config.json"
@@ -187,26 +189,32 @@ def finalize(
     run: dict,
     stats: list[dict],
     normalization: str,
+    uncond: bool = False,
 ) -> Dataset:
     """Merge every model's shards in row order, add the score columns, save, fsync, write the manifest last.
 
     `models`: one manifest entry per aligned model (alias, identity, template facts); `run`: what the
     manifest records of the run besides the models (source, row counts, bad rows, settings, processes);
-    `stats`: per process, per alias {"rows", "tokens", "seconds"} of this run.
+    `stats`: per process, per alias {"rows", "tokens", "seconds"} of this run. `uncond`: the prompt-free
+    scores (shards `<alias>@uncond`) are merged too, with PMI, IFD and their combination (`_merge_uncond`).
     """
     columns: dict[str, np.ndarray] = {"response_bytes": np.asarray(response_bytes, dtype=np.int64)}
     per_model = [_merge_model(output, entry, len(dataset), columns, normalization) for entry in models]
     columns["ref_score"] = np.mean([m.pop("scores") for m in per_model], axis=0)
+    unconditional = _merge_uncond(output, models, len(dataset), columns, stats) if uncond else None
     scored = _with_score_columns(dataset, columns, provenance_record(models, normalization, run["settings"]))
     previous = _read_manifest(output)
     # From here until the manifest is written again, readers refuse the folder as unfinished
     (output / MANIFEST_FILE).unlink(missing_ok=True)
     _save_dataset(scored, output)
     aliases = [m["alias"] for m in models]
+    aliases += [uncond_alias(a) for a in aliases] if uncond else []
     tokens = sum(s[a]["tokens"] for s in stats for a in aliases)
     seconds = sum(max(s[a]["seconds"] for s in stats) for a in aliases)  # the slowest process per model
     throughput = _throughput(tokens, seconds, len(stats), previous)
     manifest = _manifest(scored, per_model, columns["ref_score"], normalization, run, throughput)
+    if unconditional is not None:
+        manifest["unconditional"] = unconditional
     write_json_atomic(output / MANIFEST_FILE, manifest)  # last: marks the folder complete
     rate = f", {tokens / seconds:,.0f} tok/s" if seconds > 0 else ""
     say(
@@ -365,3 +373,43 @@ def _sync_to_disk(folder: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+# ---- --uncond: the prompt-free scores (unconditional.py, pointwise.py) -------------------------------------
+
+
+def _merge_uncond(output: Path, models: list[dict], n_rows: int, columns: dict, stats: list[dict]) -> dict:
+    """Add each model's `<alias>_uncond_logp_sum` and `<alias>_uncond_n_tokens` (from its `<alias>@uncond`
+    shards) and the rows' `ref_pmi`, `ref_ifd` and `ref_combined` to `columns`; return the manifest's
+    `unconditional` record (the render, the combination, rows whose response tokens differ per model)."""
+    per_model, differs = [], {}
+    for entry in models:
+        alias = entry["alias"]
+        merged = merge_shards(output, uncond_alias(alias), n_rows)
+        missing = np.flatnonzero(merged["n_tokens"] < 0)
+        if len(missing):
+            raise RuntimeError(
+                f"{alias}: {len(missing)} rows have no prompt-free score (rows {missing[:5].tolist()}...)"
+            )
+        columns[f"{alias}_uncond_logp_sum"] = merged["logp_sum"]
+        columns[f"{alias}_uncond_n_tokens"] = merged["n_tokens"]
+        per_model.append(
+            {
+                "cond_sum": columns[f"{alias}_logp_sum"],
+                "cond_n": columns[f"{alias}_n_tokens"],
+                "uncond_sum": merged["logp_sum"],
+                "uncond_n": merged["n_tokens"],
+            }
+        )
+        differs[alias] = sum(s.get(uncond_alias(alias), {}).get("response_differs", 0) for s in stats)
+    scores = row_scores(per_model, columns["ref_score"])
+    columns["ref_score"] = columns.pop("ref_score")  # the per-row scores last, together
+    columns.update(scores)
+    return {
+        "render": RENDER,
+        "pmi": "mean over models of cond_logp_sum/cond_n_tokens - uncond_logp_sum/uncond_n_tokens",
+        "ifd": "mean over models of (cond_logp_sum/cond_n_tokens) / (uncond_logp_sum/uncond_n_tokens)",
+        "combined": f"ref_score + {COMBINED_WEIGHT:g} * ref_pmi",
+        "response_differs": differs,
+        "nan": {name: int(np.isnan(values).sum()) for name, values in scores.items()},
+    }
