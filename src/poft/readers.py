@@ -46,6 +46,7 @@ from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset, l
 from .arrow_rows import ChunkedRows, RowPlaces
 from .configs import FORMATS, ON_BAD_ROW  # choices are typed once, where --help reads them
 from .console import BadRow, input_order, refuse_or_skip, say
+from .model_files import check_not_model_folder
 
 KNOWN_ROLES = frozenset({"system", "user", "assistant", "tool"})
 SHAREGPT_ROLES = {
@@ -498,6 +499,7 @@ def read_rows(source: str | Path | Dataset, split: str = "train", config: str | 
         return RawRows(name, list(table.column_names), table=table)
     if path.is_dir():
         _check_score_folder(path)
+        check_not_model_folder(path)
         if any((path / f).exists() for f in ("dataset_info.json", "dataset_dict.json", "state.json")):
             loaded = load_from_disk(str(path))
             if isinstance(loaded, DatasetDict):

@@ -160,9 +160,6 @@ def test_inspect_on_a_model_folder_says_it_is_a_model_folder(tiny, capsys):
     assert "not a dataset" in line and "poft score" in line and "internal error" not in line
 
 
-@pytest.mark.xfail(
-    strict=True, reason="readers.read_rows does not call model_files.check_not_model_folder(path) yet"
-)
 def test_filter_and_train_on_a_model_folder_say_it_is_a_model_folder(tiny, tmp_path, capsys):
     """Was "internal error: DatasetGenerationError" for both."""
     for argv in (
