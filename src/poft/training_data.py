@@ -20,10 +20,14 @@ empty unless the user says its scores come from elsewhere (`scores_without_finge
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections import Counter
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
@@ -221,9 +225,21 @@ def _scored_truncated(encoded: Dataset, provenance: dict, scorer_max: int) -> in
     columns = [f"{alias}_truncated" for alias in provenance.get("models", {})]
     columns = [c for c in columns if c in encoded.column_names]
     if not columns:
-        return sum(len(ids) > scorer_max for ids in encoded["input_ids"])
-    flags = [encoded[c] for c in columns]
-    return sum(any(bool(flag) for flag in row) for row in zip(*flags, strict=True))
+        lengths = pc.list_value_length(arrow_column(encoded, "input_ids"))
+        return int(pc.sum(pc.greater(lengths, scorer_max)).as_py() or 0)
+    flags = [pc.fill_null(arrow_column(encoded, c), False) for c in columns]
+    return int(pc.sum(functools.reduce(pc.or_, flags)).as_py() or 0)
+
+
+def _first_index(values: pa.ChunkedArray, value: object) -> int:
+    """The position of the first row holding `value` (None: the first null)."""
+    where = pc.is_null(values) if value is None else pc.equal(values, value)
+    return pc.index(pc.fill_null(where, False), True).as_py()
+
+
+def arrow_column(dataset: Dataset, column: str) -> pa.ChunkedArray:
+    """One column of the rows as Arrow (selected rows only; no Python object per row)."""
+    return dataset.with_format("arrow", columns=[column])[column]
 
 
 def _score_provenance(data: Dataset, rows: SFTRows, name: str, normalization: str | None) -> dict | None:
@@ -235,17 +251,18 @@ def _score_provenance(data: Dataset, rows: SFTRows, name: str, normalization: st
             "(models, normalisation, max length) cannot be checked"
         )
         return None
-    values = data[PROVENANCE_COLUMN]
-    runs = Counter(values)
+    values = arrow_column(data, PROVENANCE_COLUMN)
+    counts = pc.value_counts(values).to_pylist()  # [{"values": run, "counts": rows}] (one per scoring run)
+    runs = Counter({c["values"]: c["counts"] for c in counts})
     if len(runs) > 1:
-        first = {v: rows.where[values.index(v)] for v in runs}
+        first = {v: rows.where[_first_index(values, v)] for v in runs}
         detail = "; ".join(f"{n} rows from {first[v]} on: {v}" for v, n in runs.most_common(3))
         raise ValueError(
             f"{name}: the reference scores come from {len(runs)} different `poft score` runs ({detail}); "
             "scores of different models or settings are not on one scale: score all rows in one run"
         )
     try:
-        record = json.loads(values[0]) if values else {}
+        record = json.loads(values[0].as_py()) if len(values) else {}
     except (TypeError, json.JSONDecodeError) as e:
         raise ValueError(
             f"{name}: the {PROVENANCE_COLUMN!r} column is not what `poft score` writes: {e}"
@@ -264,13 +281,9 @@ def _check_fingerprints(rows: SFTRows, name: str, score_column: str, accepted: b
     """Refuse scored rows whose stored `fingerprint` is null or empty, naming them: nothing ties their scores to
     their text, so the stale-score check cannot see an edited row or another row's scores. With `accepted`
     (the user says the scores come from elsewhere) say once how many rows train so."""
-    missing = [
-        i
-        for i, (stored, score) in enumerate(
-            zip(rows.dataset[FINGERPRINT_COLUMN], rows.dataset[score_column], strict=True)
-        )
-        if not stored and score is not None
-    ]
+    stored = pc.fill_null(arrow_column(rows.dataset, FINGERPRINT_COLUMN), "")
+    scored = pc.is_valid(arrow_column(rows.dataset, score_column))
+    missing = np.flatnonzero(pc.and_(pc.equal(stored, ""), scored).to_numpy(zero_copy_only=False)).tolist()
     if not missing:
         return
     label = name if rows.source == name else f"{name} ({rows.source})"
