@@ -192,7 +192,6 @@ class ScoreConfig:
         default=60.0, metadata={"help": "Write a partial shard at least this often (seconds)."}
     )
     progress: bool = field(default=True, metadata={"help": "Show a progress bar (--no-progress: none)."})
-
     uncond: bool = field(
         default=False,
         metadata={
