@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from transformers import PreTrainedTokenizerBase
 from transformers.utils.chat_template_utils import render_jinja_template
@@ -75,6 +75,9 @@ class ChatFormat:
     uses_generation_markers: bool
     prepend_bos: bool
     trims_content: bool = False  # the template strips whitespace around contents (Llama-3's `| trim`)
+    shapes: dict = field(
+        default_factory=dict, compare=False, repr=False
+    )  # `_shape_problem`, learnt per shape
 
     @classmethod
     def from_tokenizer(cls, tokenizer: PreTrainedTokenizerBase, name: str = "model") -> ChatFormat:
@@ -110,6 +113,9 @@ class ChatFormat:
             )
         if not self.uses_generation_markers:
             spans = located
+        dropped_or_moved = self._shape_problem(messages)
+        if dropped_or_moved:
+            raise ChatTemplateError(f"{self.name}: the chat template {dropped_or_moved}")
         n_assistant = sum(m["role"] == "assistant" for m in messages)
         if len(spans) != n_assistant:
             raise ChatTemplateError(
@@ -172,6 +178,19 @@ class ChatFormat:
             ids, mask = ids[:max_length], mask[:max_length]
         return TokenizedChat(ids, mask, truncated, response_bytes(messages))
 
+    def _shape_problem(self, messages: list[dict]) -> str | None:
+        """What the template does to conversations of this shape (roles, and which contents are empty), from
+        one render with each content replaced by a marker text that no markup contains; None when it writes
+        every message once, in order. Learnt once per shape. The in-order search of `_locate_spans` cannot
+        see a dropped message whose text also occurs later in the render (a system prompt "INST" under a
+        template whose markup writes [INST]); the markers can. What they cannot see: a template that drops
+        or moves a message because of what it says (not its role or place), which no template poft knows
+        does."""
+        shape = tuple((m["role"], bool(m["content"].strip())) for m in messages)
+        if shape not in self.shapes:
+            self.shapes[shape] = _shape_problem(self.tokenizer, shape, self.name)
+        return self.shapes[shape]
+
     def _what_it_did(self, messages: list[dict], rendered: str, failed: int) -> str:
         """Why messages[failed] could not be placed after the messages before it (refused rows only)."""
         for i, message in enumerate(messages):  # dropped: rendering without it gives the same text
@@ -214,6 +233,29 @@ class ChatFormat:
                 end += len(self.end_of_turn)
             spans.append((start, end))
         return text, spans
+
+
+def _shape_problem(tokenizer: PreTrainedTokenizerBase, shape: tuple, name: str) -> str | None:
+    """`ChatFormat._shape_problem` for one shape: render marker contents, each must appear once, in order."""
+    markers = [f"{_SENTINEL}M{i}Z" if has_text else "" for i, (_, has_text) in enumerate(shape)]
+    messages = [{"role": role, "content": text} for (role, _), text in zip(shape, markers, strict=True)]
+    try:
+        rendered = _render(tokenizer, messages, name)
+    except ChatTemplateError:  # the real contents rendered: a marker text may break a template's own checks
+        return None
+    last = -1
+    for i, (marker, (role, _)) in enumerate(zip(markers, shape, strict=True)):
+        if not marker:
+            continue
+        at, count = rendered.find(marker), rendered.count(marker)
+        if count == 0:
+            return f"dropped messages[{i}] (role {role})"
+        if count > 1 and role == "assistant":  # which copy is the response cannot be told
+            return f"wrote messages[{i}] (role {role}) {count} times"
+        if at < last:
+            return f"moved messages[{i}] (role {role}) before an earlier message"
+        last = at
+    return None
 
 
 def response_bytes(messages: list[dict]) -> int:

@@ -126,6 +126,36 @@ def test_mistral_v3_drops_the_system_prompt_of_a_conversation_that_ends_with_an_
         chat.encode(WITH_SYSTEM["system"])
 
 
+def test_a_dropped_message_whose_text_is_in_the_markup_is_still_refused():
+    """Mistral v0.3 drops the system prompt here; its text "INST" occurs in the markup ([INST]), so the in-order
+    search of contents alone placed it there and scored the row without its system prompt, unreported."""
+    chat = ChatFormat.from_tokenizer(build("mistral_v3"), "mistral_v3")
+    messages = turns("Add 12 and 30", "42 is the answer.", system="INST")
+    rendered = build("mistral_v3").apply_chat_template(messages, tokenize=False)
+    assert rendered.count("INST") == 2  # [INST] ... [/INST]: markup only
+    with pytest.raises(ChatTemplateError, match=r"dropped messages\[0\] \(role system\)"):
+        chat.encode(messages)
+
+
+def test_a_dropped_answer_whose_text_the_template_writes_elsewhere_is_refused():
+    """A template that drops the second answer and writes the same text followed by its end-of-turn in its
+    own footer: the in-order search placed the answer on the footer and masked it, silently."""
+    tokenizer = build("qwen25")
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% if not (m.role == 'assistant' and loop.index0 == 3) %}"
+        "<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endif %}{% endfor %}"
+        "<|im_start|>assistant\nHello!<|im_end|>\n"
+    )
+    chat = ChatFormat.from_tokenizer(tokenizer, "footer")
+    messages = turns("hi", "Hey", "more", "Hello!")
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False)
+    assert rendered.count("Hello!<|im_end|>") == 1  # the footer's, not the answer's
+    with pytest.raises(
+        ChatTemplateError, match=r"^footer: the chat template dropped messages\[3\] \(role assistant\)"
+    ):
+        chat.encode(messages)
+
+
 def test_a_system_prompt_moved_into_the_last_user_turn_is_refused_with_what_moved():
     chat = ChatFormat.from_tokenizer(build("mistral_v3_common"), "mistral")
     messages = WITH_SYSTEM["system multi-turn"]
