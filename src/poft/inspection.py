@@ -54,12 +54,14 @@ PROMPT_SCORES = ("ref_pmi", "ref_ifd", "ref_combined")  # per-row scores of `pof
 
 
 def aligned_aliases(dataset: Dataset, manifest: dict) -> list[str]:
-    """Aliases from the manifest, else from columns with both `<alias>_logp_sum` and `<alias>_n_tokens`."""
+    """Aliases from the manifest, else from columns with both `<alias>_logp_sum` and `<alias>_n_tokens`
+    (except the prompt-free `<alias>_uncond_...` columns of `poft score --uncond`)."""
     if manifest.get("models"):
         return [m["alias"] for m in manifest["models"]]
     columns = set(dataset.column_names)
     aliases = [c.removesuffix("_logp_sum") for c in dataset.column_names if c.endswith("_logp_sum")]
-    return [alias for alias in aliases if f"{alias}_n_tokens" in columns]
+    found = [alias for alias in aliases if f"{alias}_n_tokens" in columns]
+    return [a for a in found if a.removesuffix("_uncond") == a or a.removesuffix("_uncond") not in found]
 
 
 def model_scores(dataset: Dataset, manifest: dict) -> dict[str, np.ndarray]:

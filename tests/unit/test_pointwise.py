@@ -9,6 +9,7 @@ import pytest
 from fixtures.chat_templates import FAMILIES, build  # tests/ is on sys.path
 
 from poft.chat import ChatFormat, ChatTemplateError
+from poft.inspection import aligned_aliases
 from poft.pointwise import COMBINED_WEIGHT, combined, ifd, pmi, row_scores
 from poft.unconditional import encode_prompt_free, matched, prompt_free
 
@@ -108,3 +109,11 @@ def test_prompt_free_render_keeps_the_response_tokens_under_every_family(family)
             ids, mask, cut, same = free
             assert same and not cut, f"{family}: the response tokens differ without the prompt"
             assert len(ids) < len(c[0])  # the prompt is gone
+
+
+def test_prompt_free_columns_are_not_taken_for_an_aligned_model():
+    from datasets import Dataset
+
+    names = ["a_logp_sum", "a_n_tokens", "a_uncond_logp_sum", "a_uncond_n_tokens", "b_uncond_logp_sum"]
+    columns = {name: [1.0] for name in [*names, "b_uncond_n_tokens"]}
+    assert aligned_aliases(Dataset.from_dict(columns), {}) == ["a", "b_uncond"]  # b_uncond: a model's alias
