@@ -48,24 +48,39 @@ def test_held_out_nll_equals_a_plain_forward_pass(real_models):
 
 
 def test_study_runs_end_to_end_and_resumes(real_models, tmp_path):
+    """The smallest grid with every method: 2 rates chosen on the validation split (first seed), a second seed
+    at the chosen rate, one noise type; then a rerun reads every run back."""
     out = tmp_path / "study"
-    args = ["--output", str(out), "--n_train", "8", "--n_heldout", "4", "--n_answers", "1",
-            "--epochs", "1", "--batch_size", "4", "--noise_levels", "0.5", "--methods", "sft", "poft", "--max_new_tokens", "8",
+    args = ["--output", str(out), "--n_train", "8", "--n_heldout", "4", "--n_validation", "4", "--n_answers", "1",
+            "--epochs", "1", "--batch_size", "4", "--noise_levels", "0.5", "--noise_types", "mixed",
+            "--seeds", "0", "1", "--lr_factors", "0.5", "1", "--max_new_tokens", "8",
             "--models_dir", str(real_models["gemma"].parent)]  # fmt: skip
     run_study(args)
     results = json.loads((out / "results.json").read_text())
-    assert [(r["noise"], r["method"]) for r in results["runs"]] == [(0.5, "sft"), (0.5, "poft")]
+    methods = ["sft", "poft", "dft", "poft_fixed_tau", "filter_ref", "filter_combined"]
+    assert [(r["noise"], r["method"], r["seed"]) for r in results["runs"]] == [
+        (0.5, m, s) for m in methods for s in (0, 1)
+    ]
+    assert len(results["all_runs"]) == 6 * 3  # each method: 2 rates with seed 0, the chosen one with seed 1
     for run in results["runs"]:
         epochs = run["epochs"]
         assert [e["epoch"] for e in epochs] == [0, 1]
         assert all(np.isfinite(e["heldout_nll"]) and e["heldout_nll"] > 0 for e in epochs)
+        assert np.isfinite(epochs[-1]["validation_nll"]) and "validation_nll" not in epochs[0]
         assert (
             epochs[1]["heldout_nll"] != epochs[0]["heldout_nll"]
         )  # the run trained (2 steps: the 1st is warm-up at lr 0)
         assert set(epochs[1]["tau"]) == {"clean", "wrong_prompt", "corrupted"}
         assert all(0 < t < 1 for t in epochs[1]["tau"].values())
         assert len(run["answers"]) == 1 and isinstance(run["answers"][0], str)
-    assert (out / "curves.png").stat().st_size > 0 and "| 0.5 | poft |" in (out / "table.md").read_text()
-    before = (out / "runs" / "0.5_poft.json").read_text()
+        assert run["cpu_seconds"] > 0 and run["train_seconds"] > 0 and "load_start" in run
+        tried = {float(rate): nll for rate, nll in run["chosen_from"].items()}
+        assert run["learning_rate"] == min(tried, key=lambda rate: (tried[rate], rate))
+        assert run["n_train_rows"] == (6 if run["method"].startswith("filter") else 8)  # 0.7 of 8 kept
+    assert (out / "curves.png").stat().st_size > 0 and "| mixed 0.5 | poft |" in (
+        out / "table.md"
+    ).read_text()
+    name = f"mixed0.5_poft_lr{results['runs'][2]['learning_rate']:g}_s1.json"
+    before = (out / "runs" / name).read_text()
     run_study(args)  # finished runs are read back, not trained again (their train_seconds would differ)
-    assert (out / "runs" / "0.5_poft.json").read_text() == before
+    assert (out / "runs" / name).read_text() == before
