@@ -2,16 +2,18 @@
 
 Reads a scored folder whose rows have a `noise` column (clean / wrong_prompt / corrupted, as
 `scripts/make_noisy_real_data.py` writes) and prints, for each score, AUC = P(a clean row scores above a
-noisy row of that kind), ties one half: the aligned models' own scores, `ref_score`, `ref_pmi`, `ref_ifd`
-(lower IFD is cleaner, so its AUC is that of -IFD) and `ref_combined` (= ref_score + 1 * ref_pmi, the weight
-fixed in poft.pointwise before any real row was scored).
+noisy row of that kind), ties one half: the aligned models' own scores, their PMI and IFD, `ref_score`,
+`ref_pmi`, `ref_ifd` (lower IFD is cleaner, so its AUC is that of -IFD) and `ref_combined` (= ref_score -
+4 * ref_ifd, poft.pointwise). Also both families of combinations over a grid of weights on all rows:
+ref_score + w * ref_pmi (the first form, w = 1 fixed before any real row was scored) and ref_score - w *
+ref_ifd (the form kept).
 
-It also checks the weight honestly: the rows are split in two halves, stratified by `noise` (seeded); on
-each half the weight lambda of ref_score + lambda * ref_pmi is chosen from a grid (the largest wrong-prompt
-AUC among the weights whose corrupted AUC is >= 0.99 there, else the largest mean of the two) and the AUCs
-of that weight are reported on the other half.
+The held-out check of the weight: for each seed the rows are split in two halves, stratified by `noise`; on
+one half the weight w of ref_score - w * ref_ifd is chosen from the grid (the largest wrong-prompt AUC among
+the weights whose corrupted AUC is >= 0.99 there, else the largest sum of the two) and the AUCs of that
+weight are reported on the other half, both ways round.
 
-    python scripts/prompt_detector_auc.py SCORED_FOLDER [--seed 0] [--json out.json]
+    python scripts/prompt_detector_auc.py SCORED_FOLDER [--seeds 6] [--json out.json]
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import json
 import numpy as np
 
 from poft.inspection import float_column, read_scored, roc_auc
-from poft.pointwise import combined
+from poft.pointwise import COMBINED_WEIGHT
 
 KINDS = ("wrong_prompt", "corrupted")
 GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
@@ -39,9 +41,10 @@ def pairwise(values: np.ndarray, noise: np.ndarray, rows: np.ndarray | None = No
     return out
 
 
-def choose_weight(ref: np.ndarray, pmi: np.ndarray, noise: np.ndarray, rows: np.ndarray) -> float:
-    """The grid weight with the best wrong-prompt AUC among those keeping corrupted >= 0.99 on `rows`."""
-    aucs = {w: pairwise(combined(ref, pmi, w), noise, rows) for w in GRID}
+def choose_weight(ref: np.ndarray, ifd: np.ndarray, noise: np.ndarray, rows: np.ndarray) -> float:
+    """The grid weight of ref - w * ifd with the best wrong-prompt AUC among those keeping corrupted >= 0.99
+    on `rows`."""
+    aucs = {w: pairwise(ref - w * ifd, noise, rows) for w in GRID}
     ok = [w for w in GRID if aucs[w]["corrupted"] >= 0.99]
     if ok:
         return max(ok, key=lambda w: (aucs[w]["wrong_prompt"], -w))
@@ -62,7 +65,7 @@ def halves(noise: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scored")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=6)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     dataset, manifest = read_scored(args.scored)
@@ -80,22 +83,33 @@ def main() -> None:
         scores["-ref_ifd" if name == "ref_ifd" else name] = -values if name == "ref_ifd" else values
     counts = {k: int((noise == k).sum()) for k in ("clean", *KINDS)}
     report = {"rows": counts, "auc": {name: pairwise(v, noise) for name, v in scores.items()}}
-    ref, pmi = scores["ref_score"], scores["ref_pmi"]
-    report["grid_all_rows"] = {w: pairwise(combined(ref, pmi, w), noise) for w in GRID}
-    a, b = halves(noise, args.seed)
-    report["split"] = {}
-    for tune, test, name in ((a, b, "tune A, report B"), (b, a, "tune B, report A")):
-        weight = choose_weight(ref, pmi, noise, tune)
-        report["split"][name] = {"weight": weight, "auc": pairwise(combined(ref, pmi, weight), noise, test)}
+    ref, pmi, ifd = scores["ref_score"], scores["ref_pmi"], -scores["-ref_ifd"]
+    report["grid_pmi"] = {w: pairwise(ref + w * pmi, noise) for w in GRID}
+    report["grid_ifd"] = {w: pairwise(ref - w * ifd, noise) for w in GRID}
+    report["split"] = []
+    for seed in range(args.seeds):
+        a, b = halves(noise, seed)
+        for tune, test, name in ((a, b, "A->B"), (b, a, "B->A")):
+            weight = choose_weight(ref, ifd, noise, tune)
+            auc = pairwise(ref - weight * ifd, noise, test)
+            report["split"].append({"seed": seed, "halves": name, "weight": weight, "auc": auc})
     print(f"rows: {counts}")
     print(f"{'score':<16} {'clean vs wrong_prompt':>22} {'clean vs corrupted':>19}")
     for name, auc in report["auc"].items():
         print(f"{name:<16} {auc['wrong_prompt']:>22.3f} {auc['corrupted']:>19.3f}")
-    print("ref_score + w * ref_pmi on all rows: " + "; ".join(
-        f"w={w:g}: {x['wrong_prompt']:.3f} / {x['corrupted']:.3f}" for w, x in report["grid_all_rows"].items()
-    ))  # fmt: skip
-    for name, r in report["split"].items():
-        print(f"{name}: w={r['weight']:g}: {r['auc']['wrong_prompt']:.3f} / {r['auc']['corrupted']:.3f}")
+    for family, sign in (("grid_pmi", "+ w * ref_pmi"), ("grid_ifd", "- w * ref_ifd")):
+        print(f"ref_score {sign}, all rows (wrong_prompt / corrupted): " + "; ".join(
+            f"w={w:g}: {x['wrong_prompt']:.3f} / {x['corrupted']:.3f}" for w, x in report[family].items()
+        ))  # fmt: skip
+    print(f"held out (ref_combined's weight is {COMBINED_WEIGHT:g}):")
+    for r in report["split"]:
+        auc = r["auc"]
+        print(
+            f"  seed {r['seed']} {r['halves']}: w={r['weight']:g}: {auc['wrong_prompt']:.3f} / {auc['corrupted']:.3f}"
+        )
+    held = np.array([[r["auc"]["wrong_prompt"], r["auc"]["corrupted"]] for r in report["split"]])
+    print(f"  mean +- std: {held[:, 0].mean():.3f} +- {held[:, 0].std():.3f} / {held[:, 1].mean():.3f} +- "
+          f"{held[:, 1].std():.3f}; goal met (>= 0.97 and >= 0.99) in {int(((held[:, 0] >= 0.97) & (held[:, 1] >= 0.99)).sum())} of {len(held)}")  # fmt: skip
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)

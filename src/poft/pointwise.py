@@ -14,15 +14,15 @@ and per row `ref_pmi` and `ref_ifd`, their means over the models. A row with no 
 model (cut away by max_length) has NaN there, as `ref_score` has. A wrong-prompt row has PMI near 0 or below
 (IFD near 1 or above); a clean answer has PMI > 0 (IFD < 1).
 
-`ref_combined = ref_score + COMBINED_WEIGHT * ref_pmi` keeps r_ref's view of corrupted text and adds the
-prompt's lift: see `combined` for the weight and why.
+`ref_combined = ref_score - COMBINED_WEIGHT * ref_ifd` keeps r_ref's view of corrupted text and takes off
+what the prompt does not explain: see `combined` for the form, the weight and how they were chosen.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-COMBINED_WEIGHT = 1.0  # lambda of ref_combined (docs/scoring.md and docs/RESULTS.md: why this value)
+COMBINED_WEIGHT = 4.0  # lambda of ref_combined, chosen on half of the real noisy rows (docs/RESULTS.md)
 
 
 def per_token(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -45,9 +45,13 @@ def ifd(cond_sum, cond_n, uncond_sum, uncond_n) -> np.ndarray:
         return np.where(uncond != 0, per_token(cond_sum, cond_n) / uncond, np.nan)
 
 
-def combined(ref_score: np.ndarray, ref_pmi: np.ndarray, weight: float = COMBINED_WEIGHT) -> np.ndarray:
-    """r_ref + weight * PMI: higher is cleaner on both counts (see the module docstring and docs/scoring.md)."""
-    return np.asarray(ref_score, dtype=np.float64) + weight * np.asarray(ref_pmi, dtype=np.float64)
+def combined(ref_score: np.ndarray, ref_ifd: np.ndarray, weight: float = COMBINED_WEIGHT) -> np.ndarray:
+    """r_ref - weight * IFD: higher is cleaner on both counts. IFD rather than PMI: IFD is bounded (clean
+    answers 0.1-0.95, wrong-prompt ones about 1) where PMI has a long tail on clean rows (up to 10 nats) and
+    is large on corrupted ones (the prompt still predicts their words), so a sum with PMI trades corrupted
+    rows for wrong-prompt ones; IFD is also higher on corrupted rows than on clean ones, so it loses none.
+    The weight was chosen on one half of the real noisy rows and checked on the other (docs/RESULTS.md)."""
+    return np.asarray(ref_score, dtype=np.float64) - weight * np.asarray(ref_ifd, dtype=np.float64)
 
 
 def row_scores(per_model: list[dict[str, np.ndarray]], ref_score: np.ndarray) -> dict[str, np.ndarray]:
@@ -56,4 +60,4 @@ def row_scores(per_model: list[dict[str, np.ndarray]], ref_score: np.ndarray) ->
     args = [(m["cond_sum"], m["cond_n"], m["uncond_sum"], m["uncond_n"]) for m in per_model]
     ref_pmi = np.mean([pmi(*a) for a in args], axis=0)
     ref_ifd = np.mean([ifd(*a) for a in args], axis=0)
-    return {"ref_pmi": ref_pmi, "ref_ifd": ref_ifd, "ref_combined": combined(ref_score, ref_pmi)}
+    return {"ref_pmi": ref_pmi, "ref_ifd": ref_ifd, "ref_combined": combined(ref_score, ref_ifd)}

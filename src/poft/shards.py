@@ -409,7 +409,7 @@ def _merge_uncond(output: Path, models: list[dict], n_rows: int, columns: dict, 
         "render": RENDER,
         "pmi": "mean over models of cond_logp_sum/cond_n_tokens - uncond_logp_sum/uncond_n_tokens",
         "ifd": "mean over models of (cond_logp_sum/cond_n_tokens) / (uncond_logp_sum/uncond_n_tokens)",
-        "combined": f"ref_score + {COMBINED_WEIGHT:g} * ref_pmi",
+        "combined": f"ref_score - {COMBINED_WEIGHT:g} * ref_ifd",
         "response_differs": differs,
         "nan": {name: int(np.isnan(values).sum()) for name, values in scores.items()},
     }

@@ -99,12 +99,12 @@ def test_uncond_scores_equal_naive_reference_under_three_templates(aligned, tmp_
     manifest = json.loads((out / "manifest.json").read_text())
     record = manifest["unconditional"]
     assert record["response_differs"] == {family: 0 for family in FAMILIES}
-    assert record["combined"] == "ref_score + 1 * ref_pmi" and "system messages removed" in record["render"]
+    assert record["combined"] == "ref_score - 4 * ref_ifd" and "system messages removed" in record["render"]
     assert manifest["columns"][-5:] == ["ref_score", "ref_pmi", "ref_ifd", "ref_combined", "score_provenance"]
 
 
 def check_row_scores(scored, aliases: list[str]) -> None:
-    """ref_pmi, ref_ifd and ref_combined from the columns, row by row in plain Python."""
+    """ref_pmi, ref_ifd and ref_combined (ref_score - 4 IFD) from the columns, row by row in plain Python."""
     for r in scored:
         if any(r[f"{a}_n_tokens"] == 0 for a in aliases):  # the response cut away: no score, as ref_score
             assert np.isnan(r["ref_pmi"]) and np.isnan(r["ref_ifd"]) and np.isnan(r["ref_score"])
@@ -115,7 +115,7 @@ def check_row_scores(scored, aliases: list[str]) -> None:
         ifd = sum(c / u for c, u in zip(cond, free, strict=True)) / len(aliases)
         assert r["ref_pmi"] == pytest.approx(pmi, rel=1e-9, abs=1e-12)
         assert r["ref_ifd"] == pytest.approx(ifd, rel=1e-9)
-        assert r["ref_combined"] == pytest.approx(r["ref_score"] + pmi, rel=1e-6, abs=1e-9)
+        assert r["ref_combined"] == pytest.approx(r["ref_score"] - 4.0 * ifd, rel=1e-6, abs=1e-9)
 
 
 def test_uncond_resumes_after_a_kill_and_adds_to_an_earlier_run(aligned, tmp_path):

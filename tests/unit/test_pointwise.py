@@ -37,7 +37,7 @@ def test_pmi_and_ifd_equal_the_plain_per_row_formulas():
     assert got_ifd[1] > 1 > got_ifd[0]  # the prompt makes the response less likely: IFD > 1
 
 
-def test_row_scores_are_means_over_models_and_the_combination_adds_weighted_pmi():
+def test_row_scores_are_means_over_models_and_the_combination_takes_off_weighted_ifd():
     other = [s * 0.5 for s in COND_SUM]
     models = [
         {"cond_sum": COND_SUM, "cond_n": COND_N, "uncond_sum": FREE_SUM, "uncond_n": FREE_N},
@@ -52,9 +52,9 @@ def test_row_scores_are_means_over_models_and_the_combination_adds_weighted_pmi(
         ]
         assert rows["ref_pmi"][i] == pytest.approx((per[0][0] + per[1][0]) / 2, nan_ok=True)
         assert rows["ref_ifd"][i] == pytest.approx((per[0][1] + per[1][1]) / 2, nan_ok=True)
-        want = ref_score[i] + COMBINED_WEIGHT * rows["ref_pmi"][i]
+        want = ref_score[i] - COMBINED_WEIGHT * rows["ref_ifd"][i]
         assert rows["ref_combined"][i] == pytest.approx(want, nan_ok=True)
-    assert combined([1.0], [2.0], weight=0.5)[0] == 2.0
+    assert combined([1.0], [2.0], weight=0.5)[0] == 0.0 and COMBINED_WEIGHT == 4.0
 
 
 def test_prompt_free_removes_system_and_empties_every_prompt_turn():
