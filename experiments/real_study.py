@@ -689,8 +689,23 @@ def _measure_base_cached(study: Study, condition: tuple[str, float], probe: Prob
     return base
 
 
+# Seconds of one run on the 2 shared cores of the machine the defaults were sized on (load ~4, the study getting
+# ~0.8-1.1 of a core, bf16 autocast): per training row and epoch (forward + backward), per evaluated row (held-out,
+# probe; validation once), and per run (loading, preparing, greedy answers). Measured on gemma-3-270m + LoRA,
+# SFT (chunked) and PoFT alike: 32 rows x 3 epochs took 289-335 s.
+SECONDS_PER_TRAIN_ROW, SECONDS_PER_EVAL_ROW, SECONDS_PER_RUN = 1.9, 0.6, 35.0
+
+
+def estimate_run_seconds(config: RealStudyConfig, noise: float) -> float:
+    """A run's wall time on the machine the defaults were sized on (`SECONDS_PER_*`), before any has run."""
+    n_probe = 2 * round(noise * config.n_train)
+    per_epoch = SECONDS_PER_TRAIN_ROW * config.n_train + SECONDS_PER_EVAL_ROW * (config.n_heldout + n_probe)
+    return config.epochs * per_epoch + SECONDS_PER_EVAL_ROW * config.n_validation + SECONDS_PER_RUN
+
+
 def plan_note(config: RealStudyConfig, plan: list[RunSpec], done: dict, study: Study) -> str:
-    """What the grid trains and, from the finished runs' mean wall time, about how long what is left takes."""
+    """What the grid trains and about how long what is left takes: from the finished runs' mean wall time, or
+    before any has finished from `estimate_run_seconds`."""
     n_methods = len(study.usable_methods)
     per_cell = len(config.learning_rates) + len(config.seeds) - 1
     total = len(config.conditions) * n_methods * per_cell
@@ -700,8 +715,13 @@ def plan_note(config: RealStudyConfig, plan: list[RunSpec], done: dict, study: S
             f"rates + {len(config.seeds) - 1} more seeds) = {total} runs, {len(finished)} finished")  # fmt: skip
     if finished:
         mean = float(np.mean([r["train_seconds"] for r in finished]))
-        note += f"; {mean:.0f} s a run so far: about {left * mean / 3600:.1f} h to go"
-    return note
+        return note + f"; {mean:.0f} s a run so far: about {left * mean / 3600:.1f} h to go"
+    estimate = sum(estimate_run_seconds(config, noise) for _, noise in config.conditions) / len(
+        config.conditions
+    )
+    return (
+        note + f"; estimated {estimate:.0f} s a run on 2 shared cores: about {left * estimate / 3600:.1f} h"
+    )
 
 
 def write_reports(study: Study, summary: dict) -> None:

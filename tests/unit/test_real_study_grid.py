@@ -92,3 +92,13 @@ def test_summary_has_mean_std_and_per_seed_signs_against_sft():
     )
     runs[0]["chosen_from"] = {5e-4: 2.0, 1.5e-3: 2.1}
     assert "| corrupted 0.3 | sft | 0.0005: 2.000, 0.0015: 2.100 | 0.0005 |" in selection_table(runs)
+
+
+def test_the_default_grid_is_sized_for_about_three_hours():
+    """72 runs (3 conditions x 6 methods x (2 rates + 2 more seeds)) at the measured seconds per row."""
+    from experiments.real_study import estimate_run_seconds
+
+    config = RealStudyConfig()
+    runs = (len(config.learning_rates) + len(config.seeds) - 1) * len(config.methods)
+    hours = sum(runs * estimate_run_seconds(config, noise) for _, noise in config.conditions) / 3600
+    assert runs * len(config.conditions) == 72 and 2.5 < hours < 3.5, hours
