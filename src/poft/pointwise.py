@@ -7,8 +7,9 @@ it (`uncond`, the prompt-free render of `unconditional`), both over the same res
     PMI_m = c - u        (nats per token; > 0 when the prompt makes the response more likely)
     IFD_m = c / u        (= L(y|x) / L(y), the ratio of the mean token losses: Li et al. 2023, "From Quantity
                          to Quality: Boosting LLM Performance with Self-Guided Data Selection for Instruction
-                         Tuning", NAACL 2024, eq. 4: conditioned answer score over direct answer score;
-                         IFD > 1 means the prompt does not help, which that paper filters out as misaligned)
+                         Tuning", NAACL 2024 (arXiv:2308.12032): the conditioned answer score over the direct
+                         answer score, both mean cross-entropies (a ratio of losses, not of perplexities);
+                         IFD > 1 means the prompt does not help: IFD-based selection drops such rows)
 
 and per row `ref_pmi` and `ref_ifd`, their means over the models. A row with no response token under some
 model (cut away by max_length) has NaN there, as `ref_score` has. A wrong-prompt row has PMI near 0 or below

@@ -4,7 +4,10 @@
 The reference is written here from transformers alone: the model's own chat template renders the prompt-free
 conversation (an empty user turn, then the answer) and its generation prompt; the response tokens are those
 after the generation prompt's up to and including the end-of-turn token; one unbatched full forward pass.
-A handful of rows (4 clean, the first wrong_prompt and the first corrupted row) keep it under a minute.
+Six rows keep it under a minute: the first 4 clean rows, the first corrupted row and the second wrong_prompt
+row. Not the first: alpaca-1 answers "Transform the following sentence using a synonym" with "Bright, cheerful,
+warm.", a short generic answer that fits its prompt's kind; its IFD is 0.954, one of the 5 of 25 wrong-prompt
+rows below 1 (docs/RESULTS.md), where the detector is known to miss.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ ALIASES = ("smol", "qwen")
 def few_rows() -> list[dict]:
     rows = read_jsonl(NOISY)
     clean = [r for r in rows if r["noise"] == "clean"][:4]
-    return [*clean, *(next(r for r in rows if r["noise"] == kind) for kind in ("wrong_prompt", "corrupted"))]
+    wrong = [r for r in rows if r["noise"] == "wrong_prompt"][1]
+    return [*clean, wrong, next(r for r in rows if r["noise"] == "corrupted")]
 
 
 @pytest.fixture(scope="module")
@@ -86,5 +90,5 @@ def test_pmi_separates_the_wrong_prompt_row(scored_uncond):
     clean = np.array([n == "clean" for n in noise])
     wrong = noise.index("wrong_prompt")
     print(f"ref_pmi clean {np.round(pmi[clean], 3).tolist()}, wrong_prompt {pmi[wrong]:.3f}")
-    assert pmi[wrong] < pmi[clean].min() and ifd[wrong] > ifd[clean].max()
-    assert (pmi[clean] > 0).all()  # the prompt makes a right answer more likely
+    assert pmi[wrong] < 0 < pmi[clean].min()  # the prompt makes a right answer more likely, not this one
+    assert ifd[wrong] > 1 > ifd[clean].max()
