@@ -8,6 +8,9 @@ the response tokens), `<alias>_n_tokens` (how many response tokens were scored),
 exactly those the trainer trains on (both use `ChatFormat.encode`): assistant contents plus the
 end-of-turn token of every assistant turn; the first token of a sequence is never scored (nothing predicts
 it). A row whose response was cut away entirely by `max_length` gets a NaN `ref_score` (the trainer drops it).
+With `--uncond` each model also scores the same response tokens in the prompt-free render (`unconditional`:
+its own encodings and shards `<alias>@uncond`, the weights loaded once) and the output gains
+`<alias>_uncond_logp_sum`, `<alias>_uncond_n_tokens`, `ref_pmi`, `ref_ifd` and `ref_combined` (`pointwise`).
 
 Route of a dataset, each module entered once, top to bottom (`score_dataset` reads as these steps):
     readers.read_sft     rows -> validated conversations (bad rows refused or skipped, recorded), a chunk
@@ -62,6 +65,7 @@ from .aligned import (
     alias_clashes,
     load_aligned_models,
     load_weights,
+    parse_model_spec,
     resolve_dtype,
 )
 from .chat import ChatFormat, ChatTemplateError, response_bytes
@@ -87,7 +91,7 @@ from .shards import (
     remove_stale_temporaries,
     write_shard,
 )
-from .unconditional import encode_prompt_free, uncond_alias
+from .unconditional import encode_prompt_free, uncond_alias, uncond_clashes
 
 
 def score_dataset(config: ScoreConfig, dataset: Dataset | None = None) -> Dataset:
@@ -148,6 +152,10 @@ def _check_call(config: ScoreConfig, dataset: Dataset | None) -> str | Dataset:
     clashes = alias_clashes(config.model)
     if clashes:
         raise ValueError(f"models share the alias {clashes}; name them with --model ALIAS=PATH")
+    if config.uncond and (clashes := uncond_clashes([parse_model_spec(spec)[0] for spec in config.model])):
+        raise ValueError(
+            f"--uncond: the aliases {clashes} clash with prompt-free scores; rename with --model ALIAS=PATH"
+        )
     return source
 
 

@@ -45,6 +45,16 @@ def uncond_alias(alias: str) -> str:
     return alias + UNCOND_SUFFIX
 
 
+def uncond_clashes(aliases: Sequence[str]) -> list[str]:
+    """Aliases that another model's prompt-free columns or shards would overwrite: `x_uncond` beside `x`
+    (column `x_uncond_logp_sum`), or any alias ending in `@uncond` (a shard folder)."""
+    return sorted(
+        a
+        for a in aliases
+        if a.endswith(UNCOND_SUFFIX) or (a.endswith("_uncond") and a[: -len("_uncond")] in aliases)
+    )
+
+
 def prompt_free(messages: list[dict]) -> list[dict]:
     """The conversation without its prompt: system messages removed, other non-assistant contents emptied."""
     return [

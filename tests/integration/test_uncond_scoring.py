@@ -161,3 +161,15 @@ def test_inspect_by_label_reports_each_prompt_score(aligned, tmp_path):
         "chatml", "ref_score", "ref_pmi", "ref_ifd",
     ]  # fmt: skip
     assert lines[header + 6].split()[0] == "ref_combined"
+
+
+def test_aliases_that_clash_with_prompt_free_scores_are_refused(aligned, tmp_path):
+    rows = rows_dataset(make_rows(2))
+    models = [f"x={aligned['chatml']}", f"x_uncond={aligned['zephyr']}"]
+    with pytest.raises(ValueError, match=r"--uncond: the aliases \['x_uncond'\] clash"):
+        score(rows, models, tmp_path / "a", uncond=True, progress=False)
+    with pytest.raises(ValueError, match=r"\['y@uncond'\]"):
+        score(rows, [f"y@uncond={aligned['chatml']}"], tmp_path / "b", uncond=True, progress=False)
+    assert (
+        "x_uncond_logp_sum" in score(rows, models, tmp_path / "c", progress=False).column_names
+    )  # no --uncond
