@@ -8,6 +8,9 @@ Llama-3-style, Zephyr-style), through multi-turn rows, system prompts, truncatio
 """
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -173,3 +176,47 @@ def test_aliases_that_clash_with_prompt_free_scores_are_refused(aligned, tmp_pat
     assert (
         "x_uncond_logp_sum" in score(rows, models, tmp_path / "c", progress=False).column_names
     )  # no --uncond
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_prompt_free_scores_of_one(aligned, tmp_path):
+    """torchrun with 2 processes: each encodes and scores its share of both passes; the main one merges (the
+    count of rows whose response tokens differ is summed over the processes)."""
+    rows = make_rows(20, seed=6)
+    data = tmp_path / "rows.jsonl"
+    data.write_text(
+        "".join(json.dumps({"id": f"r{i}", "messages": r["messages"]}) + "\n" for i, r in enumerate(rows))
+    )
+    models = [aligned["chatml"], aligned["llama3"]]
+    one = score(str(data), models, tmp_path / "one", max_length=60, uncond=True, progress=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "poft",
+    ]
+    args = ["score", "--dataset", str(data), *[a for m in models for a in ("--model", m)], "--output",
+            str(tmp_path / "two"), "--max-length", "60", "--uncond", "--no-progress"]  # fmt: skip
+    done = subprocess.run([*launcher, *args], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    from datasets import load_from_disk
+
+    two = load_from_disk(str(tmp_path / "two"))
+    assert two.column_names == one.column_names
+    for alias in ("chatml", "llama3"):
+        assert two[f"{alias}_uncond_n_tokens"] == one[f"{alias}_uncond_n_tokens"]
+        np.testing.assert_allclose(
+            two[f"{alias}_uncond_logp_sum"], one[f"{alias}_uncond_logp_sum"], rtol=1e-6
+        )
+        assert {p.name.split("-")[0] for p in shard_files(tmp_path / "two", f"{alias}@uncond")} == {
+            "rank0",
+            "rank1",
+        }
+    np.testing.assert_allclose(two["ref_combined"], one["ref_combined"], rtol=1e-6)
+    assert (
+        read_manifest(tmp_path / "two")["unconditional"] == read_manifest(tmp_path / "one")["unconditional"]
+    )
