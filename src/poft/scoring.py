@@ -127,7 +127,8 @@ def score_dataset(config: ScoreConfig, dataset: Dataset | None = None) -> Datase
             for name, passed in _score_model(model, work, output, config, run, state).items()
         }
         all_stats = _gather(stats, state)
-        if state.is_main_process:  # one finisher at a time (a second run into the folder waits, then finishes)
+        # one finisher at a time (a second run into the folder waits, then finishes)
+        if state.is_main_process:
             with output_lock(output, command="poft score", wait=True):
                 _write_scored_dataset(output, work.rows, aligned, identity, all_stats, config)
         state.wait_for_everyone()
