@@ -140,7 +140,7 @@ def test_a_dropped_message_whose_text_is_in_the_markup_is_still_refused():
 def test_a_dropped_answer_whose_text_the_template_writes_elsewhere_is_refused():
     """A template that drops the second answer and writes the same text followed by its end-of-turn in its
     own footer: the in-order search placed the answer on the footer and masked it, silently."""
-    tokenizer = build("qwen25")
+    tokenizer = build.__wrapped__("qwen25")  # a copy: `build` is cached
     tokenizer.chat_template = (
         "{% for m in messages %}{% if not (m.role == 'assistant' and loop.index0 == 3) %}"
         "<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endif %}{% endfor %}"
