@@ -229,11 +229,12 @@ def run_inspect(config: InspectConfig) -> int:
 
 def run_filter(config: FilterConfig) -> int:
     """`poft filter DIR (--keep-top F | --min-score X) [--by COLUMN] --output OUT`."""
-    from .filtering import filter_dataset, filter_output
+    from .filtering import filter_dataset
+    from .outputs import claim_output
     from .readers import load_sft_dataset
 
     # refuses a non-empty --output (without --overwrite) and locks it, before the input is read
-    with filter_output(config.output, config.dir, overwrite=config.overwrite):
+    with claim_output(config.output, config.dir, command="poft filter", overwrite=config.overwrite):
         rows = load_sft_dataset(config.dir, config.split, format=config.format, on_bad_row=config.on_bad_row)
         filter_dataset(
             rows,
@@ -276,6 +277,7 @@ def run_eval(config: EvalConfig) -> int:
 def run_merge(config: MergeConfig) -> int:
     """`poft merge ADAPTER --output DIR [--dtype D]`: base + adapter written as one full model."""
     from .adapters import AdapterError, merge_adapter
+    from .outputs import claim_output, written_as_unit
 
     if config.base_model is not None:
         check_model_path("--base_model", config.base_model)
@@ -285,8 +287,11 @@ def run_merge(config: MergeConfig) -> int:
         raise AdapterError(f"{e} (or give the base with --base_model)") from e
     if kind != "adapter":
         raise ValueError(f"{config.adapter} is a {kind}, not a PEFT adapter folder: nothing to merge")
-    output = merge_adapter(config.adapter, config.output, config.dtype, config.base_model)
-    say(f"merged {config.adapter} into its base model: full model written to {output}")
+    # written as a unit: a failed or killed merge leaves nothing at --output that looks like a model
+    with claim_output(config.output, config.adapter, command="poft merge", overwrite=config.overwrite):
+        with written_as_unit(config.output, "the merged model") as folder:
+            merge_adapter(config.adapter, folder, config.dtype, config.base_model)
+    say(f"merged {config.adapter} into its base model: full model written to {config.output}")
     return 0
 
 

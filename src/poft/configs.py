@@ -518,6 +518,13 @@ class MergeConfig:
             "choices": DTYPES,
         },
     )
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "Replace a non-empty --output (only once the merged model is completely written); "
+            "without it a non-empty --output is refused."
+        },
+    )
 
     def __post_init__(self):
         if not self.adapter:

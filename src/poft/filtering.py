@@ -11,23 +11,18 @@ Decisions, printed and recorded in `filter.json`:
   (earlier rows first), so the same input always gives the same output;
 - kept rows stay in their input order (filtering never shuffles the data).
 
-The output is written as a unit: rows and `filter.json` go to a hidden temporary sibling of `--output`
-(`.NAME.poft-tmp-*`), which is renamed into place once complete. A non-empty `--output` is refused unless
-`--overwrite`, and then the old folder is replaced only after the new one is complete. A failed write (a
-full disk) removes the temporary folder and names `--output` and the cause; a killed run leaves only hidden
-siblings, which the next `poft filter` into that folder removes. One `poft filter` (or training run) at a
-time writes a folder (`poft.locks`).
+The output is written as a unit (`poft.outputs`, as `poft merge` writes its model): rows and `filter.json`
+go to a hidden temporary sibling of `--output` (`.NAME.poft-tmp-*`), which is renamed into place once
+complete. A non-empty `--output` is refused unless `--overwrite`, and then the old folder is replaced only
+after the new one is complete. A failed write (a full disk) removes the temporary folder and names `--output`
+and the cause; a killed run leaves only hidden siblings, which the next run into that folder removes. One
+`poft filter` (or training run) at a time writes a folder (`poft.locks`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
-import shutil
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -36,11 +31,7 @@ import pyarrow.compute as pc
 from datasets import Dataset
 
 from .console import say
-from .locks import LOCK_FILE, output_lock, replacement_lock
-
-
-class FilterOutputError(OSError):
-    """The filtered rows could not be written to `--output` (disk full, permission): nothing was left there."""
+from .outputs import check_output, written_as_unit
 
 
 def select_rows(
@@ -104,88 +95,11 @@ def filter_dataset(
     return report
 
 
-def check_output(output: str | Path, source: str | Path, *, overwrite: bool) -> None:
-    """Refuse an `--output` whose files would be mixed with the filtered rows or whose loss would lose the
-    input: the input itself, a file, a non-empty folder without `overwrite`, a folder holding the input."""
-    output, source = Path(output), Path(source)
-    if output.resolve() == source.resolve():
-        raise ValueError("--output must differ from the input")
-    if output.exists() and not output.is_dir():
-        raise ValueError(f"--output {output} is a file, not a folder")
-    held = sorted(p.name for p in output.iterdir() if p.name != LOCK_FILE) if output.is_dir() else []
-    if held and not overwrite:
-        names = ", ".join(held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
-        raise ValueError(
-            f"--output {output} is not empty (it holds {names}): choose a new folder, or pass --overwrite to "
-            "replace it once the filtered rows are written"
-        )
-    if held and source.resolve().is_relative_to(output.resolve()):
-        raise ValueError(f"--overwrite {output} would delete the input {source}, which is inside it")
-
-
-def siblings(output: Path, kind: str) -> list[Path]:
-    """Hidden siblings of `output` a `poft filter` into it writes: temporary ("tmp") or replaced ("old")."""
-    return sorted(output.parent.glob(f".{output.name}.poft-{kind}-*"))
-
-
-def sibling(output: Path, kind: str) -> Path:
-    return output.parent / f".{output.name}.poft-{kind}-{uuid.uuid4().hex[:8]}"
-
-
-@contextlib.contextmanager
-def filter_output(output: str | Path, source: str | Path, *, overwrite: bool) -> Iterator[None]:
-    """Claim `--output` for one `poft filter` run before the input is read: refuse what `check_output`
-    refuses, lock the folder against other writers (other filters, a training run into it), and remove the
-    hidden siblings that a killed `poft filter` into it left."""
-    output = Path(output)
-    check_output(output, source, overwrite=overwrite)
-    with contextlib.ExitStack() as stack:
-        held = stack.enter_context(replacement_lock(output, command="poft filter"))
-        if output.is_dir():  # a run writing into it now (poft train, poft score) must end first
-            stack.enter_context(output_lock(output, command="poft filter"))
-        if held:  # no live run owns them (on a filesystem without locks that cannot be known)
-            for stale in siblings(output, "tmp") + siblings(output, "old"):
-                shutil.rmtree(stale, ignore_errors=True)
-        yield
-
-
-def write_error(output: Path, e: OSError) -> FilterOutputError:
-    """One line naming `--output` and the cause; `[Errno 28]` becomes its sentence (`exits.error_line`)."""
-    cause = e.strerror or str(e)
-    text = f"cannot write the filtered rows to {output}: {cause}; nothing was left there"
-    return FilterOutputError(e.errno, text) if e.errno is not None else FilterOutputError(text)
-
-
 def write_folder(rows: Dataset, report: dict, output: Path) -> None:
-    """Write the rows and `filter.json` to a temporary sibling, then rename it into place (replacing the
-    old folder only now): a failed or killed write leaves nothing at `output` to take for a result."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = sibling(output, "tmp")
-    try:
+    """Write the rows and `filter.json` as a unit (`outputs.written_as_unit`)."""
+    with written_as_unit(output, "the filtered rows") as tmp:
         rows.save_to_disk(str(tmp))
         (tmp / "filter.json").write_text(json.dumps(report, indent=2) + "\n")
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError):
-            raise write_error(output, e) from e
-        raise
-    replace_folder(tmp, output)
-
-
-def replace_folder(new: Path, output: Path) -> None:
-    """Rename `new` to `output`; an existing `output` is moved aside first and removed after."""
-    old = sibling(output, "old") if output.exists() else None
-    try:
-        if old:
-            os.rename(output, old)
-        os.rename(new, output)
-    except OSError as e:
-        if old and old.exists() and not output.exists():
-            os.rename(old, output)  # put the old folder back
-        shutil.rmtree(new, ignore_errors=True)
-        raise write_error(output, e) from e
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _filter_report(

@@ -154,6 +154,32 @@ def test_merge_writes_a_model_that_computes_base_plus_adapter(lora, tmp_path):
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "bf16", dtype="auto").dtype == torch.bfloat16
 
 
+def test_merge_output_is_written_as_a_unit(lora, tmp_path, capsys, monkeypatch):
+    """A non-empty --output is refused without --overwrite and replaced with it; a merge that fails while
+    writing (a full disk) leaves nothing at --output and names it."""
+    import errno
+
+    from transformers import PreTrainedModel
+
+    out = tmp_path / "merged"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(["merge", lora["adapter"], "--output", str(out)]) == 1
+    assert "is not empty (it holds notes.txt)" in capsys.readouterr().err
+    assert main(["merge", lora["adapter"], "--output", str(out), "--overwrite"]) == 0
+    assert (out / "model.safetensors").exists() and not (out / "notes.txt").exists()
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", full_disk)
+    fresh = tmp_path / "fresh"
+    assert main(["merge", lora["adapter"], "--output", str(fresh)]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot write the merged model to {fresh}" in err and "No space left on device" in err
+    assert not fresh.exists() and not list(tmp_path.glob(".fresh.poft-tmp-*"))
+
+
 @pytest.fixture(scope="module")
 def merged(lora) -> str:
     out = lora["root"] / "merged"
