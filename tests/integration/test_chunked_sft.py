@@ -152,3 +152,17 @@ def test_fixed_tau_gradient_is_the_tau_weighted_normalised_ce(tiny, tmp_path):
     _, fixed_grads = loss_and_grads(fixed, batch, torch.tensor(8))
     for name, grad in poft_grads.items():
         torch.testing.assert_close(fixed_grads[name], grad, rtol=1e-5, atol=1e-6)
+
+
+def test_fixed_tau_of_packed_rows_equals_the_padded_ones(tiny, tmp_path):
+    """The pass before the first step reads packed rows (several sequences a row) as the padded batch."""
+    rows = Dataset.from_list(tiny["rows"])
+    taus = []
+    for packed in (False, True):
+        mode = dict(packing=True, max_length=1024, per_device_train_batch_size=1) if packed else {}
+        args = config(tmp_path / str(packed), objective="poft_fixed_tau", max_steps=1, **mode)
+        PoFTTrainer(model=tiny["model"], args=args, train_dataset=rows).train()
+        taus.append(json.loads((tmp_path / str(packed) / "out" / FIXED_TAU_FILE).read_text())["tau"])
+    assert taus[0].keys() == taus[1].keys() and len(taus[0]) == len(tiny["rows"])
+    for row, tau in taus[0].items():
+        assert taus[1][row] == pytest.approx(tau, rel=1e-5)
