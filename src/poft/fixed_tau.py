@@ -8,7 +8,8 @@ models' score against the target's) and takes away the weight's dynamics; compar
 them does the work. r_theta_0 comes from one pass over the training rows (no gradient, in evaluation mode,
 in the trainer's precision) before the first step: about a third of an epoch's compute. The weights are
 written to `fixed_tau.json` in the output folder, keyed by row, so a run resumed from a checkpoint reads
-them back instead of scoring its rows with the partly trained model.
+them back instead of scoring its rows with the partly trained model. With several processes each scores every
+row (the same weights everywhere; the main process writes the file).
 """
 
 from __future__ import annotations
