@@ -2,7 +2,8 @@
 
 `ChunkedRows` takes the rows a reader builds (a dict of columns per chunk), keeps the first chunk in memory
 and, as soon as a second one comes, writes every chunk to Arrow stream files in a private working folder
-(`TMPDIR` by default: about the size of the data in Arrow; removed when the process exits) and returns a
+(`TMPDIR`: about the size of the data in Arrow; removed when the process exits, or by the next poft process
+when it was killed) and returns a
 `datasets.Dataset` memory-mapped from them. A column whose Arrow type changes between chunks (all nulls, then
 text; integers, then floats) is unified the way Arrow promotes types; types that cannot be unified (text in
 some rows, numbers in others) are refused naming the column and where each type was first seen.
@@ -14,6 +15,7 @@ per row.
 from __future__ import annotations
 
 import atexit
+import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -56,10 +58,32 @@ atexit.register(_remove_workdirs)
 
 
 def private_workdir(prefix: str = "poft-rows-") -> Path:
-    """A new folder under TMPDIR that this process removes when it exits."""
-    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    """A new folder under TMPDIR that this process removes when it exits. Its name carries the pid, so that
+    the folders of a process that was killed (no exit handler ran) are removed by the next one."""
+    _remove_orphans()
+    folder = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-"))
     _WORKDIRS.append(folder)
     return folder
+
+
+def _remove_orphans() -> None:
+    """Remove `poft-*-PID-*` folders in TMPDIR whose process is gone (once per process)."""
+    if _WORKDIRS:
+        return
+    for folder in Path(tempfile.gettempdir()).glob("poft-*-*-*"):
+        pid = folder.name.split("-")[2]
+        if folder.is_dir() and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 class ChunkedRows:

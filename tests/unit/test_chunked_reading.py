@@ -4,6 +4,7 @@ same values, types, order, ids, fingerprints, places and bad rows, for JSON line
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -109,3 +110,24 @@ def test_chunked_rows_are_memory_mapped_beyond_one_chunk():
 def test_row_places_say_line_or_row():
     places = RowPlaces(np.array([3, 9, 12]), "line")
     assert places[1] == "line 9" and list(places.select([2, 0])) == ["line 12", "line 3"]
+
+
+def test_working_folders_of_a_killed_process_are_removed_by_the_next(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from poft import arrow_rows
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    orphan = tmp_path / f"poft-rows-{int(dead.stdout)}-abc"
+    orphan.mkdir()
+    (orphan / "rows-00000.arrow").write_bytes(b"x")
+    living = tmp_path / f"poft-rows-{os.getpid()}-def"  # this process: kept
+    living.mkdir()
+    monkeypatch.setattr(arrow_rows.tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(arrow_rows, "_WORKDIRS", [])
+    made = arrow_rows.private_workdir()
+    assert not orphan.exists() and living.exists() and made.parent == tmp_path
+    assert made.name.startswith(f"poft-rows-{os.getpid()}-")
