@@ -52,6 +52,9 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# the commands run as a user runs them: with the tokenizer's threads (this process turns them off for itself,
+# since it forks the commands after training a tokenizer)
+CHILD_ENV = {k: v for k, v in os.environ.items() if k != "TOKENIZERS_PARALLELISM"}
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
@@ -183,7 +186,7 @@ def run(command: list[str]) -> dict:
     file-backed peaks, sampled), load before and after."""
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=CHILD_ENV)
     peaks, stop = {}, threading.Event()
     sampler = threading.Thread(target=sample_memory, args=(child.pid, peaks, stop), daemon=True)
     sampler.start()

@@ -191,3 +191,33 @@ def test_a_template_that_writes_bos_after_other_text_gets_no_second_bos():
     tokenizer.chat_template = "{{ '\\n' }}{{ bos_token }}" + tokenizer.chat_template
     encoded = ChatFormat.from_tokenizer(tokenizer, "late-bos").encode(CONVERSATIONS[0])
     assert encoded.input_ids.count(tokenizer.bos_token_id) == 1
+
+
+def test_direct_tokenization_equals_transformers_call():
+    """`tokenize_with_offsets` calls the Rust tokenizer directly where transformers would pass the texts to it
+    unchanged: the ids and offsets are transformers' own, for every family's tokenizer; a tokenizer with
+    truncation set on it goes through transformers (which switches that truncation off for the call)."""
+    from fixtures.chat_templates import FAMILIES, build
+
+    from poft.chat import tokenize_with_offsets
+
+    texts = [
+        "Hello there, world!",
+        "  two\n\nparagraphs  ",
+        "Grüße, 世界 🙂 naïve",
+        "<s> [INST] x [/INST]",
+        "",
+    ]
+    for family in FAMILIES:
+        tokenizer = build.__wrapped__(family)
+        reference = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        expected = [
+            (list(i), [tuple(o) for o in off])
+            for i, off in zip(reference["input_ids"], reference["offset_mapping"], strict=True)
+        ]
+        got = [(list(i), [tuple(o) for o in off]) for i, off in tokenize_with_offsets(tokenizer, texts)]
+        assert got == expected, family
+    truncating = build.__wrapped__("qwen25")
+    truncating._tokenizer.enable_truncation(max_length=3)
+    long = tokenize_with_offsets(truncating, ["one two three four five six seven"])
+    assert len(long[0][0]) > 3  # transformers' call, which does not truncate unless asked
