@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from safetensors import SafetensorError
+from test_cli_errors import one_line_error  # this folder is on sys.path
 
 from poft.cli import main
 from poft.exits import error_line
@@ -25,20 +26,6 @@ def tiny(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("error_naming")
     assert main(["tiny-example", "--output", str(root), "--rows", "16"]) == 0
     return {"root": root, "model": str(root / "model"), "data": str(root / "train.jsonl")}
-
-
-def one_line_error(capsys, argv: list[str], code: int = 1) -> str:
-    """Run `poft ARGV` in-process: it ends with `code` and one stderr line `poft <command>: error: ...`."""
-    try:
-        returned = main(argv)
-    except SystemExit as e:
-        returned = e.code
-    err = capsys.readouterr().err
-    assert returned == code, err[-3000:]
-    assert "Traceback" not in err
-    last = err.strip().splitlines()[-1]
-    assert last.startswith(f"poft {argv[0]}: error: "), err[-3000:]
-    return last
 
 
 def train(tiny, output: Path, *argv: str) -> list[str]:

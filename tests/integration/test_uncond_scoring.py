@@ -14,29 +14,18 @@ import sys
 
 import numpy as np
 import pytest
+import test_scoring  # this folder is on sys.path
 import torch
 from fixtures.scoring import score  # tests/ is on sys.path
-from test_scoring import make_rows, rows_dataset
+from test_scoring import FAMILIES, make_rows, rows_dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from poft.chat import ChatFormat
 from poft.inspection import inspect_scores, summary_table
 from poft.shards import shard_files
 
-FAMILIES = ("chatml", "llama3", "zephyr")
-WORDS = "the quick brown fox jumps over a lazy dog add reverse sort paris answer hello 12 30 42 ! ?".split()
-
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def aligned(tiny_model) -> dict[str, str]:
-    """family -> folder of a saved tiny model + tokenizer (the models of test_scoring.py)."""
-    corpus = [" ".join(WORDS) * 3]
-    return {
-        family: tiny_model(family, corpus, vocab_size=300 + 40 * k, hidden_size=32, seed=k)
-        for k, family in enumerate(FAMILIES)
-    }
+aligned = test_scoring.aligned  # the fixture: the same tiny aligned models
 
 
 def without_prompt(messages: list[dict]) -> list[dict]:
