@@ -23,7 +23,18 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from datasets import Dataset, Features, concatenate_datasets
+
+
+def arrow_column(dataset: Dataset, column: str) -> pa.ChunkedArray:
+    """One column of the rows as Arrow (`select`ed rows honoured; no Python object per row)."""
+    return dataset.with_format("arrow", columns=[column])[column]
+
+
+def float_column(dataset: Dataset, column: str) -> np.ndarray:
+    """A numeric column as one float64 array, nulls as NaN, read through Arrow."""
+    return pc.cast(arrow_column(dataset, column), pa.float64()).to_numpy(zero_copy_only=False)
 
 
 class RowPlaces(Sequence[str]):

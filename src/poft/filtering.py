@@ -26,10 +26,9 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 from datasets import Dataset
 
+from .arrow_rows import float_column
 from .console import say
 from .outputs import check_output, written_as_unit
 
@@ -64,9 +63,7 @@ def numeric_column(dataset: Dataset, column: str) -> np.ndarray:
         raise ValueError(f"no column {column!r}{hint}; numeric columns: {numeric}")
     if column not in numeric:
         raise ValueError(f"--by {column!r} is not a numeric column; numeric columns: {numeric}")
-    # through Arrow, one float64 array (no Python object per row); `select`ed rows are honoured
-    values = dataset.with_format("arrow")[column]
-    return pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False)
+    return float_column(dataset, column)
 
 
 def filter_dataset(

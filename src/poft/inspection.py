@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from datasets import Dataset
 
+from .arrow_rows import float_column
 from .io_errors import writing
 from .model_files import check_not_model_folder
 from .readers import read_sft
@@ -85,12 +86,6 @@ def model_scores(dataset: Dataset, manifest: dict) -> dict[str, np.ndarray]:
         if name in dataset.column_names:
             scores[name] = float_column(dataset, name)
     return scores
-
-
-def float_column(dataset: Dataset, name: str) -> np.ndarray:
-    """A numeric column as float64, nulls as NaN, read through Arrow (no Python object per row)."""
-    values = dataset.with_format("arrow", columns=[name])[name]
-    return values.to_numpy(zero_copy_only=False).astype(np.float64)
 
 
 def summarise(scores: dict[str, np.ndarray], dataset: Dataset, manifest: dict) -> dict:

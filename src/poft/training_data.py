@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
+from .arrow_rows import arrow_column
 from .chat import ChatFormat, ChatTemplateError
 from .console import BadRow, input_order, name_bad_rows, refuse_or_skip, say
 from .readers import FINGERPRINT_COLUMN, RowError, SFTRows, fingerprint, parse_label, read_sft
@@ -235,11 +236,6 @@ def _first_index(values: pa.ChunkedArray, value: object) -> int:
     """The position of the first row holding `value` (None: the first null)."""
     where = pc.is_null(values) if value is None else pc.equal(values, value)
     return pc.index(pc.fill_null(where, False), True).as_py()
-
-
-def arrow_column(dataset: Dataset, column: str) -> pa.ChunkedArray:
-    """One column of the rows as Arrow (selected rows only; no Python object per row)."""
-    return dataset.with_format("arrow", columns=[column])[column]
 
 
 def _score_provenance(data: Dataset, rows: SFTRows, name: str, normalization: str | None) -> dict | None:
