@@ -8,11 +8,11 @@ response tokens of the whole optimizer step), so that SFT and DFT baselines cost
 import json
 
 import pytest
+import test_trainer  # this folder is on sys.path
 import torch
 from datasets import Dataset
 
 from poft import PoFTConfig, PoFTTrainer
-from poft.example import make_rows
 from poft.fixed_tau import FIXED_TAU_FILE
 
 
@@ -24,17 +24,7 @@ def config(tmp_path, **overrides) -> PoFTConfig:
     return PoFTConfig(**settings)
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_model):
-    """A tiny model and 8 scored rows of varied lengths (a 2-turn one), so token and row means differ."""
-    rows = make_rows(8, seed=1)
-    rows[2]["messages"][1]["content"] = "a much longer answer than the others, to vary the lengths"
-    rows[5]["messages"] = rows[5]["messages"] + [
-        {"role": "user", "content": "and again"},
-        {"role": "assistant", "content": "again: " + rows[5]["messages"][1]["content"]},
-    ]
-    corpus = [m["content"] for r in rows for m in r["messages"]]
-    return {"model": tiny_model("chatml", corpus, vocab_size=320, hidden_size=32, name="model"), "rows": rows}
+tiny = test_trainer.tiny  # the fixture: a tiny model and 8 rows of varied lengths (a 2-turn one)
 
 
 def loss_and_grads(trainer, batch, num_items_in_batch=None):
