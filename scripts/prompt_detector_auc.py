@@ -23,7 +23,8 @@ import json
 
 import numpy as np
 
-from poft.inspection import float_column, read_scored, roc_auc
+from poft.arrow_rows import float_column
+from poft.inspection import read_scored, roc_auc
 from poft.pointwise import COMBINED_WEIGHT
 
 KINDS = ("wrong_prompt", "corrupted")
